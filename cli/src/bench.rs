@@ -1,0 +1,78 @@
+//! `sluice bench`: generate a corpus, ingest it in a child process, report
+//! files/s, rows/s, MB/s and the child's peak RSS.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::corpus::{generate, CorpusArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Number of files in the generated corpus
+    #[arg(long, default_value_t = 1000)]
+    pub files: usize,
+    /// Working directory (corpus and table); default: a temporary directory
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// Extra arguments passed to `sluice ingest` (e.g. --normalization-workers 8)
+    #[arg(last = true)]
+    pub ingest_args: Vec<String>,
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let tmp;
+    let work = match &args.workdir {
+        Some(w) => w.clone(),
+        None => {
+            tmp = tempfile_dir()?;
+            tmp.clone()
+        }
+    };
+    let corpus = work.join("corpus");
+    let table = work.join("table");
+    let _ = std::fs::remove_dir_all(&table);
+    if !corpus.exists() {
+        generate(&CorpusArgs { dir: corpus.clone(), files: args.files, with_bad_files: false, text_chars: 3000, image_side: 96 })?;
+    }
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .arg("ingest")
+        .arg("--table")
+        .arg(&table)
+        .arg(&corpus)
+        .arg("--json")
+        .args(&args.ingest_args)
+        .output()
+        .context("running sluice ingest")?;
+    if !out.status.success() {
+        bail!("ingest failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let s: Value = serde_json::from_slice(&out.stdout)?;
+    let report = serde_json::json!({
+        "files": s["files_ingested"],
+        "rows": s["rows"],
+        "bytes": s["bytes"],
+        "seconds": s["seconds"],
+        "files_per_sec": s["files_per_sec"],
+        "rows_per_sec": s["rows_per_sec"],
+        "mb_per_sec": s["mb_per_sec"],
+        "peak_rss_mb": s["peak_rss_bytes"].as_f64().map(|b| b / 1e6),
+        "commits": s["commits"],
+        "fragments": s["fragments"],
+        "ingest_args": args.ingest_args,
+    });
+    println!("{}", serde_json::to_string(&report)?);
+    if args.workdir.is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -1,0 +1,91 @@
+//! A generated corpus of mixed files: text (UTF-8 and Latin-1), PNG and JPEG
+//! images, binary files, and optionally a few bad files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use image::{ImageFormat, Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CorpusArgs {
+    /// Directory to create the files in
+    pub dir: PathBuf,
+    /// Number of files
+    #[arg(long, default_value_t = 200)]
+    pub files: usize,
+    /// Also write a few corrupt and hostile files
+    #[arg(long)]
+    pub with_bad_files: bool,
+    /// Size of each text file, in characters
+    #[arg(long, default_value_t = 3000)]
+    pub text_chars: usize,
+    /// Side of each image, in pixels
+    #[arg(long, default_value_t = 96)]
+    pub image_side: u32,
+}
+
+const WORDS: &[&str] = &[
+    "river", "sluice", "table", "lake", "frame", "video", "page", "chunk", "object", "store", "commit",
+    "fragment", "worker", "shard", "index", "vector", "token", "stream", "buffer", "flush",
+];
+
+pub fn generate(args: &CorpusArgs) -> Result<usize> {
+    std::fs::create_dir_all(&args.dir)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for i in 0..args.files {
+        let sub = args.dir.join(format!("part-{:03}", i / 1000));
+        std::fs::create_dir_all(&sub)?;
+        match i % 4 {
+            0 | 1 => {
+                let mut text = format!("document {i}\n");
+                while text.len() < args.text_chars {
+                    text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+                    text.push(if rng.random_ratio(1, 12) { '\n' } else { ' ' });
+                }
+                std::fs::write(sub.join(format!("doc-{i:06}.txt")), text)?;
+            }
+            2 => {
+                let side = args.image_side;
+                let (a, b) = (rng.random::<u8>(), rng.random::<u8>());
+                let img = RgbImage::from_fn(side, side, |x, y| Rgb([a ^ x as u8, b ^ y as u8, (x * y) as u8]));
+                let (ext, fmt) = if i % 8 == 2 { ("png", ImageFormat::Png) } else { ("jpg", ImageFormat::Jpeg) };
+                img.save_with_format(sub.join(format!("img-{i:06}.{ext}")), fmt)?;
+            }
+            _ => {
+                let mut bytes = vec![0u8; 4096];
+                rng.fill(&mut bytes[..]);
+                bytes[0] = 0; // never mistaken for text
+                std::fs::write(sub.join(format!("blob-{i:06}.bin")), bytes)?;
+            }
+        }
+    }
+    if args.with_bad_files {
+        write_bad_files(&args.dir.join("bad"))?;
+    }
+    Ok(args.files)
+}
+
+/// Files every ingest must refuse with a clear reason, without stopping.
+pub fn write_bad_files(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("truncated.jpg"), b"\xFF\xD8\xFF\xE0\x00\x10JFIF\x00\x01")?;
+    std::fs::write(dir.join("not-really.png"), b"this is plain text pretending to be a PNG")?;
+    std::fs::write(dir.join("binary.txt"), b"text\x00\x01\x02 with NUL bytes")?;
+    // A PNG header claiming 100000 x 100000 pixels: a decompression bomb.
+    let mut bomb = RgbImage::new(1, 1);
+    bomb.put_pixel(0, 0, Rgb([1, 2, 3]));
+    let mut png = std::io::Cursor::new(Vec::new());
+    bomb.write_to(&mut png, ImageFormat::Png)?;
+    let mut png = png.into_inner();
+    png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    std::fs::write(dir.join("bomb.png"), png)?;
+    Ok(())
+}
+
+pub fn run(args: CorpusArgs) -> Result<()> {
+    let n = generate(&args)?;
+    println!("wrote {n} files to {}", args.dir.display());
+    Ok(())
+}

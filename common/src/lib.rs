@@ -1,0 +1,16 @@
+//! Pieces shared by the sluice coordinator, worker and CLI: the table schema and
+//! row model, ids, pipeline settings, storage access, the coordinator/worker link
+//! traits, exactly-once commit helpers and the error ledger.
+
+pub mod error;
+pub mod failpoint;
+pub mod ids;
+pub mod ledger;
+pub mod link;
+pub mod schema;
+pub mod settings;
+pub mod storage;
+pub mod table;
+
+pub use error::{Error, Result};
+pub use sluice_proto::v1 as pb;

@@ -1,0 +1,256 @@
+//! The one table schema every file kind shares, and the row model that fills it.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow_array::builder::{
+    BinaryBuilder, Float64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+/// Column names, so readers and writers agree.
+pub mod col {
+    pub const ID: &str = "id";
+    pub const SOURCE_URI: &str = "source_uri";
+    pub const SOURCE_SIZE: &str = "source_size";
+    pub const SOURCE_MODIFIED: &str = "source_modified";
+    pub const CONTENT_HASH: &str = "content_hash";
+    pub const KIND: &str = "kind";
+    pub const MIME_TYPE: &str = "mime_type";
+    pub const CHUNK_INDEX: &str = "chunk_index";
+    pub const START_SECONDS: &str = "start_seconds";
+    pub const END_SECONDS: &str = "end_seconds";
+    pub const PAGE: &str = "page";
+    pub const TEXT: &str = "text";
+    pub const DATA: &str = "data";
+    pub const THUMBNAIL: &str = "thumbnail";
+    pub const WIDTH: &str = "width";
+    pub const HEIGHT: &str = "height";
+    pub const METADATA: &str = "metadata";
+    pub const JOB_ID: &str = "job_id";
+    pub const INGESTED_AT: &str = "ingested_at";
+}
+
+/// What a row was made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Text,
+    Image,
+    Video,
+    Pdf,
+    Other,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Image => "image",
+            Kind::Video => "video",
+            Kind::Pdf => "pdf",
+            Kind::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let utc = || Some(Arc::<str>::from("UTC"));
+    Arc::new(Schema::new(vec![
+        Field::new(col::ID, DataType::Utf8, false),
+        Field::new(col::SOURCE_URI, DataType::Utf8, false),
+        Field::new(col::SOURCE_SIZE, DataType::UInt64, false),
+        Field::new(col::SOURCE_MODIFIED, DataType::Timestamp(TimeUnit::Millisecond, utc()), true),
+        Field::new(col::CONTENT_HASH, DataType::Utf8, false),
+        Field::new(col::KIND, DataType::Utf8, false),
+        Field::new(col::MIME_TYPE, DataType::Utf8, false),
+        Field::new(col::CHUNK_INDEX, DataType::UInt32, false),
+        Field::new(col::START_SECONDS, DataType::Float64, true),
+        Field::new(col::END_SECONDS, DataType::Float64, true),
+        Field::new(col::PAGE, DataType::UInt32, true),
+        Field::new(col::TEXT, DataType::Utf8, true),
+        lance::blob_field(col::DATA, true),
+        Field::new(col::THUMBNAIL, DataType::Binary, true),
+        Field::new(col::WIDTH, DataType::UInt32, true),
+        Field::new(col::HEIGHT, DataType::UInt32, true),
+        Field::new(col::METADATA, DataType::Utf8, true),
+        Field::new(col::JOB_ID, DataType::Utf8, false),
+        Field::new(col::INGESTED_AT, DataType::Timestamp(TimeUnit::Microsecond, utc()), false),
+    ]))
+});
+
+/// The table's Arrow schema.
+pub fn table_schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+/// Identity of a source file, shared by all rows made from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceInfo {
+    pub uri: String,
+    pub size: u64,
+    pub modified_ms: Option<i64>,
+    pub content_hash: String,
+}
+
+/// One row before it is written. `id`, `job_id` and `ingested_at` are filled in
+/// when the batch is built.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub chunk_index: u32,
+    pub kind: Option<Kind>,
+    pub mime_type: String,
+    pub start_seconds: Option<f64>,
+    pub end_seconds: Option<f64>,
+    pub page: Option<u32>,
+    pub text: Option<String>,
+    pub data: Option<Bytes>,
+    pub thumbnail: Option<Vec<u8>>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl Row {
+    /// Approximate in-memory size, used for the flusher's byte budget.
+    pub fn approx_bytes(&self) -> usize {
+        256 + self.text.as_ref().map_or(0, String::len)
+            + self.data.as_ref().map_or(0, Bytes::len)
+            + self.thumbnail.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// All rows of one file (or, for streamed files, one part of them).
+#[derive(Debug, Clone)]
+pub struct FileRows {
+    pub source: SourceInfo,
+    pub shard_id: String,
+    pub kind: Kind,
+    pub rows: Vec<Row>,
+    /// True when no more rows of this file follow.
+    pub last: bool,
+}
+
+/// Build one record batch of the table schema from rows of several files.
+pub fn build_batch(files: &[FileRows], job_id: &str, ingested_at_us: i64) -> Result<RecordBatch> {
+    let n: usize = files.iter().map(|f| f.rows.len()).sum();
+    let mut id = StringBuilder::with_capacity(n, n * 32);
+    let mut uri = StringBuilder::new();
+    let mut size = UInt64Builder::with_capacity(n);
+    let mut modified = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut hash = StringBuilder::new();
+    let mut kind = StringBuilder::new();
+    let mut mime = StringBuilder::new();
+    let mut chunk = UInt32Builder::with_capacity(n);
+    let mut start = Float64Builder::with_capacity(n);
+    let mut end = Float64Builder::with_capacity(n);
+    let mut page = UInt32Builder::with_capacity(n);
+    let mut text = StringBuilder::new();
+    let mut data = lance::blob::BlobArrayBuilder::new(n);
+    let mut thumb = BinaryBuilder::new();
+    let mut width = UInt32Builder::with_capacity(n);
+    let mut height = UInt32Builder::with_capacity(n);
+    let mut meta = StringBuilder::new();
+    let mut job = StringBuilder::new();
+    let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+
+    for file in files {
+        for row in &file.rows {
+            id.append_value(crate::ids::row_id(&file.source.uri, row.chunk_index));
+            uri.append_value(&file.source.uri);
+            size.append_value(file.source.size);
+            modified.append_option(file.source.modified_ms);
+            hash.append_value(&file.source.content_hash);
+            kind.append_value(row.kind.unwrap_or(file.kind).as_str());
+            mime.append_value(&row.mime_type);
+            chunk.append_value(row.chunk_index);
+            start.append_option(row.start_seconds);
+            end.append_option(row.end_seconds);
+            page.append_option(row.page);
+            text.append_option(row.text.as_deref());
+            match &row.data {
+                Some(bytes) if bytes.is_empty() => data.push_empty()?,
+                Some(bytes) => data.push_bytes(bytes)?,
+                None => data.push_null()?,
+            }
+            thumb.append_option(row.thumbnail.as_deref());
+            width.append_option(row.width);
+            height.append_option(row.height);
+            meta.append_option(row.metadata.as_ref().map(|m| m.to_string()));
+            job.append_value(job_id);
+            at.append_value(ingested_at_us);
+        }
+    }
+
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(uri.finish()),
+        Arc::new(size.finish()),
+        Arc::new(modified.finish()),
+        Arc::new(hash.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(mime.finish()),
+        Arc::new(chunk.finish()),
+        Arc::new(start.finish()),
+        Arc::new(end.finish()),
+        Arc::new(page.finish()),
+        Arc::new(text.finish()),
+        data.finish()?,
+        Arc::new(thumb.finish()),
+        Arc::new(width.finish()),
+        Arc::new(height.finish()),
+        Arc::new(meta.finish()),
+        Arc::new(job.finish()),
+        Arc::new(at.finish()),
+    ];
+    Ok(RecordBatch::try_new(table_schema(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_has_one_row_per_chunk_with_deterministic_ids() {
+        let file = FileRows {
+            source: SourceInfo {
+                uri: "file:///x.txt".into(),
+                size: 3,
+                modified_ms: Some(1),
+                content_hash: "h".into(),
+            },
+            shard_id: "s".into(),
+            kind: Kind::Text,
+            rows: (0..3)
+                .map(|i| Row {
+                    chunk_index: i,
+                    mime_type: "text/plain".into(),
+                    text: Some(format!("chunk {i}")),
+                    ..Default::default()
+                })
+                .collect(),
+            last: true,
+        };
+        let batch = build_batch(std::slice::from_ref(&file), "job", 0).unwrap();
+        assert_eq!(batch.num_rows(), 3);
+        assert_eq!(batch.schema().fields().len(), table_schema().fields().len());
+        let ids = batch
+            .column_by_name(col::ID)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap();
+        assert_eq!(ids.value(1), crate::ids::row_id("file:///x.txt", 1));
+    }
+}

@@ -1,0 +1,167 @@
+//! Pipeline settings: defaults, validation, and the protocol form.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{pb, Error, Result};
+
+/// Every knob of an ingest pipeline. Validated once with [`Settings::validate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Files normalized in parallel.
+    pub normalization_workers: u32,
+    /// Rows buffered before an uncommitted fragment is written.
+    pub flush_every: u32,
+    /// Bytes buffered before a fragment is written, whichever comes first.
+    pub flush_bytes: u64,
+    /// Rows between table commits.
+    pub commit_every: u32,
+    /// Concurrent object-store requests.
+    pub storage_concurrency: u32,
+    /// Text chunk size and overlap, in characters.
+    pub chunk_size: u32,
+    pub chunk_overlap: u32,
+    /// Images above this many pixels are refused (decompression bombs).
+    pub max_image_pixels: u64,
+    /// Longest side of thumbnails, in pixels.
+    pub thumbnail_size: u32,
+    /// Files above this size are refused.
+    pub max_file_bytes: u64,
+    /// Seconds one file may take in a normalizer.
+    pub file_timeout_secs: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            normalization_workers: 4,
+            flush_every: 200,
+            flush_bytes: 64 << 20,
+            commit_every: 2000,
+            storage_concurrency: 32,
+            chunk_size: 1000,
+            chunk_overlap: 200,
+            max_image_pixels: 100_000_000,
+            thumbnail_size: 256,
+            max_file_bytes: 512 << 20,
+            file_timeout_secs: 300,
+        }
+    }
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidSettings(m));
+        if !(1..=1024).contains(&self.normalization_workers) {
+            return bad(format!("normalization_workers must be 1..=1024, got {}", self.normalization_workers));
+        }
+        if self.flush_every == 0 {
+            return bad("flush_every must be at least 1".into());
+        }
+        if self.flush_bytes < 1024 {
+            return bad(format!("flush_bytes must be at least 1024, got {}", self.flush_bytes));
+        }
+        if self.commit_every == 0 {
+            return bad("commit_every must be at least 1".into());
+        }
+        if !(1..=4096).contains(&self.storage_concurrency) {
+            return bad(format!("storage_concurrency must be 1..=4096, got {}", self.storage_concurrency));
+        }
+        if self.chunk_size == 0 {
+            return bad("chunk_size must be at least 1".into());
+        }
+        if self.chunk_overlap >= self.chunk_size {
+            return bad(format!(
+                "chunk_overlap ({}) must be smaller than chunk_size ({})",
+                self.chunk_overlap, self.chunk_size
+            ));
+        }
+        if self.max_image_pixels == 0 {
+            return bad("max_image_pixels must be at least 1".into());
+        }
+        if !(16..=4096).contains(&self.thumbnail_size) {
+            return bad(format!("thumbnail_size must be 16..=4096, got {}", self.thumbnail_size));
+        }
+        if self.max_file_bytes == 0 {
+            return bad("max_file_bytes must be at least 1".into());
+        }
+        if self.file_timeout_secs == 0 {
+            return bad("file_timeout_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl From<&Settings> for pb::PipelineSettings {
+    fn from(s: &Settings) -> Self {
+        pb::PipelineSettings {
+            normalization_workers: s.normalization_workers,
+            flush_every: s.flush_every,
+            flush_bytes: s.flush_bytes,
+            commit_every: s.commit_every,
+            storage_concurrency: s.storage_concurrency,
+            chunk_size: s.chunk_size,
+            chunk_overlap: s.chunk_overlap,
+            max_image_pixels: s.max_image_pixels,
+            thumbnail_size: s.thumbnail_size,
+            max_file_bytes: s.max_file_bytes,
+            file_timeout_secs: s.file_timeout_secs,
+        }
+    }
+}
+
+impl TryFrom<&pb::PipelineSettings> for Settings {
+    type Error = Error;
+
+    /// Zero fields take their defaults, so a sparse request works.
+    fn try_from(p: &pb::PipelineSettings) -> Result<Self> {
+        let d = Settings::default();
+        let pick = |v: u32, dv: u32| if v == 0 { dv } else { v };
+        let pick64 = |v: u64, dv: u64| if v == 0 { dv } else { v };
+        let s = Settings {
+            normalization_workers: pick(p.normalization_workers, d.normalization_workers),
+            flush_every: pick(p.flush_every, d.flush_every),
+            flush_bytes: pick64(p.flush_bytes, d.flush_bytes),
+            commit_every: pick(p.commit_every, d.commit_every),
+            storage_concurrency: pick(p.storage_concurrency, d.storage_concurrency),
+            chunk_size: pick(p.chunk_size, d.chunk_size),
+            chunk_overlap: if p.chunk_size == 0 && p.chunk_overlap == 0 { d.chunk_overlap } else { p.chunk_overlap },
+            max_image_pixels: pick64(p.max_image_pixels, d.max_image_pixels),
+            thumbnail_size: pick(p.thumbnail_size, d.thumbnail_size),
+            max_file_bytes: pick64(p.max_file_bytes, d.max_file_bytes),
+            file_timeout_secs: pick(p.file_timeout_secs, d.file_timeout_secs),
+        };
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_knobs() {
+        let s = Settings::default();
+        assert_eq!((s.normalization_workers, s.flush_every, s.commit_every, s.storage_concurrency), (4, 200, 2000, 32));
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_settings_say_what_is_wrong() {
+        let s = Settings { chunk_overlap: 1000, ..Default::default() };
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("chunk_overlap"), "{e}");
+        let s = Settings { normalization_workers: 0, ..Default::default() };
+        assert!(s.validate().unwrap_err().to_string().contains("normalization_workers"));
+    }
+
+    #[test]
+    fn protocol_round_trip_and_sparse_defaults() {
+        let s = Settings { flush_every: 7, ..Default::default() };
+        let p = pb::PipelineSettings::from(&s);
+        assert_eq!(Settings::try_from(&p).unwrap(), s);
+        let sparse = pb::PipelineSettings::default();
+        assert_eq!(Settings::try_from(&sparse).unwrap(), Settings::default());
+    }
+}

@@ -1,0 +1,230 @@
+//! Table access and the exactly-once commit protocol.
+//!
+//! Lance has no idempotent commit: committing the same fragments twice adds
+//! their rows twice. Every sluice commit therefore carries a deterministic
+//! commit id (as the transaction uuid and as a transaction property). Before
+//! committing, and after any commit error, the versions written since the
+//! caller's last known version are searched for that id; if it is there the
+//! commit already landed and is not repeated.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::{Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
+use futures::TryStreamExt;
+use lance::dataset::transaction::{Operation, TransactionBuilder};
+use lance::dataset::{
+    CommitBuilder, InsertBuilder, ReadParams, WriteMode, WriteParams,
+};
+use lance::dataset::builder::DatasetBuilder;
+use lance::Dataset;
+use lance_file::version::LanceFileVersion;
+use lance_table::format::Fragment;
+
+use crate::schema::{col, table_schema};
+use crate::storage::{store_params, StorageLimiter, TableLocation};
+use crate::{Error, Result};
+
+/// Transaction property keys sluice writes on every commit.
+pub mod prop {
+    pub const COMMIT_ID: &str = "sluice.commit_id";
+    pub const JOB_ID: &str = "sluice.job_id";
+    pub const ROWS: &str = "sluice.rows";
+    pub const FILES: &str = "sluice.files";
+    pub const FAILED: &str = "sluice.failed";
+}
+
+/// Blob v2 columns need Lance file format 2.2.
+pub const FILE_VERSION: LanceFileVersion = LanceFileVersion::V2_2;
+
+/// A table location together with the storage limiter every access goes through.
+#[derive(Debug, Clone)]
+pub struct TableHandle {
+    pub location: TableLocation,
+    pub limiter: StorageLimiter,
+}
+
+impl TableHandle {
+    pub fn new(location: TableLocation, storage_concurrency: u32) -> Self {
+        Self { location, limiter: StorageLimiter::new(storage_concurrency) }
+    }
+
+    pub fn write_params(&self, mode: WriteMode) -> WriteParams {
+        WriteParams {
+            mode,
+            data_storage_version: Some(FILE_VERSION),
+            store_params: Some(store_params(&self.location, &self.limiter)),
+            max_rows_per_file: usize::MAX / 2,
+            ..Default::default()
+        }
+    }
+
+    /// Open the table at its latest version.
+    pub async fn open(&self) -> Result<Dataset> {
+        Ok(DatasetBuilder::from_uri(&self.location.uri)
+            .with_read_params(ReadParams {
+                store_options: Some(store_params(&self.location, &self.limiter)),
+                ..Default::default()
+            })
+            .load()
+            .await?)
+    }
+
+    /// Open the table, creating it empty with the sluice schema if absent.
+    pub async fn open_or_create(&self) -> Result<Dataset> {
+        match self.open().await {
+            Ok(ds) => {
+                check_schema(&ds)?;
+                Ok(ds)
+            }
+            Err(Error::Lance(lance::Error::DatasetNotFound { .. })) => {
+                let empty = RecordBatch::new_empty(table_schema());
+                let params = self.write_params(WriteMode::Create);
+                match InsertBuilder::new(self.location.uri.as_str())
+                    .with_params(&params)
+                    .execute(vec![empty])
+                    .await
+                {
+                    Ok(ds) => Ok(ds),
+                    // Someone else created it first.
+                    Err(lance::Error::DatasetAlreadyExists { .. }) => self.open().await,
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write rows as uncommitted fragments; the coordinator commits them later.
+    pub async fn write_uncommitted(&self, dataset: Arc<Dataset>, batch: RecordBatch) -> Result<Vec<Fragment>> {
+        let params = self.write_params(WriteMode::Append);
+        let txn = InsertBuilder::new(dataset).with_params(&params).execute_uncommitted(vec![batch]).await?;
+        match txn.operation {
+            Operation::Append { fragments } => Ok(fragments),
+            other => Err(Error::InvalidInput(format!("unexpected write operation {other}"))),
+        }
+    }
+}
+
+/// Refuse tables that were not written by sluice (or by an incompatible version).
+fn check_schema(ds: &Dataset) -> Result<()> {
+    let have: arrow_schema::Schema = ds.schema().into();
+    let want = table_schema();
+    for field in want.fields() {
+        if have.field_with_name(field.name()).is_err() {
+            return Err(Error::InvalidInput(format!(
+                "table {} exists but has no column `{}`: not a sluice table",
+                ds.uri(),
+                field.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The version at which the commit with `commit_id` landed, searching versions
+/// newer than `after_version`.
+pub async fn find_commit(ds: &Dataset, commit_id: &str, after_version: u64) -> Result<Option<u64>> {
+    let latest = ds.latest_version_id().await?;
+    for version in (after_version + 1..=latest).rev() {
+        if let Some(txn) = ds.read_transaction_by_version(version).await? {
+            if txn.uuid == commit_id
+                || txn.transaction_properties.as_ref().and_then(|p| p.get(prop::COMMIT_ID)).map(String::as_str)
+                    == Some(commit_id)
+            {
+                return Ok(Some(version));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Outcome of [`commit_append`].
+#[derive(Debug)]
+pub struct Committed {
+    pub dataset: Dataset,
+    pub version: u64,
+    /// False when the commit had already landed earlier and was not repeated.
+    pub fresh: bool,
+}
+
+/// Commit fragments as one Append, exactly once per `commit_id`.
+///
+/// `known_version` is a version the caller knows to precede any earlier
+/// attempt of this commit; only newer versions are searched.
+pub async fn commit_append(
+    handle: &TableHandle,
+    ds: &Dataset,
+    commit_id: &str,
+    known_version: u64,
+    fragments: Vec<Fragment>,
+    mut properties: HashMap<String, String>,
+) -> Result<Committed> {
+    let mut latest = ds.clone();
+    latest.checkout_latest().await?;
+    if let Some(version) = find_commit(&latest, commit_id, known_version).await? {
+        let dataset = latest.checkout_version(version).await?;
+        return Ok(Committed { dataset, version, fresh: false });
+    }
+    properties.insert(prop::COMMIT_ID.into(), commit_id.to_string());
+    let txn = TransactionBuilder::new(latest.version().version, Operation::Append { fragments })
+        .uuid(commit_id.to_string())
+        .transaction_properties(Some(Arc::new(properties)))
+        .build();
+    let result = CommitBuilder::new(Arc::new(latest.clone()))
+        .with_store_params(store_params(&handle.location, &handle.limiter))
+        .execute(txn)
+        .await;
+    match result {
+        Ok(dataset) => {
+            let version = dataset.version().version;
+            Ok(Committed { dataset, version, fresh: true })
+        }
+        Err(err) => {
+            // The commit may have landed even though we saw an error.
+            let mut again = handle.open().await?;
+            again.checkout_latest().await?;
+            match find_commit(&again, commit_id, known_version).await? {
+                Some(version) => {
+                    let dataset = again.checkout_version(version).await?;
+                    Ok(Committed { dataset, version, fresh: false })
+                }
+                None => Err(err.into()),
+            }
+        }
+    }
+}
+
+/// What the table already holds of a source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommittedFile {
+    pub size: u64,
+    pub modified_ms: Option<i64>,
+}
+
+/// Every source file with rows in the table. A file's rows are always
+/// committed together, so one row (chunk 0) stands for the whole file.
+pub async fn committed_files(ds: &Dataset) -> Result<HashMap<String, CommittedFile>> {
+    let mut scan = ds.scan();
+    scan.project(&[col::SOURCE_URI, col::SOURCE_SIZE, col::SOURCE_MODIFIED])?;
+    scan.filter(&format!("{} = 0", col::CHUNK_INDEX))?;
+    let mut stream = scan.try_into_stream().await?;
+    let mut files = HashMap::new();
+    while let Some(batch) = stream.try_next().await? {
+        let uris = downcast::<StringArray>(&batch, col::SOURCE_URI)?;
+        let sizes = downcast::<UInt64Array>(&batch, col::SOURCE_SIZE)?;
+        let modified = downcast::<TimestampMillisecondArray>(&batch, col::SOURCE_MODIFIED)?;
+        for i in 0..batch.num_rows() {
+            let m = (!modified.is_null(i)).then(|| modified.value(i));
+            files.insert(uris.value(i).to_string(), CommittedFile { size: sizes.value(i), modified_ms: m });
+        }
+    }
+    Ok(files)
+}
+
+pub(crate) fn downcast<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| Error::InvalidInput(format!("column {name} missing or of an unexpected type")))
+}

@@ -1,0 +1,89 @@
+//! Groups planned files into shards, by count and bytes, one open shard per
+//! kind so workers see files of one kind together.
+
+use std::collections::HashMap;
+
+use sluice_common::pb;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Bucket {
+    Text,
+    Image,
+    Video,
+    Pdf,
+    Other,
+}
+
+fn bucket(uri: &str) -> Bucket {
+    let ext = uri.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "jpg" | "jpeg" | "png" | "gif" | "webp" | "tif" | "tiff" | "bmp" => Bucket::Image,
+        "mp4" | "mov" | "mkv" | "webm" | "avi" | "m4v" => Bucket::Video,
+        "pdf" => Bucket::Pdf,
+        "txt" | "md" | "csv" | "json" | "jsonl" | "html" | "xml" | "log" => Bucket::Text,
+        _ => Bucket::Other,
+    }
+}
+
+pub struct ShardPlanner {
+    job_id: String,
+    max_files: usize,
+    max_bytes: u64,
+    open: HashMap<Bucket, (Vec<pb::FileRef>, u64)>,
+    next: u64,
+}
+
+impl ShardPlanner {
+    pub fn new(job_id: &str, max_files: usize, max_bytes: u64) -> Self {
+        Self { job_id: job_id.to_string(), max_files: max_files.max(1), max_bytes: max_bytes.max(1), open: HashMap::new(), next: 0 }
+    }
+
+    fn seal(&mut self, files: Vec<pb::FileRef>) -> (String, Vec<pb::FileRef>) {
+        self.next += 1;
+        let id = format!("{}-{:06}", self.job_id, self.next);
+        let files = files.into_iter().map(|f| pb::FileRef { shard_id: id.clone(), ..f }).collect();
+        (id, files)
+    }
+
+    /// Add a file; returns a shard when one fills up.
+    pub fn push(&mut self, file: pb::FileRef) -> Option<(String, Vec<pb::FileRef>)> {
+        let b = bucket(&file.uri);
+        let entry = self.open.entry(b).or_default();
+        entry.1 += file.size;
+        entry.0.push(file);
+        if entry.0.len() >= self.max_files || entry.1 >= self.max_bytes {
+            let (files, _) = self.open.remove(&b).expect("just inserted");
+            return Some(self.seal(files));
+        }
+        None
+    }
+
+    /// The remaining partly filled shards.
+    pub fn finish(&mut self) -> Vec<(String, Vec<pb::FileRef>)> {
+        let mut rest: Vec<_> = self.open.drain().map(|(_, (files, _))| files).collect();
+        rest.sort_by(|a, b| a[0].uri.cmp(&b[0].uri));
+        rest.into_iter().map(|files| self.seal(files)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(uri: &str, size: u64) -> pb::FileRef {
+        pb::FileRef { uri: uri.into(), size, ..Default::default() }
+    }
+
+    #[test]
+    fn shards_split_by_count_bytes_and_kind() {
+        let mut p = ShardPlanner::new("j", 2, 100);
+        assert!(p.push(f("a.txt", 1)).is_none());
+        assert!(p.push(f("b.png", 1)).is_none());
+        let (id, files) = p.push(f("c.txt", 1)).unwrap();
+        assert_eq!(files.len(), 2);
+        assert!(files.iter().all(|x| x.shard_id == id && x.uri.ends_with(".txt")));
+        let (_, big) = p.push(f("d.png", 500)).unwrap();
+        assert_eq!(big.len(), 2);
+        assert!(p.finish().is_empty());
+    }
+}

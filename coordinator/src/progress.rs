@@ -1,0 +1,97 @@
+//! Live job counters and the end-of-job summary.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use sluice_common::ledger::ErrorRecord;
+
+/// Counters shared between the job and whoever watches it.
+#[derive(Debug, Default)]
+pub struct JobProgress {
+    pub files_planned: AtomicU64,
+    pub files_skipped: AtomicU64,
+    pub files_done: AtomicU64,
+    pub files_failed: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub rows_committed: AtomicU64,
+    pub bytes: AtomicU64,
+    pub commits: AtomicU64,
+    pub fragments: AtomicU64,
+    pub version: AtomicU64,
+    pub planning_done: AtomicBool,
+    abort: Mutex<Option<String>>,
+}
+
+impl JobProgress {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Ask the job to stop taking files; the first reason wins.
+    pub fn abort(&self, reason: impl Into<String>) {
+        self.abort.lock().expect("not poisoned").get_or_insert_with(|| reason.into());
+    }
+    pub fn abort_reason(&self) -> Option<String> {
+        self.abort.lock().expect("not poisoned").clone()
+    }
+    /// Files finished one way or another.
+    pub fn files_finished(&self) -> u64 {
+        Self::get(&self.files_done) + Self::get(&self.files_failed) + Self::get(&self.files_skipped)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Succeeded,
+    CompletedWithErrors,
+    Aborted,
+}
+
+impl JobStatus {
+    /// Process exit code: 0 all good, 2 some files failed, 3 aborted.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            JobStatus::Succeeded => 0,
+            JobStatus::CompletedWithErrors => 2,
+            JobStatus::Aborted => 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub job_id: String,
+    pub table: String,
+    pub status: JobStatus,
+    pub abort_reason: Option<String>,
+    pub files_planned: u64,
+    pub files_skipped: u64,
+    pub files_ingested: u64,
+    pub files_failed: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub files_per_sec: f64,
+    pub rows_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub table_version: u64,
+    pub commits: u64,
+    pub fragments: u64,
+    pub errors: Vec<ErrorRecord>,
+    pub peak_rss_bytes: Option<u64>,
+    pub peak_concurrent_normalizations: u64,
+    pub storage_requests: u64,
+    pub storage_peak_in_flight: u64,
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,209 @@
+//! The commit reconciler: absorbs workers' checkpoints in order and turns them
+//! into Lance commits, every `commit_every` rows and at the end.
+//!
+//! A commit only ends at a *clean* checkpoint (no file has rows on both sides
+//! of it), so a file's rows always land in one commit; the table is then its
+//! own ledger of finished files. Each commit has a deterministic id (job,
+//! worker, first and last checkpoint) and goes through
+//! [`sluice_common::table::commit_append`], which never applies an id twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use lance::Dataset;
+use lance_table::format::Fragment;
+use sluice_common::ledger::ErrorLedger;
+use sluice_common::table::{commit_append, prop, TableHandle};
+use sluice_common::{ids, pb, Error, Result};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::progress::JobProgress;
+
+pub enum ReconcilerMsg {
+    Checkpoint(pb::Checkpoint, oneshot::Sender<Result<pb::CheckpointAck>>),
+    /// Inputs that failed before reaching a worker.
+    PlanningFailed(Vec<pb::FileFailed>),
+    /// Commit whatever is left and stop.
+    Finish(oneshot::Sender<Result<()>>),
+}
+
+#[derive(Default)]
+struct WorkerStream {
+    next_seq: u64,
+    pending: Vec<pb::Checkpoint>,
+}
+
+pub struct CommitReconciler {
+    table: TableHandle,
+    dataset: Dataset,
+    known_version: u64,
+    job_id: String,
+    commit_every: u64,
+    max_errors: Option<u64>,
+    ledger: ErrorLedger,
+    progress: Arc<JobProgress>,
+    streams: BTreeMap<String, WorkerStream>,
+    pending_rows: u64,
+    planner_batches: u64,
+}
+
+impl CommitReconciler {
+    pub fn new(
+        table: TableHandle,
+        dataset: Dataset,
+        job_id: String,
+        commit_every: u32,
+        max_errors: Option<u64>,
+        ledger: ErrorLedger,
+        progress: Arc<JobProgress>,
+    ) -> Self {
+        let known_version = dataset.version().version;
+        progress.version.store(known_version, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            table,
+            dataset,
+            known_version,
+            job_id,
+            commit_every: u64::from(commit_every),
+            max_errors,
+            ledger,
+            progress,
+            streams: BTreeMap::new(),
+            pending_rows: 0,
+            planner_batches: 0,
+        }
+    }
+
+    /// Serve messages until `Finish`.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<ReconcilerMsg>) -> Result<()> {
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                ReconcilerMsg::Checkpoint(cp, reply) => {
+                    let r = self.absorb(cp).await;
+                    let fatal = r.as_ref().err().map(|e| e.to_string());
+                    let _ = reply.send(r);
+                    if let Some(e) = fatal {
+                        return Err(Error::Link(format!("commit failed: {e}")));
+                    }
+                }
+                ReconcilerMsg::PlanningFailed(failed) => {
+                    self.planner_batches += 1;
+                    let id = format!("planner-{:06}", self.planner_batches);
+                    self.ledger.record(&self.job_id, &id, &failed).await?;
+                    JobProgress::add(&self.progress.files_failed, failed.len() as u64);
+                    self.check_errors();
+                }
+                ReconcilerMsg::Finish(reply) => {
+                    let r = self.commit_ready(true).await;
+                    let _ = reply.send(r);
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_errors(&self) -> bool {
+        let failed = JobProgress::get(&self.progress.files_failed);
+        match self.max_errors {
+            Some(max) if failed > max => {
+                self.progress.abort(format!("{failed} files failed, more than --max-errors {max}"));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub async fn absorb(&mut self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
+        if cp.job_id != self.job_id {
+            return Ok(pb::CheckpointAck { accepted: false, reason: format!("unknown job {}", cp.job_id), stop: true });
+        }
+        let stream = self.streams.entry(cp.worker_id.clone()).or_insert(WorkerStream { next_seq: 1, pending: vec![] });
+        if cp.seq < stream.next_seq {
+            // A retried publish of a checkpoint we already hold.
+            return Ok(pb::CheckpointAck { accepted: true, reason: "duplicate".into(), stop: false });
+        }
+        if cp.seq > stream.next_seq {
+            return Ok(pb::CheckpointAck {
+                accepted: false,
+                reason: format!("expected checkpoint {} from {}, got {}", stream.next_seq, cp.worker_id, cp.seq),
+                stop: true,
+            });
+        }
+        stream.next_seq += 1;
+        let p = &self.progress;
+        JobProgress::add(&p.files_done, cp.completed.len() as u64);
+        JobProgress::add(&p.files_failed, cp.failed.len() as u64);
+        JobProgress::add(&p.rows_written, cp.rows);
+        JobProgress::add(&p.bytes, cp.bytes);
+        self.pending_rows += cp.rows;
+        stream.pending.push(cp);
+        if self.pending_rows >= self.commit_every {
+            self.commit_ready(false).await?;
+        }
+        let stop = self.check_errors();
+        Ok(pb::CheckpointAck { accepted: true, reason: String::new(), stop })
+    }
+
+    /// Commit each worker's pending checkpoints up to its last clean one (or all).
+    async fn commit_ready(&mut self, all: bool) -> Result<()> {
+        let workers: Vec<String> = self.streams.keys().cloned().collect();
+        for worker in workers {
+            let stream = self.streams.get_mut(&worker).expect("listed");
+            let cut = if all {
+                stream.pending.len()
+            } else {
+                stream.pending.iter().rposition(|c| c.clean).map_or(0, |i| i + 1)
+            };
+            if cut == 0 {
+                continue;
+            }
+            let batch: Vec<_> = stream.pending.drain(..cut).collect();
+            self.commit(&worker, batch).await?;
+        }
+        self.pending_rows = self.streams.values().flat_map(|s| &s.pending).map(|c| c.rows).sum();
+        Ok(())
+    }
+
+    async fn commit(&mut self, worker: &str, cps: Vec<pb::Checkpoint>) -> Result<()> {
+        let (first, last) = (cps[0].seq, cps[cps.len() - 1].seq);
+        let commit_id = ids::commit_id(&self.job_id, worker, first, last);
+        let mut fragments: Vec<Fragment> = Vec::new();
+        let mut failed = Vec::new();
+        let (mut rows, mut files) = (0u64, 0u64);
+        for cp in cps {
+            for f in &cp.fragments_json {
+                fragments.push(serde_json::from_str(f)?);
+            }
+            rows += cp.rows;
+            files += cp.completed.len() as u64;
+            failed.extend(cp.failed);
+        }
+        // Failures are recorded before the commit they belong to, under the
+        // commit's id, so a retry rewrites rather than repeats them.
+        self.ledger.record(&self.job_id, &commit_id, &failed).await?;
+        if fragments.is_empty() {
+            return Ok(());
+        }
+        let n_fragments = fragments.len() as u64;
+        sluice_common::failpoint::hit("before_commit");
+        let props = HashMap::from([
+            (prop::JOB_ID.to_string(), self.job_id.clone()),
+            (prop::ROWS.to_string(), rows.to_string()),
+            (prop::FILES.to_string(), files.to_string()),
+            (prop::FAILED.to_string(), failed.len().to_string()),
+        ]);
+        let committed =
+            commit_append(&self.table, &self.dataset, &commit_id, self.known_version, fragments, props).await?;
+        sluice_common::failpoint::hit("after_commit");
+        tracing::info!(job_id = %self.job_id, %commit_id, version = committed.version, rows, files, fresh = committed.fresh, "committed");
+        self.known_version = committed.version;
+        self.dataset = committed.dataset;
+        let p = &self.progress;
+        JobProgress::add(&p.rows_committed, rows);
+        JobProgress::add(&p.commits, 1);
+        JobProgress::add(&p.fragments, n_fragments);
+        p.version.store(committed.version, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}

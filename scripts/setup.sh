@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what building and testing sluice needs on Debian 12: protoc and
+# pkg-config for the build, and a Python venv with pylance for the
+# independent reader test. Safe to run again; skips what is already there.
+set -euo pipefail
+
+VENV=${SLUICE_VENV:-/opt/sluice-venv}
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+need_apt=()
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found; install a Rust toolchain (1.85 or newer) first" >&2
+  exit 1
+fi
+
+if ! "$VENV/bin/python" -c 'import lance, pyarrow; assert lance.__version__ == "14.0.2"' 2>/dev/null; then
+  echo "setup: creating $VENV with pylance 14.0.2"
+  $SUDO python3 -m venv "$VENV"
+  $SUDO "$VENV/bin/pip" install -q 'pylance==14.0.2' pyarrow
+fi

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up, build once, run every test (unit and integration).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/sluice-target}
+export SLUICE_PYTHON=${SLUICE_PYTHON:-${SLUICE_VENV:-/opt/sluice-venv}/bin/python}
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi

@@ -1,0 +1,186 @@
+//! End-to-end tests of `sluice ingest` on a local table, read back through
+//! the Lance API and, independently, through pylance.
+
+mod support;
+
+use std::path::Path;
+
+use support::*;
+
+#[test]
+fn mixed_directory_lands_with_rows_per_kind_and_a_ledger_of_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    corpus_with_extras(&corpus);
+    let table = dir.path().join("lake");
+
+    let (code, s) = ingest_json(&table, &[&corpus], &[]);
+    assert_eq!(code, 2, "some files failed, so the exit code says so");
+    assert_eq!(s["status"], "completed_with_errors");
+    assert_eq!(s["files_failed"], 4);
+
+    let expected = expected_rows(&corpus);
+    assert_exactly_once(&table, &expected);
+    let rows = read_rows(&table);
+    let kinds = rows_per_kind(&rows);
+    let text_rows: usize = expected.iter().filter(|(u, _)| u.ends_with(".txt")).map(|(_, n)| n).sum();
+    assert_eq!(kinds["text"], text_rows);
+    assert_eq!(kinds["image"], 10 + 1, "10 corpus images + the UTF-8-named one");
+    assert_eq!(kinds["other"], 10);
+    assert_eq!(s["rows"].as_u64().unwrap() as usize, rows.len());
+
+    let errors = s["errors"].as_array().unwrap();
+    let reason = |name: &str| {
+        errors.iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string())
+    };
+    assert!(reason("binary.txt").unwrap().contains("NUL byte"));
+    assert!(reason("bomb.png").unwrap().contains("decompression bomb"));
+    assert!(reason("truncated.jpg").unwrap().contains("image"));
+    assert!(reason("not-really.png").unwrap().contains("image"));
+
+    // inspect shows the same through its JSON report.
+    let out = run(sluice().arg("inspect").arg(&table).arg("--json"));
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rows"].as_u64().unwrap() as usize, rows.len());
+    assert_eq!(report["rows_per_kind"]["other"], 10);
+    assert_eq!(report["failed_files"], 4);
+    assert!(report["schema"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().starts_with("data:")));
+}
+
+/// The sample corpus plus files that exercise transcoding and naming.
+fn corpus_with_extras(corpus: &Path) {
+    support::corpus(corpus, 40, true);
+    let extra = corpus.join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    let mut utf16 = vec![0xFF, 0xFE];
+    for u in "UTF-16 text, ünïcödé".encode_utf16() {
+        utf16.extend_from_slice(&u.to_le_bytes());
+    }
+    std::fs::write(extra.join("utf16.txt"), utf16).unwrap();
+    std::fs::write(extra.join("latin1.txt"), b"caf\xe9 cr\xe8me br\xfbl\xe9e et na\xefvet\xe9 d\xe9j\xe0 vue").unwrap();
+    std::fs::write(extra.join("empty.txt"), b"").unwrap();
+    let img = image::RgbImage::from_fn(30, 20, |x, y| image::Rgb([x as u8, y as u8, 9]));
+    img.save(extra.join("фото 写真.png")).unwrap();
+}
+
+#[test]
+fn rerun_skips_unchanged_files_and_replaces_changed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c");
+    support::corpus(&corpus, 24, false);
+    let table = dir.path().join("t");
+    let (code, first) = ingest_json(&table, &[&corpus], &[]);
+    assert_eq!(code, 0);
+    let v1 = versions(&table);
+
+    let (code, second) = ingest_json(&table, &[&corpus], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(second["files_skipped"], 24);
+    assert_eq!(second["rows"], 0);
+    assert_eq!(versions(&table), v1, "nothing new, no new version");
+
+    // Change one text file: its old rows go, its new rows come, once.
+    let doc = walk(&corpus).into_iter().find(|p| p.extension().is_some_and(|e| e == "txt")).unwrap();
+    std::fs::write(&doc, "x".repeat(2500)).unwrap();
+    let (code, third) = ingest_json(&table, &[&corpus], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(third["files_ingested"], 1);
+    assert_eq!(third["files_skipped"], 23);
+    assert_exactly_once(&table, &expected_rows(&corpus));
+    assert_eq!(first["files_ingested"], 24);
+}
+
+#[test]
+fn missing_paths_and_bad_settings_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t");
+    let out = run(sluice().arg("ingest").arg("--table").arg(&table).arg(dir.path().join("nope")));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+
+    let out = run(sluice().args(["ingest", "--chunk-size", "10", "--chunk-overlap", "10", "--table"]).arg(&table).arg(dir.path()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chunk_overlap"));
+
+    // A manifest that names a directory and a missing file: recorded, not fatal.
+    let good = dir.path().join("good.txt");
+    std::fs::write(&good, "hello").unwrap();
+    let manifest = dir.path().join("list.txt");
+    std::fs::write(&manifest, format!("{}\n{}\n{}\n", good.display(), dir.path().display(), dir.path().join("gone.txt").display())).unwrap();
+    let out = run(sluice().arg("ingest").arg("--table").arg(&table).arg("--manifest").arg(&manifest).arg("--json"));
+    assert_eq!(out.status.code(), Some(2));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["files_ingested"], 1);
+    let reasons: Vec<_> = s["errors"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap().to_string()).collect();
+    assert!(reasons.contains(&"is a directory, not a file".to_string()), "{reasons:?}");
+    assert!(reasons.contains(&"no such file".to_string()), "{reasons:?}");
+}
+
+#[test]
+fn max_errors_aborts_but_keeps_what_was_ingested() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for i in 0..30 {
+        std::fs::write(corpus.join(format!("bad-{i:02}.txt")), b"\x00binary").unwrap();
+    }
+    let table = dir.path().join("t");
+    let (code, s) = ingest_json(&table, &[&corpus], &["--max-errors", "5", "--normalization-workers", "1", "--flush-every", "1"]);
+    assert_eq!(code, 3, "aborted");
+    assert_eq!(s["status"], "aborted");
+    let failed = s["files_failed"].as_u64().unwrap();
+    assert!(failed > 5 && failed < 30, "stopped early: {failed} failed");
+}
+
+#[test]
+fn knobs_do_what_they_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for i in 0..60 {
+        std::fs::write(corpus.join(format!("f-{i:02}.txt")), format!("file {i}")).unwrap();
+    }
+    // 60 one-row files: flush every 7 rows -> ceil(60/7) = 9 fragments;
+    // commit every 20 rows -> a commit at rows 21, 42 and the rest at the end.
+    let table = dir.path().join("t1");
+    let (code, s) = ingest_json(&table, &[&corpus], &["--flush-every", "7", "--commit-every", "20", "--normalization-workers", "1"]);
+    assert_eq!(code, 0);
+    assert_eq!(s["fragments"], 9);
+    assert_eq!(s["commits"], 3);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let fragments = rt.block_on(async { lance::Dataset::open(table.to_str().unwrap()).await.unwrap().get_fragments().len() });
+    assert_eq!(fragments, 9);
+    assert_eq!(s["peak_concurrent_normalizations"], 1);
+
+    let table = dir.path().join("t2");
+    let (code, s) = ingest_json(&table, &[&corpus], &["--flush-every", "1000", "--commit-every", "1000", "--normalization-workers", "4"]);
+    assert_eq!(code, 0);
+    assert_eq!(s["fragments"], 1);
+    assert_eq!(s["commits"], 1);
+    assert!(s["peak_concurrent_normalizations"].as_u64().unwrap() <= 4);
+}
+
+#[test]
+fn pylance_reads_what_the_cli_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c");
+    support::corpus(&corpus, 40, false);
+    let table = dir.path().join("t");
+    let (code, s) = ingest_json(&table, &[&corpus], &["--flush-every", "10", "--commit-every", "30"]);
+    assert_eq!(code, 0);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/read_table.py");
+    let out = run(std::process::Command::new(python()).arg(script).arg(&table));
+    assert!(out.status.success(), "pylance must be installed (SLUICE_PYTHON) and read the table");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected = expected_rows(&corpus);
+    let total: usize = expected.values().sum();
+    assert_eq!(r["rows"].as_u64().unwrap() as usize, total);
+    assert_eq!(r["distinct_ids"].as_u64().unwrap() as usize, total);
+    assert_eq!(r["files"].as_u64().unwrap() as usize, expected.len());
+    assert_eq!(r["kinds"]["image"], 10);
+    assert_eq!(r["kinds"]["other"], 10);
+    assert_eq!(r["version"], s["table_version"]);
+    assert!(r["blob_checks"].as_u64().unwrap() >= 20);
+    assert_eq!(r["blob_mismatches"].as_array().unwrap().len(), 0, "blob bytes equal the source files");
+}

@@ -1,0 +1,86 @@
+//! Crash and resume: the process dies at chosen and at random moments; a
+//! rerun of the same command must leave every file's rows exactly once.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use support::*;
+
+const ARGS: &[&str] = &["--flush-every", "5", "--commit-every", "15", "--normalization-workers", "2"];
+
+fn setup(files: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c");
+    support::corpus(&corpus, files, false);
+    (dir, corpus)
+}
+
+fn ingest_with_failpoint(table: &Path, corpus: &Path, failpoint: &str) {
+    let mut cmd = sluice();
+    cmd.env("SLUICE_FAILPOINTS", failpoint).arg("ingest").arg("--table").arg(table).arg(corpus).arg("--json").args(ARGS);
+    let out = run(&mut cmd);
+    assert!(!out.status.success(), "failpoint {failpoint} must kill the process");
+    assert_eq!(out.status.code(), None, "killed by a signal (abort), not a clean exit");
+}
+
+fn rerun_and_check(table: &Path, corpus: &Path) {
+    let (code, s) = ingest_json(table, &[corpus], ARGS);
+    assert_eq!(code, 0, "rerun succeeds");
+    assert!(s["files_skipped"].as_u64().unwrap() > 0, "work committed before the crash is kept");
+    assert_exactly_once(table, &expected_rows(corpus));
+}
+
+#[test]
+fn crash_after_a_commit_lands() {
+    let (dir, corpus) = setup(120);
+    let table = dir.path().join("t");
+    ingest_with_failpoint(&table, &corpus, "after_commit=3");
+    rerun_and_check(&table, &corpus);
+}
+
+#[test]
+fn crash_after_fragments_are_written_but_before_commit() {
+    let (dir, corpus) = setup(120);
+    let table = dir.path().join("t");
+    ingest_with_failpoint(&table, &corpus, "before_commit=4");
+    rerun_and_check(&table, &corpus);
+}
+
+#[test]
+fn kill_9_at_random_moments_then_resume() {
+    let (dir, corpus) = setup(300);
+    let mut rng = rand::rng();
+    for round in 0..3 {
+        let table = dir.path().join(format!("t{round}"));
+        let mut child = sluice()
+            .arg("ingest")
+            .arg("--table")
+            .arg(&table)
+            .arg(&corpus)
+            .arg("--no-progress")
+            .args(ARGS)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for the first commit, then kill at a random moment after it.
+        let started = Instant::now();
+        let versions_dir = table.join("_versions");
+        while std::fs::read_dir(&versions_dir).map_or(0, |d| d.count()) < 2 {
+            assert!(started.elapsed() < Duration::from_secs(120), "no commit within 2 minutes");
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        eprintln!("round {round}: killed ({status:?}) after {:?}", started.elapsed());
+        let (code, _) = ingest_json(&table, &[&corpus], ARGS);
+        assert_eq!(code, 0);
+        assert_exactly_once(&table, &expected_rows(&corpus));
+    }
+}

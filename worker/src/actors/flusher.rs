@@ -1,0 +1,196 @@
+//! Flusher: buffers rows and writes them as uncommitted Lance fragments when
+//! `flush_every` rows or `flush_bytes` bytes are buffered (or on drain). Writes
+//! run concurrently, at most [`MAX_UPLOADS`] at once, and their results go to
+//! the checkpoint publisher tagged with a sequence number so checkpoints stay
+//! in order.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use lance::Dataset;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use sluice_common::pb;
+use sluice_common::schema::{build_batch, FileRows};
+use sluice_common::settings::Settings;
+use sluice_common::table::TableHandle;
+use tokio::sync::Semaphore;
+
+use super::publisher::{CheckpointDraft, PublisherMsg};
+
+/// Fragment writes in flight at once; bounds memory to this many buffers.
+pub const MAX_UPLOADS: usize = 2;
+
+pub enum FlusherMsg {
+    /// A shard's files are about to arrive.
+    ShardStarted { shard_id: String, generation: u64, files: usize },
+    /// Rows of one file (or part of one).
+    Append(FileRows, RpcReplyPort<()>),
+    /// A file that produced no rows.
+    Fail(pb::FileFailed, RpcReplyPort<()>),
+    /// Write everything buffered and wait until every write is published.
+    Drain(RpcReplyPort<Result<(), String>>),
+}
+
+pub struct Flusher {
+    pub settings: Arc<Settings>,
+    pub table: TableHandle,
+    pub dataset: Arc<Dataset>,
+    pub job_id: String,
+    pub publisher: ActorRef<PublisherMsg>,
+}
+
+#[derive(Default)]
+pub struct FlusherState {
+    buffer: Vec<FileRows>,
+    rows: usize,
+    bytes: usize,
+    open_files: HashSet<String>,
+    completed: Vec<pb::FileCompleted>,
+    failed: Vec<pb::FileFailed>,
+    remaining: HashMap<String, usize>,
+    generations: HashMap<String, u64>,
+    finished: Vec<String>,
+    per_file_rows: HashMap<String, (u64, u64)>,
+    seq: u64,
+    uploads: Option<Arc<Semaphore>>,
+}
+
+impl FlusherState {
+    fn file_accounted(&mut self, shard_id: &str) {
+        if let Some(left) = self.remaining.get_mut(shard_id) {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.remaining.remove(shard_id);
+                self.finished.push(shard_id.to_string());
+            }
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.rows > 0 || !self.failed.is_empty() || !self.finished.is_empty() || !self.completed.is_empty()
+    }
+}
+
+impl Actor for Flusher {
+    type Msg = FlusherMsg;
+    type State = FlusherState;
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<FlusherState, ActorProcessingErr> {
+        Ok(FlusherState { uploads: Some(Arc::new(Semaphore::new(MAX_UPLOADS))), ..Default::default() })
+    }
+
+    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut FlusherState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            FlusherMsg::ShardStarted { shard_id, generation, files } => {
+                st.generations.insert(shard_id.clone(), generation);
+                if files == 0 {
+                    st.finished.push(shard_id);
+                } else {
+                    st.remaining.insert(shard_id, files);
+                }
+            }
+            FlusherMsg::Append(file, reply) => {
+                let uri = file.source.uri.clone();
+                let entry = st.per_file_rows.entry(uri.clone()).or_default();
+                entry.0 += file.rows.len() as u64;
+                entry.1 = file.source.size;
+                st.rows += file.rows.len();
+                st.bytes += file.rows.iter().map(|r| r.approx_bytes()).sum::<usize>();
+                if file.last {
+                    st.open_files.remove(&uri);
+                    let (rows, bytes) = st.per_file_rows.remove(&uri).unwrap_or_default();
+                    st.completed.push(pb::FileCompleted {
+                        uri,
+                        shard_id: file.shard_id.clone(),
+                        kind: file.kind.to_string(),
+                        rows,
+                        bytes,
+                    });
+                    st.file_accounted(&file.shard_id);
+                } else {
+                    st.open_files.insert(uri);
+                }
+                st.buffer.push(file);
+                if st.rows >= self.settings.flush_every as usize || st.bytes as u64 >= self.settings.flush_bytes {
+                    self.flush(st).await?;
+                }
+                let _ = reply.send(());
+            }
+            FlusherMsg::Fail(failed, reply) => {
+                st.file_accounted(&failed.shard_id);
+                st.failed.push(failed);
+                if st.failed.len() >= self.settings.flush_every as usize {
+                    self.flush(st).await?;
+                }
+                let _ = reply.send(());
+            }
+            FlusherMsg::Drain(reply) => {
+                if st.has_pending() {
+                    self.flush(st).await?;
+                }
+                // Wait for every write to finish; their results reach the
+                // publisher before this drain request does.
+                let uploads = st.uploads.clone().expect("set in pre_start");
+                let all = uploads.acquire_many(MAX_UPLOADS as u32).await?;
+                drop(all);
+                let result = self
+                    .publisher
+                    .call(PublisherMsg::Drain, None)
+                    .await?
+                    .success_or(ractor::MessagingErr::<()>::ChannelClosed)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Flusher {
+    async fn flush(&self, st: &mut FlusherState) -> Result<(), ActorProcessingErr> {
+        st.seq += 1;
+        let files = std::mem::take(&mut st.buffer);
+        let draft = CheckpointDraft {
+            seq: st.seq,
+            rows: st.rows as u64,
+            bytes: files.iter().filter(|f| f.last).map(|f| f.source.size).sum(),
+            completed: std::mem::take(&mut st.completed),
+            failed: std::mem::take(&mut st.failed),
+            clean: st.open_files.is_empty(),
+            shards_finished: std::mem::take(&mut st.finished),
+            shard_generations: st.generations.clone(),
+        };
+        st.rows = 0;
+        st.bytes = 0;
+        let permit = st.uploads.clone().expect("set in pre_start").acquire_owned().await?;
+        let (table, dataset, job_id, publisher) =
+            (self.table.clone(), self.dataset.clone(), self.job_id.clone(), self.publisher.clone());
+        tokio::spawn(async move {
+            let result = write(&table, dataset, &job_id, files).await;
+            if let Err(e) = &result {
+                tracing::error!(seq = draft.seq, error = %e, "fragment write failed");
+            }
+            // Sent before the permit is released, so a drain that waited for
+            // every permit is queued behind this result.
+            let _ = publisher.send_message(PublisherMsg::Written { draft, result });
+            drop(permit);
+        });
+        Ok(())
+    }
+}
+
+async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: Vec<FileRows>) -> Result<Vec<String>, String> {
+    if files.iter().all(|f| f.rows.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let job = job_id.to_string();
+    let now = chrono::Utc::now().timestamp_micros();
+    let batch = tokio::task::spawn_blocking(move || build_batch(&files, &job, now))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let fragments = table.write_uncommitted(dataset, batch).await.map_err(|e| e.to_string())?;
+    fragments.iter().map(|f| serde_json::to_string(f).map_err(|e| e.to_string())).collect()
+}

@@ -1,0 +1,11 @@
+//! The worker's actors, one file each.
+
+mod flusher;
+mod normalizer;
+pub(crate) mod pipeline;
+mod publisher;
+
+pub use flusher::{Flusher, FlusherMsg};
+pub use normalizer::{FileTask, Normalizer, NormalizerMsg};
+pub use pipeline::{PipelineStats, ShardPipeline};
+pub use publisher::{CheckpointPublisher, PublisherMsg};

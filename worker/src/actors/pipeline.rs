@@ -1,0 +1,134 @@
+//! ShardPipeline: the supervisor of one job's actors on a worker. It spawns
+//! the publisher, the flusher and `normalization_workers` normalizers, linked
+//! to itself; a child that fails marks the pipeline failed and asks the
+//! worker to stop taking files, so the drain reports the error instead of
+//! hanging. Nothing is lost by that: uncommitted files are redone on resume.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use lance::Dataset;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use sluice_common::link::CoordinatorLink;
+use sluice_common::settings::Settings;
+use sluice_common::table::TableHandle;
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+
+use super::flusher::{Flusher, FlusherMsg};
+use super::normalizer::{BusyGauge, FileTask, Normalizer};
+use super::publisher::CheckpointPublisher;
+
+pub enum PipelineMsg {
+    /// Tell the flusher a shard's files are coming; replies once it knows.
+    ShardStarted { shard_id: String, generation: u64, files: usize, reply: RpcReplyPort<()> },
+    /// The queue is closed: finish every file, flush, publish, reply.
+    Drain(RpcReplyPort<Result<(), String>>),
+}
+
+pub struct PipelineArgs {
+    pub table: TableHandle,
+    pub dataset: Arc<Dataset>,
+    pub settings: Arc<Settings>,
+    pub job_id: String,
+    pub worker_id: String,
+    pub link: Arc<dyn CoordinatorLink>,
+    pub queue: mpsc::Receiver<FileTask>,
+    pub stop: Arc<AtomicBool>,
+    pub stats: Arc<PipelineStats>,
+}
+
+/// Observations a pipeline exposes (for summaries, tests and metrics).
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    pub normalizers: Arc<BusyGauge>,
+}
+
+pub struct ShardPipeline;
+
+pub struct PipelineState {
+    flusher: ActorRef<FlusherMsg>,
+    normalizers: Vec<JoinHandle<()>>,
+    failure: Option<String>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Actor for ShardPipeline {
+    type Msg = PipelineMsg;
+    type State = PipelineState;
+    type Arguments = PipelineArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, a: PipelineArgs) -> Result<PipelineState, ActorProcessingErr> {
+        let publisher = CheckpointPublisher {
+            job_id: a.job_id.clone(),
+            worker_id: a.worker_id.clone(),
+            link: a.link.clone(),
+            stop: a.stop.clone(),
+        };
+        let (publisher, _) = Actor::spawn_linked(None, publisher, (), myself.get_cell()).await?;
+        let flusher = Flusher {
+            settings: a.settings.clone(),
+            table: a.table.clone(),
+            dataset: a.dataset.clone(),
+            job_id: a.job_id.clone(),
+            publisher,
+        };
+        let (flusher, _) = Actor::spawn_linked(None, flusher, (), myself.get_cell()).await?;
+        let queue = Arc::new(Mutex::new(a.queue));
+        let mut normalizers = Vec::new();
+        for _ in 0..a.settings.normalization_workers {
+            let n = Normalizer {
+                settings: a.settings.clone(),
+                queue: queue.clone(),
+                flusher: flusher.clone(),
+                busy: a.stats.normalizers.clone(),
+            };
+            let (_, handle) = Actor::spawn_linked(None, n, (), myself.get_cell()).await?;
+            normalizers.push(handle);
+        }
+        Ok(PipelineState { flusher, normalizers, failure: None, stop: a.stop })
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut PipelineState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PipelineMsg::ShardStarted { shard_id, generation, files, reply } => {
+                st.flusher.send_message(FlusherMsg::ShardStarted { shard_id, generation, files })?;
+                let _ = reply.send(());
+            }
+            PipelineMsg::Drain(reply) => {
+                for handle in st.normalizers.drain(..) {
+                    let _ = handle.await;
+                }
+                let result = match st.failure.clone() {
+                    Some(e) => Err(e),
+                    None => match st.flusher.call(FlusherMsg::Drain, None).await {
+                        Ok(ractor::rpc::CallResult::Success(r)) => r,
+                        Ok(_) => Err("flusher did not answer".into()),
+                        Err(e) => Err(format!("flusher is gone: {e}")),
+                    },
+                };
+                let result = match (result, st.failure.clone()) {
+                    (Ok(()), Some(e)) => Err(e),
+                    (r, _) => r,
+                };
+                let _ = reply.send(result);
+                myself.stop(None);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        st: &mut PipelineState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(who, err) = evt {
+            tracing::error!(actor = %who.get_id(), error = %err, "pipeline actor failed");
+            st.failure.get_or_insert_with(|| format!("pipeline actor failed: {err}"));
+            st.stop.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}

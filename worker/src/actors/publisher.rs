@@ -1,0 +1,114 @@
+//! Checkpoint publisher: receives fragment-write results in any order and
+//! publishes them to the coordinator strictly in sequence.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use sluice_common::link::CoordinatorLink;
+use sluice_common::pb;
+
+/// What a flush produced, apart from the fragments themselves.
+#[derive(Debug, Clone)]
+pub struct CheckpointDraft {
+    pub seq: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub completed: Vec<pb::FileCompleted>,
+    pub failed: Vec<pb::FileFailed>,
+    pub clean: bool,
+    pub shards_finished: Vec<String>,
+    pub shard_generations: std::collections::HashMap<String, u64>,
+}
+
+pub enum PublisherMsg {
+    Written { draft: CheckpointDraft, result: Result<Vec<String>, String> },
+    /// Reply once everything received so far is published (or failed).
+    Drain(RpcReplyPort<Result<(), String>>),
+}
+
+pub struct CheckpointPublisher {
+    pub job_id: String,
+    pub worker_id: String,
+    pub link: Arc<dyn CoordinatorLink>,
+    /// Set when the coordinator asks the worker to take no more files.
+    pub stop: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+pub struct PublisherState {
+    next: u64,
+    waiting: BTreeMap<u64, (CheckpointDraft, Result<Vec<String>, String>)>,
+    error: Option<String>,
+}
+
+impl Actor for CheckpointPublisher {
+    type Msg = PublisherMsg;
+    type State = PublisherState;
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<PublisherState, ActorProcessingErr> {
+        Ok(PublisherState { next: 1, ..Default::default() })
+    }
+
+    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut PublisherState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PublisherMsg::Written { draft, result } => {
+                st.waiting.insert(draft.seq, (draft, result));
+                while let Some((draft, result)) = st.waiting.remove(&st.next) {
+                    st.next += 1;
+                    if st.error.is_some() {
+                        continue;
+                    }
+                    match result {
+                        Ok(fragments) => {
+                            if let Err(e) = self.publish(draft, fragments).await {
+                                st.error = Some(e);
+                            }
+                        }
+                        Err(e) => st.error = Some(format!("writing fragments failed: {e}")),
+                    }
+                    if st.error.is_some() {
+                        // Nothing after a lost checkpoint may be published:
+                        // the coordinator must see checkpoints without gaps.
+                        self.stop.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            PublisherMsg::Drain(reply) => {
+                let _ = reply.send(match &st.error {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CheckpointPublisher {
+    async fn publish(&self, d: CheckpointDraft, fragments: Vec<String>) -> Result<(), String> {
+        let cp = pb::Checkpoint {
+            job_id: self.job_id.clone(),
+            worker_id: self.worker_id.clone(),
+            seq: d.seq,
+            fragments_json: fragments,
+            rows: d.rows,
+            bytes: d.bytes,
+            completed: d.completed,
+            failed: d.failed,
+            clean: d.clean,
+            shards_finished: d.shards_finished,
+            shard_generations: d.shard_generations,
+        };
+        let ack = self.link.publish_checkpoint(cp).await.map_err(|e| e.to_string())?;
+        if ack.stop {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        if !ack.accepted {
+            return Err(format!("coordinator refused checkpoint {}: {}", d.seq, ack.reason));
+        }
+        Ok(())
+    }
+}

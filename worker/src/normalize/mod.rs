@@ -1,0 +1,132 @@
+//! Normalizers turn one source file into table rows. They are pure functions of
+//! the file's bytes and the settings, run on blocking threads by the
+//! normalizer actors. A file a normalizer cannot handle yields a
+//! [`NormalizeError`] whose message is what the error ledger records.
+
+mod image;
+mod other;
+mod text;
+
+use bytes::Bytes;
+use sluice_common::schema::{Kind, Row};
+use sluice_common::settings::Settings;
+
+pub use self::image::normalize_image;
+pub use self::other::normalize_other;
+pub use self::text::{chunk_text, decode_text, normalize_text};
+
+/// Why a file could not be normalized, in words a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NormalizeError(pub String);
+
+impl NormalizeError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// Rows of one file plus what kind it turned out to be.
+#[derive(Debug, Clone)]
+pub struct Normalized {
+    pub kind: Kind,
+    pub rows: Vec<Row>,
+}
+
+const TEXT_EXTENSIONS: &[&str] = &[
+    "txt", "text", "md", "markdown", "rst", "csv", "tsv", "json", "jsonl", "ndjson", "xml", "html", "htm",
+    "yaml", "yml", "toml", "ini", "cfg", "conf", "log", "tex", "srt", "vtt", "sql", "rs", "py", "js", "ts",
+    "go", "java", "c", "h", "cpp", "hpp", "sh", "rb", "php", "css", "scss",
+];
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "gif", "webp", "tif", "tiff", "bmp"];
+
+fn extension(name: &str) -> String {
+    std::path::Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default()
+}
+
+/// Decide how to treat a file from its magic bytes first, its name second.
+pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
+    let ext = extension(name);
+    if let Some(t) = infer::get(bytes) {
+        let mime = t.mime_type().to_string();
+        let decodable = ::image::ImageFormat::from_mime_type(&mime).is_some_and(|f| f.reading_enabled());
+        return match t.matcher_type() {
+            infer::MatcherType::Image if decodable => (Kind::Image, mime),
+            // Text formats infer recognises (e.g. some XML/HTML) stay text.
+            infer::MatcherType::Text => (Kind::Text, mime),
+            _ => (Kind::Other, mime),
+        };
+    }
+    let guessed = mime_guess::from_path(name).first();
+    if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+        // Named like an image but without image magic: the image decoder
+        // gives the precise reason.
+        let mime = guessed.map_or("application/octet-stream".to_string(), |m| m.to_string());
+        return (Kind::Image, mime);
+    }
+    let texty = TEXT_EXTENSIONS.contains(&ext.as_str()) || guessed.as_ref().is_some_and(|m| m.type_() == "text");
+    if texty || (guessed.is_none() && looks_like_text(bytes)) {
+        let mime = guessed.filter(|m| m.type_() == "text" || m.subtype() == "json").map_or("text/plain".to_string(), |m| m.to_string());
+        return (Kind::Text, mime);
+    }
+    let mime = guessed.map_or("application/octet-stream".to_string(), |m| m.to_string());
+    (Kind::Other, mime)
+}
+
+/// A cheap look at the first bytes: no NULs and valid (possibly cut) UTF-8.
+fn looks_like_text(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(8192)];
+    if head.contains(&0) {
+        return false;
+    }
+    match std::str::from_utf8(head) {
+        Ok(_) => true,
+        // A multi-byte character cut at the end of the window is fine.
+        Err(e) => e.error_len().is_none(),
+    }
+}
+
+/// Normalize one file's bytes.
+/// On failure, the kind the file was detected as comes with the reason.
+pub fn normalize(name: &str, bytes: Bytes, settings: &Settings) -> Result<Normalized, (Kind, NormalizeError)> {
+    let (kind, mime) = detect_kind(name, &bytes);
+    let rows = match kind {
+        Kind::Text => normalize_text(&bytes, &mime, settings),
+        Kind::Image => normalize_image(bytes, &mime, settings),
+        _ => Ok(normalize_other(bytes, &mime)),
+    };
+    rows.map(|rows| Normalized { kind, rows }).map_err(|e| (kind, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection_prefers_magic_over_extension() {
+        let png = {
+            let img = ::image::RgbImage::new(2, 2);
+            let mut out = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut out, ::image::ImageFormat::Png).unwrap();
+            out.into_inner()
+        };
+        assert_eq!(detect_kind("photo.txt", &png).0, Kind::Image);
+        assert_eq!(detect_kind("notes.md", b"# hello").0, Kind::Text);
+        assert_eq!(detect_kind("README", b"plain words").0, Kind::Text);
+        assert_eq!(detect_kind("blob.bin", &[0u8, 159, 146, 150, 1, 2]).0, Kind::Other);
+        assert_eq!(detect_kind("fake.jpg", b"not an image").0, Kind::Image);
+        let pdf = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n";
+        assert_eq!(detect_kind("doc.pdf", pdf), (Kind::Other, "application/pdf".to_string()));
+    }
+
+    #[test]
+    fn wrong_extension_image_fails_with_a_reason() {
+        let (kind, err) = normalize("fake.jpg", Bytes::from_static(b"not an image at all"), &Settings::default()).unwrap_err();
+        assert_eq!(kind, Kind::Image);
+        assert!(err.0.contains("image"), "{err}");
+    }
+}

@@ -1,0 +1,124 @@
+//! The worker handle: receives assignments, runs one pipeline per job, and
+//! feeds files into the pipeline's bounded queue (which is what makes
+//! `assign_shard` wait when the worker is busy).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ractor::{Actor, ActorRef};
+use sluice_common::link::{CoordinatorLink, WorkerLink};
+use sluice_common::settings::Settings;
+use sluice_common::storage::TableLocation;
+use sluice_common::table::TableHandle;
+use sluice_common::{pb, Error, Result};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::actors::pipeline::{PipelineArgs, PipelineMsg};
+use crate::actors::{FileTask, PipelineStats, ShardPipeline};
+
+struct RunningJob {
+    pipeline: ActorRef<PipelineMsg>,
+    queue: mpsc::Sender<FileTask>,
+    stop: Arc<AtomicBool>,
+    table: TableHandle,
+}
+
+/// One worker process's side of the protocol.
+pub struct Worker {
+    id: String,
+    link: Arc<dyn CoordinatorLink>,
+    jobs: Mutex<HashMap<String, RunningJob>>,
+    stats: Arc<PipelineStats>,
+}
+
+impl Worker {
+    pub fn new(id: impl Into<String>, link: Arc<dyn CoordinatorLink>) -> Self {
+        Self { id: id.into(), link, jobs: Mutex::default(), stats: Arc::default() }
+    }
+
+    pub fn stats(&self) -> Arc<PipelineStats> {
+        self.stats.clone()
+    }
+
+    /// Storage request counters of a running job's table.
+    pub async fn storage_stats(&self, job_id: &str) -> Option<Arc<sluice_common::storage::StorageStats>> {
+        self.jobs.lock().await.get(job_id).map(|j| j.table.limiter.stats())
+    }
+
+    async fn start_job(&self, a: &pb::ShardAssignment) -> Result<RunningJob> {
+        let settings = Settings::try_from(&a.settings.clone().unwrap_or_default())?;
+        let table_ref = a.table.clone().ok_or_else(|| Error::InvalidInput("assignment without a table".into()))?;
+        let location = TableLocation::new(&table_ref.uri, table_ref.storage_options)?;
+        let table = TableHandle::new(location, settings.storage_concurrency);
+        let dataset = Arc::new(table.open().await?);
+        let (tx, rx) = mpsc::channel(settings.normalization_workers as usize);
+        let stop = Arc::new(AtomicBool::new(false));
+        let args = PipelineArgs {
+            table: table.clone(),
+            dataset,
+            settings: Arc::new(settings),
+            job_id: a.job_id.clone(),
+            worker_id: self.id.clone(),
+            link: self.link.clone(),
+            queue: rx,
+            stop: stop.clone(),
+            stats: self.stats.clone(),
+        };
+        let (pipeline, _) = Actor::spawn(None, ShardPipeline, args)
+            .await
+            .map_err(|e| Error::Link(format!("cannot start pipeline: {e}")))?;
+        tracing::info!(job_id = %a.job_id, worker_id = %self.id, "pipeline started");
+        Ok(RunningJob { pipeline, queue: tx, stop, table })
+    }
+}
+
+#[async_trait]
+impl WorkerLink for Worker {
+    async fn assign_shard(&self, a: pb::ShardAssignment) -> Result<pb::AssignmentAck> {
+        let (pipeline, queue, stop) = {
+            let mut jobs = self.jobs.lock().await;
+            if !jobs.contains_key(&a.job_id) {
+                let job = self.start_job(&a).await?;
+                jobs.insert(a.job_id.clone(), job);
+            }
+            let job = &jobs[&a.job_id];
+            (job.pipeline.clone(), job.queue.clone(), job.stop.clone())
+        };
+        if stop.load(Ordering::SeqCst) {
+            return Ok(pb::AssignmentAck { accepted: false, reason: "worker is stopping this job".into() });
+        }
+        let files = a.files.len();
+        pipeline
+            .call(|reply| PipelineMsg::ShardStarted { shard_id: a.shard_id.clone(), generation: a.generation, files, reply }, None)
+            .await
+            .map_err(|e| Error::Link(e.to_string()))?;
+        tracing::debug!(job_id = %a.job_id, shard_id = %a.shard_id, files, "shard assigned");
+        for file in a.files {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            queue.send(FileTask { file }).await.map_err(|_| Error::Link("pipeline queue closed".into()))?;
+        }
+        Ok(pb::AssignmentAck { accepted: true, reason: String::new() })
+    }
+
+    async fn drain(&self) -> Result<()> {
+        let jobs: Vec<_> = self.jobs.lock().await.drain().collect();
+        for (job_id, job) in jobs {
+            drop(job.queue);
+            let result = job
+                .pipeline
+                .call(PipelineMsg::Drain, None)
+                .await
+                .map_err(|e| Error::Link(e.to_string()))?;
+            match result {
+                ractor::rpc::CallResult::Success(Ok(())) => {}
+                ractor::rpc::CallResult::Success(Err(e)) => return Err(Error::Link(format!("job {job_id}: {e}"))),
+                _ => return Err(Error::Link(format!("job {job_id}: pipeline did not answer the drain"))),
+            }
+        }
+        Ok(())
+    }
+}

@@ -80,8 +80,22 @@ pub fn write_bad_files(dir: &Path) -> Result<()> {
     let mut png = png.into_inner();
     png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
     png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
     std::fs::write(dir.join("bomb.png"), png)?;
     Ok(())
+}
+
+/// PNG chunk checksum (CRC-32/ISO-HDLC), so the forged header is well formed.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
 }
 
 pub fn run(args: CorpusArgs) -> Result<()> {

@@ -112,7 +112,10 @@ pub async fn run(args: InspectArgs) -> Result<()> {
         }
     }
 
-    let errors = ErrorLedger::new(&location)?.list(None).await?;
+    // Files that failed once but are in the table now were fixed and re-ingested.
+    let present = sluice_common::table::committed_files(&ds).await?;
+    let errors: Vec<_> =
+        ErrorLedger::new(&location)?.latest().await?.into_iter().filter(|e| !present.contains_key(&e.uri)).collect();
     let report = Report {
         table: location.uri.clone(),
         version: ds.version().version,

@@ -21,6 +21,9 @@ pub struct ErrorRecord {
     pub uri: String,
     pub kind: String,
     pub reason: String,
+    /// When the failure was recorded (RFC 3339).
+    #[serde(default)]
+    pub recorded_at: String,
 }
 
 #[derive(Debug, Clone)]
@@ -41,12 +44,14 @@ impl ErrorLedger {
             return Ok(());
         }
         let mut body = Vec::new();
+        let now = chrono::Utc::now().to_rfc3339();
         for f in failed {
             let rec = ErrorRecord {
                 job_id: job_id.to_string(),
                 uri: f.uri.clone(),
                 kind: f.kind.clone(),
                 reason: f.reason.clone(),
+                recorded_at: now.clone(),
             };
             serde_json::to_writer(&mut body, &rec)?;
             body.push(b'\n');
@@ -70,7 +75,17 @@ impl ErrorLedger {
                 out.push(serde_json::from_slice(line)?);
             }
         }
-        out.sort_by(|a: &ErrorRecord, b| (&a.job_id, &a.uri).cmp(&(&b.job_id, &b.uri)));
+        out.sort_by(|a: &ErrorRecord, b| (&a.recorded_at, &a.uri).cmp(&(&b.recorded_at, &b.uri)));
         Ok(out)
+    }
+
+    /// The latest failure of each file, across jobs. A file that failed in
+    /// several runs (each rerun retries it) is listed once.
+    pub async fn latest(&self) -> Result<Vec<ErrorRecord>> {
+        let mut by_uri = std::collections::BTreeMap::new();
+        for rec in self.list(None).await? {
+            by_uri.insert(rec.uri.clone(), rec);
+        }
+        Ok(by_uri.into_values().collect())
     }
 }

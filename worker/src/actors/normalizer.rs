@@ -78,7 +78,7 @@ impl Actor for Normalizer {
         match outcome {
             Ok(rows) => self.flusher.call(|reply| FlusherMsg::Append(rows, reply), None).await?,
             Err((kind, reason)) => {
-                tracing::warn!(file = %task.file.uri, %reason, "file failed");
+                tracing::info!(file = %task.file.uri, %reason, "file failed");
                 let failed = pb::FileFailed {
                     uri: task.file.uri.clone(),
                     shard_id: task.file.shard_id.clone(),

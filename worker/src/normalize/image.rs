@@ -36,6 +36,9 @@ pub fn normalize_image(bytes: Bytes, mime: &str, settings: &Settings) -> Result<
             settings.max_image_pixels
         )));
     }
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(&bytes) {
+        return Err(NormalizeError::new("truncated JPEG: no end-of-image marker after the image data"));
+    }
     let mut r = reader(&bytes)?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(w);
@@ -76,6 +79,17 @@ pub fn normalize_image(bytes: Bytes, mime: &str, settings: &Settings) -> Result<
     }])
 }
 
+/// The JPEG decoder fills a cut-off image with gray instead of failing, so
+/// check for the end-of-image marker after the last scan. Inside scan data
+/// every 0xFF is byte-stuffed, so FF D9 there can only be the real marker.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(at) => bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,8 +125,9 @@ mod tests {
         let img = RgbImage::from_fn(300, 300, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
         let full = encode(&img, ImageFormat::Jpeg);
         let cut = full.slice(..full.len() / 3);
-        let err = normalize_image(cut, "image/jpeg", &Settings::default()).unwrap_err();
-        assert!(err.0.contains("corrupt") || err.0.contains("unreadable"), "{err}");
+        let err = normalize_image(cut, "image/jpeg", &Settings::default()).map(|_| ()).unwrap_err();
+        assert!(err.0.contains("truncated JPEG"), "{err}");
+        assert!(normalize_image(full, "image/jpeg", &Settings::default()).is_ok());
     }
 
     #[test]

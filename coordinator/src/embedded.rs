@@ -79,11 +79,14 @@ pub async fn run_embedded(job: EmbeddedJob, progress: Arc<JobProgress>) -> Resul
         progress.clone(),
     );
     let reconciling = tokio::spawn(reconciler.run(rx));
-    let worker = Arc::new(Worker::new("embedded-0", Arc::new(InProcessCoordinator { tx: tx.clone() })));
+    let worker = Arc::new(
+        Worker::new("embedded-0", Arc::new(InProcessCoordinator { tx: tx.clone() }))
+            .with_storage_limiter(table.limiter.clone()),
+    );
 
     let planned = plan_and_assign(&job, &job_id, &table, &committed, worker.clone(), &tx, &progress).await;
     let drained = worker.drain().await;
-    let storage = worker.storage_stats(&job_id).await;
+    let storage = table.limiter.stats();
     let peak_normalizers = worker.stats().normalizers.peak() as u64;
     drop(worker);
 
@@ -132,8 +135,8 @@ pub async fn run_embedded(job: EmbeddedJob, progress: Arc<JobProgress>) -> Resul
         errors,
         peak_rss_bytes: peak_rss_bytes(),
         peak_concurrent_normalizations: peak_normalizers,
-        storage_requests: storage.as_ref().map_or(0, |s| s.requests()),
-        storage_peak_in_flight: storage.as_ref().map_or(0, |s| s.peak_in_flight() as u64),
+        storage_requests: storage.requests(),
+        storage_peak_in_flight: storage.peak_in_flight() as u64,
     })
 }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use ractor::{Actor, ActorRef};
 use sluice_common::link::{CoordinatorLink, WorkerLink};
 use sluice_common::settings::Settings;
-use sluice_common::storage::TableLocation;
+use sluice_common::storage::{StorageLimiter, TableLocation};
 use sluice_common::table::TableHandle;
 use sluice_common::{pb, Error, Result};
 use tokio::sync::{mpsc, Mutex};
@@ -22,7 +22,6 @@ struct RunningJob {
     pipeline: ActorRef<PipelineMsg>,
     queue: mpsc::Sender<FileTask>,
     stop: Arc<AtomicBool>,
-    table: TableHandle,
 }
 
 /// One worker process's side of the protocol.
@@ -31,27 +30,34 @@ pub struct Worker {
     link: Arc<dyn CoordinatorLink>,
     jobs: Mutex<HashMap<String, RunningJob>>,
     stats: Arc<PipelineStats>,
+    limiter: Option<StorageLimiter>,
 }
 
 impl Worker {
     pub fn new(id: impl Into<String>, link: Arc<dyn CoordinatorLink>) -> Self {
-        Self { id: id.into(), link, jobs: Mutex::default(), stats: Arc::default() }
+        Self { id: id.into(), link, jobs: Mutex::default(), stats: Arc::default(), limiter: None }
+    }
+
+    /// Share one storage limiter with the rest of the process, so
+    /// `storage_concurrency` bounds every request the process makes.
+    pub fn with_storage_limiter(mut self, limiter: StorageLimiter) -> Self {
+        self.limiter = Some(limiter);
+        self
     }
 
     pub fn stats(&self) -> Arc<PipelineStats> {
         self.stats.clone()
     }
 
-    /// Storage request counters of a running job's table.
-    pub async fn storage_stats(&self, job_id: &str) -> Option<Arc<sluice_common::storage::StorageStats>> {
-        self.jobs.lock().await.get(job_id).map(|j| j.table.limiter.stats())
-    }
 
     async fn start_job(&self, a: &pb::ShardAssignment) -> Result<RunningJob> {
         let settings = Settings::try_from(&a.settings.clone().unwrap_or_default())?;
         let table_ref = a.table.clone().ok_or_else(|| Error::InvalidInput("assignment without a table".into()))?;
         let location = TableLocation::new(&table_ref.uri, table_ref.storage_options)?;
-        let table = TableHandle::new(location, settings.storage_concurrency);
+        let table = match &self.limiter {
+            Some(limiter) => TableHandle { location, limiter: limiter.clone() },
+            None => TableHandle::new(location, settings.storage_concurrency),
+        };
         let dataset = Arc::new(table.open().await?);
         let (tx, rx) = mpsc::channel(settings.normalization_workers as usize);
         let stop = Arc::new(AtomicBool::new(false));
@@ -70,7 +76,7 @@ impl Worker {
             .await
             .map_err(|e| Error::Link(format!("cannot start pipeline: {e}")))?;
         tracing::info!(job_id = %a.job_id, worker_id = %self.id, "pipeline started");
-        Ok(RunningJob { pipeline, queue: tx, stop, table })
+        Ok(RunningJob { pipeline, queue: tx, stop })
     }
 }
 

@@ -180,8 +180,8 @@ fn print_summary(s: &JobSummary) {
         for e in s.errors.iter().take(20) {
             println!("  {}  {}", e.uri, e.reason);
         }
-        if s.errors.len() > 20 {
-            println!("  … and {} more (sluice inspect {} --errors)", s.errors.len() - 20, s.table);
+        if s.files_failed > 20 {
+            println!("  … and {} more (sluice inspect {} --errors)", s.files_failed - 20, s.table);
         }
     }
 }

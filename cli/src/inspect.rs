@@ -115,7 +115,7 @@ pub async fn run(args: InspectArgs) -> Result<()> {
     // Files that failed once but are in the table now were fixed and re-ingested.
     let present = sluice_common::table::committed_files(&ds).await?;
     let errors: Vec<_> =
-        ErrorLedger::new(&location)?.latest().await?.into_iter().filter(|e| !present.contains_key(&e.uri)).collect();
+        ErrorLedger::new(&location)?.latest().await?.into_iter().filter(|e| !present.contains_key(&sluice_common::ids::uri_key(&e.uri))).collect();
     let report = Report {
         table: location.uri.clone(),
         version: ds.version().version,

@@ -26,6 +26,12 @@ pub fn commit_id(job_id: &str, worker_id: &str, first_seq: u64, last_seq: u64) -
         .to_string()
 }
 
+/// 64-bit key of a URI, for in-memory sets and maps over many files.
+pub fn uri_key(uri: &str) -> u64 {
+    let h = blake3::hash(uri.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
 /// Content hash of a file: blake3, hex encoded.
 pub fn content_hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()

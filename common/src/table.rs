@@ -202,9 +202,10 @@ pub struct CommittedFile {
     pub modified_ms: Option<i64>,
 }
 
-/// Every source file with rows in the table. A file's rows are always
+/// Every source file with rows in the table, keyed by [`crate::ids::uri_key`]
+/// (16 bytes a file instead of the whole URI). A file's rows are always
 /// committed together, so one row (chunk 0) stands for the whole file.
-pub async fn committed_files(ds: &Dataset) -> Result<HashMap<String, CommittedFile>> {
+pub async fn committed_files(ds: &Dataset) -> Result<HashMap<u64, CommittedFile>> {
     let mut scan = ds.scan();
     scan.project(&[col::SOURCE_URI, col::SOURCE_SIZE, col::SOURCE_MODIFIED])?;
     scan.filter(&format!("{} = 0", col::CHUNK_INDEX))?;
@@ -216,7 +217,7 @@ pub async fn committed_files(ds: &Dataset) -> Result<HashMap<String, CommittedFi
         let modified = downcast::<TimestampMillisecondArray>(&batch, col::SOURCE_MODIFIED)?;
         for i in 0..batch.num_rows() {
             let m = (!modified.is_null(i)).then(|| modified.value(i));
-            files.insert(uris.value(i).to_string(), CommittedFile { size: sizes.value(i), modified_ms: m });
+            files.insert(crate::ids::uri_key(uris.value(i)), CommittedFile { size: sizes.value(i), modified_ms: m });
         }
     }
     Ok(files)

@@ -21,6 +21,9 @@ use crate::planner::ShardPlanner;
 use crate::progress::{peak_rss_bytes, JobProgress, JobStatus, JobSummary};
 use crate::reconciler::{CommitReconciler, ReconcilerMsg};
 
+/// Failed files listed in a summary; all of them are in the error ledger.
+pub const MAX_SUMMARY_ERRORS: usize = 100;
+
 /// Everything an embedded ingest needs.
 #[derive(Debug, Clone)]
 pub struct EmbeddedJob {
@@ -103,7 +106,8 @@ pub async fn run_embedded(job: EmbeddedJob, progress: Arc<JobProgress>) -> Resul
 
     let p = &progress;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
-    let errors = ledger.list(Some(&job_id)).await?;
+    let mut errors = ledger.list(Some(&job_id)).await?;
+    errors.truncate(MAX_SUMMARY_ERRORS);
     let failed = JobProgress::get(&p.files_failed);
     let abort_reason = p.abort_reason();
     let status = match (&abort_reason, failed) {
@@ -146,7 +150,7 @@ async fn plan_and_assign(
     job: &EmbeddedJob,
     job_id: &str,
     table: &TableHandle,
-    committed: &HashMap<String, CommittedFile>,
+    committed: &HashMap<u64, CommittedFile>,
     worker: Arc<Worker>,
     reconciler: &mpsc::Sender<ReconcilerMsg>,
     progress: &Arc<JobProgress>,
@@ -182,7 +186,7 @@ async fn plan_and_assign(
             }
             Planned::File(mut file) => {
                 JobProgress::add(&progress.files_planned, 1);
-                match committed.get(&file.uri) {
+                match committed.get(&ids::uri_key(&file.uri)) {
                     Some(c) if c.size == file.size && c.modified_ms == Some(file.modified_ms) => {
                         JobProgress::add(&progress.files_skipped, 1);
                         continue;

@@ -57,13 +57,13 @@ pub fn file_uri(path: &Path) -> String {
 struct Walker<'a> {
     tx: &'a mpsc::Sender<Planned>,
     exclude: Option<PathBuf>,
-    seen: HashSet<String>,
+    seen: HashSet<u64>,
 }
 
 impl Walker<'_> {
     fn emit(&mut self, p: Planned) -> bool {
         if let Planned::File(f) = &p {
-            if !self.seen.insert(f.uri.clone()) {
+            if !self.seen.insert(sluice_common::ids::uri_key(&f.uri)) {
                 return true;
             }
         }

@@ -90,3 +90,15 @@ fn kill_9_at_random_moments_then_resume() {
         rerun_and_check(&table, &corpus);
     }
 }
+
+#[test]
+fn a_failed_fragment_write_ends_the_job_with_an_error_and_a_rerun_completes() {
+    let (dir, corpus) = setup(120);
+    let table = dir.path().join("t");
+    let mut cmd = sluice();
+    cmd.env("SLUICE_FAILPOINTS", "fragment_write=6").arg("ingest").arg("--table").arg(&table).arg(&corpus).arg("--json").args(ARGS);
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(1), "the job fails, it does not hang or panic");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("injected fragment write failure"));
+    rerun_and_check(&table, &corpus);
+}

@@ -126,19 +126,24 @@ fn progress_bar(p: Arc<JobProgress>) -> (ProgressBar, tokio::task::JoinHandle<()
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files  {per_sec}  ETA {eta}  {msg}",
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files  ETA {eta}  {msg}",
         )
         .expect("valid template"),
     );
     let b = bar.clone();
+    let started = std::time::Instant::now();
     let ticker = tokio::spawn(async move {
         loop {
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            let bytes = JobProgress::get(&p.bytes);
             b.set_length(JobProgress::get(&p.files_planned));
             b.set_position(p.files_finished());
             b.set_message(format!(
-                "{} rows, {}, {} failed, v{}",
+                "{:.0} files/s, {:.1} MB/s | {} rows, {}, {} failed, v{}",
+                JobProgress::get(&p.files_done) as f64 / secs,
+                bytes as f64 / 1e6 / secs,
                 thousands(JobProgress::get(&p.rows_written)),
-                bytesize::ByteSize(JobProgress::get(&p.bytes)),
+                bytesize::ByteSize(bytes),
                 JobProgress::get(&p.files_failed),
                 p.version.load(std::sync::atomic::Ordering::Relaxed),
             ));

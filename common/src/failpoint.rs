@@ -1,5 +1,7 @@
-//! Named crash points for tests: `SLUICE_FAILPOINTS=after_commit=2` aborts
-//! the process (like `kill -9`, no cleanup) the 2nd time `after_commit` is hit.
+//! Named fault points for tests. `SLUICE_FAILPOINTS=after_commit=2` makes the
+//! 2nd [`hit`] of `after_commit` abort the process (like `kill -9`, no
+//! cleanup); `fragment_write=3` makes the 3rd [`fails`] of `fragment_write`
+//! return true, so the caller injects an error there.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -17,14 +19,22 @@ fn armed() -> &'static Mutex<HashMap<String, u64>> {
     })
 }
 
+/// Count down this failpoint; true exactly when it reaches zero.
+pub fn fails(name: &str) -> bool {
+    let mut map = armed().lock().expect("not poisoned");
+    match map.get_mut(name) {
+        Some(left) if *left > 0 => {
+            *left -= 1;
+            *left == 0
+        }
+        _ => false,
+    }
+}
+
 /// Abort the process here if this failpoint's countdown reaches zero.
 pub fn hit(name: &str) {
-    let mut map = armed().lock().expect("not poisoned");
-    if let Some(left) = map.get_mut(name) {
-        *left = left.saturating_sub(1);
-        if *left == 0 {
-            eprintln!("failpoint {name} hit: aborting");
-            std::process::abort();
-        }
+    if fails(name) {
+        eprintln!("failpoint {name} hit: aborting");
+        std::process::abort();
     }
 }

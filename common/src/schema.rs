@@ -109,7 +109,6 @@ pub struct SourceInfo {
 #[derive(Debug, Clone, Default)]
 pub struct Row {
     pub chunk_index: u32,
-    pub kind: Option<Kind>,
     pub mime_type: String,
     pub start_seconds: Option<f64>,
     pub end_seconds: Option<f64>,
@@ -172,7 +171,7 @@ pub fn build_batch(files: &[FileRows], job_id: &str, ingested_at_us: i64) -> Res
             size.append_value(file.source.size);
             modified.append_option(file.source.modified_ms);
             hash.append_value(&file.source.content_hash);
-            kind.append_value(row.kind.unwrap_or(file.kind).as_str());
+            kind.append_value(file.kind.as_str());
             mime.append_value(&row.mime_type);
             chunk.append_value(row.chunk_index);
             start.append_option(row.start_seconds);

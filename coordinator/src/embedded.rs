@@ -94,7 +94,8 @@ pub async fn run_embedded(job: EmbeddedJob, progress: Arc<JobProgress>) -> Resul
     drop(worker);
 
     let (reply, done) = oneshot::channel();
-    let finished = match tx.send(ReconcilerMsg::Finish(reply)).await {
+    let complete = planned.is_ok() && drained.is_ok();
+    let finished = match tx.send(ReconcilerMsg::Finish { complete, reply }).await {
         Ok(()) => done.await.unwrap_or_else(|_| Err(Error::Link("reconciler stopped".into()))),
         Err(_) => Err(Error::Link("reconciler stopped".into())),
     };

@@ -23,8 +23,9 @@ pub enum ReconcilerMsg {
     Checkpoint(pb::Checkpoint, oneshot::Sender<Result<pb::CheckpointAck>>),
     /// Inputs that failed before reaching a worker.
     PlanningFailed(Vec<pb::FileFailed>),
-    /// Commit whatever is left and stop.
-    Finish(oneshot::Sender<Result<()>>),
+    /// Commit what is left and stop: everything when the workers drained
+    /// cleanly, otherwise only up to each worker's last clean checkpoint.
+    Finish { complete: bool, reply: oneshot::Sender<Result<()>> },
 }
 
 #[derive(Default)]
@@ -93,8 +94,8 @@ impl CommitReconciler {
                     JobProgress::add(&self.progress.files_failed, failed.len() as u64);
                     self.check_errors();
                 }
-                ReconcilerMsg::Finish(reply) => {
-                    let r = self.commit_ready(true).await;
+                ReconcilerMsg::Finish { complete, reply } => {
+                    let r = self.commit_ready(complete).await;
                     let _ = reply.send(r);
                     return Ok(());
                 }

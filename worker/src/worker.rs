@@ -13,6 +13,9 @@ use sluice_common::settings::Settings;
 use sluice_common::storage::{StorageLimiter, TableLocation};
 use sluice_common::table::TableHandle;
 use sluice_common::{pb, Error, Result};
+use std::time::Duration;
+
+use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::actors::pipeline::{PipelineArgs, PipelineMsg};
@@ -102,10 +105,20 @@ impl WorkerLink for Worker {
             .map_err(|e| Error::Link(e.to_string()))?;
         tracing::debug!(job_id = %a.job_id, shard_id = %a.shard_id, files, "shard assigned");
         for file in a.files {
-            if stop.load(Ordering::SeqCst) {
-                break;
+            let mut task = FileTask { file };
+            // Wait for room, but notice a pipeline that stopped taking files
+            // (failed actors, or the coordinator said stop) instead of
+            // waiting on a queue nobody drains.
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(pb::AssignmentAck { accepted: false, reason: "worker stopped taking files".into() });
+                }
+                match queue.send_timeout(task, Duration::from_millis(200)).await {
+                    Ok(()) => break,
+                    Err(SendTimeoutError::Timeout(t)) => task = t,
+                    Err(SendTimeoutError::Closed(_)) => return Err(Error::Link("pipeline queue closed".into())),
+                }
             }
-            queue.send(FileTask { file }).await.map_err(|_| Error::Link("pipeline queue closed".into()))?;
         }
         Ok(pb::AssignmentAck { accepted: true, reason: String::new() })
     }

@@ -185,6 +185,9 @@ async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: 
     if files.iter().all(|f| f.rows.is_empty()) {
         return Ok(Vec::new());
     }
+    if sluice_common::failpoint::fails("fragment_write") {
+        return Err("injected fragment write failure (failpoint fragment_write)".into());
+    }
     let job = job_id.to_string();
     let now = chrono::Utc::now().timestamp_micros();
     let batch = tokio::task::spawn_blocking(move || build_batch(&files, &job, now))

@@ -18,6 +18,8 @@ pub trait CoordinatorLink: Send + Sync + 'static {
 pub trait WorkerLink: Send + Sync + 'static {
     /// Queue a shard; waits while the worker's queue is full (backpressure).
     async fn assign_shard(&self, assignment: pb::ShardAssignment) -> Result<pb::AssignmentAck>;
+    /// Take no more files of this job; files already being normalized finish.
+    async fn cancel(&self, job_id: &str) -> Result<()>;
     /// Finish every assigned file, publish the last checkpoint, then return.
     async fn drain(&self) -> Result<()>;
 }

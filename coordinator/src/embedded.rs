@@ -87,7 +87,19 @@ pub async fn run_embedded(job: EmbeddedJob, progress: Arc<JobProgress>) -> Resul
             .with_storage_limiter(table.limiter.clone()),
     );
 
+    // An abort (max errors, Ctrl-C) stops the worker's intake at once, not
+    // after the shard it is being fed.
+    let watcher = {
+        let (worker, progress, job_id) = (worker.clone(), progress.clone(), job_id.clone());
+        tokio::spawn(async move {
+            while progress.abort_reason().is_none() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let _ = worker.cancel(&job_id).await;
+        })
+    };
     let planned = plan_and_assign(&job, &job_id, &table, &committed, worker.clone(), &tx, &progress).await;
+    watcher.abort();
     let drained = worker.drain().await;
     let storage = table.limiter.stats();
     let peak_normalizers = worker.stats().normalizers.peak() as u64;

@@ -123,6 +123,13 @@ impl WorkerLink for Worker {
         Ok(pb::AssignmentAck { accepted: true, reason: String::new() })
     }
 
+    async fn cancel(&self, job_id: &str) -> Result<()> {
+        if let Some(job) = self.jobs.lock().await.get(job_id) {
+            job.stop.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
     async fn drain(&self) -> Result<()> {
         let jobs: Vec<_> = self.jobs.lock().await.drain().collect();
         for (job_id, job) in jobs {

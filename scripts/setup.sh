@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what building and testing sluice needs on Debian 12: protoc and
-# pkg-config for the build, and a Python venv with pylance for the
-# independent reader test. Safe to run again; skips what is already there.
+# pkg-config for the build, and a Python venv with pylance (the independent
+# reader test) and moto (the S3-compatible server the S3 tests start).
+# Safe to run again; skips what is already there.
 set -euo pipefail
 
 VENV=${SLUICE_VENV:-/opt/sluice-venv}
@@ -25,8 +26,9 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-if ! "$VENV/bin/python" -c 'import lance, pyarrow; assert lance.__version__ == "14.0.2"' 2>/dev/null; then
-  echo "setup: creating $VENV with pylance 14.0.2"
+if ! "$VENV/bin/python" -c 'import lance, pyarrow, boto3; assert lance.__version__ == "14.0.2"' 2>/dev/null \
+   || [ ! -x "$VENV/bin/moto_server" ]; then
+  echo "setup: installing pylance 14.0.2 and moto into $VENV"
   $SUDO python3 -m venv "$VENV"
-  $SUDO "$VENV/bin/pip" install -q 'pylance==14.0.2' pyarrow
+  $SUDO "$VENV/bin/pip" install -q 'pylance==14.0.2' pyarrow 'moto[server]'
 fi

@@ -229,3 +229,43 @@ pub(crate) fn downcast<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Re
         .and_then(|c| c.as_any().downcast_ref::<T>())
         .ok_or_else(|| Error::InvalidInput(format!("column {name} missing or of an unexpected type")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{build_batch, FileRows, Kind, Row, SourceInfo};
+
+    pub(crate) fn rows(uri: &str, n: u32) -> FileRows {
+        FileRows {
+            source: SourceInfo { uri: uri.into(), size: 1, modified_ms: Some(1), content_hash: "h".into() },
+            shard_id: "s".into(),
+            kind: Kind::Text,
+            rows: (0..n).map(|i| Row { chunk_index: i, mime_type: "text/plain".into(), ..Default::default() }).collect(),
+            last: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_id_is_applied_once_however_often_it_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = TableHandle::new(TableLocation::new(dir.path().to_str().unwrap(), HashMap::new()).unwrap(), 4);
+        let ds = handle.open_or_create().await.unwrap();
+        let batch = build_batch(&[rows("file:///a", 3)], "job", 0).unwrap();
+        let fragments = handle.write_uncommitted(Arc::new(ds.clone()), batch).await.unwrap();
+        let known = ds.version().version;
+
+        let first = commit_append(&handle, &ds, "c-1", known, fragments.clone(), HashMap::new()).await.unwrap();
+        assert!(first.fresh);
+        // The same commit again, e.g. after a lost acknowledgement: not repeated.
+        let again = commit_append(&handle, &ds, "c-1", known, fragments.clone(), HashMap::new()).await.unwrap();
+        assert!(!again.fresh);
+        assert_eq!(again.version, first.version);
+        let latest = handle.open().await.unwrap();
+        assert_eq!(latest.count_rows(None).await.unwrap(), 3);
+        assert_eq!(find_commit(&latest, "c-1", known).await.unwrap(), Some(first.version));
+        assert_eq!(find_commit(&latest, "c-2", known).await.unwrap(), None);
+
+        let files = committed_files(&latest).await.unwrap();
+        assert_eq!(files.get(&crate::ids::uri_key("file:///a")), Some(&CommittedFile { size: 1, modified_ms: Some(1) }));
+    }
+}

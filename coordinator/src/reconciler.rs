@@ -208,3 +208,64 @@ impl CommitReconciler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_common::schema::{build_batch, FileRows, Kind, Row, SourceInfo};
+    use sluice_common::storage::TableLocation;
+
+    fn part(uri: &str, first: u32, n: u32, last: bool) -> FileRows {
+        FileRows {
+            source: SourceInfo { uri: uri.into(), size: 1, modified_ms: Some(1), content_hash: "h".into() },
+            shard_id: "s".into(),
+            kind: Kind::Text,
+            rows: (first..first + n).map(|i| Row { chunk_index: i, mime_type: "text/plain".into(), ..Default::default() }).collect(),
+            last,
+        }
+    }
+
+    async fn checkpoint(table: &TableHandle, seq: u64, files: Vec<FileRows>, clean: bool) -> pb::Checkpoint {
+        let ds = Arc::new(table.open().await.unwrap());
+        let rows = files.iter().map(|f| f.rows.len() as u64).sum();
+        let batch = build_batch(&files, "job", 0).unwrap();
+        let fragments = table.write_uncommitted(ds, batch).await.unwrap();
+        pb::Checkpoint {
+            job_id: "job".into(),
+            worker_id: "w".into(),
+            seq,
+            fragments_json: fragments.iter().map(|f| serde_json::to_string(f).unwrap()).collect(),
+            rows,
+            clean,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_end_only_at_clean_checkpoints_and_keep_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = TableLocation::new(dir.path().to_str().unwrap(), HashMap::new()).unwrap();
+        let table = TableHandle::new(location.clone(), 4);
+        let ds = table.open_or_create().await.unwrap();
+        let progress = Arc::new(JobProgress::default());
+        let ledger = ErrorLedger::new(&location).unwrap();
+        let mut r = CommitReconciler::new(table.clone(), ds, "job".into(), 1, None, ledger, progress.clone());
+
+        // File A spans two checkpoints: no commit may end between them.
+        let cp1 = checkpoint(&table, 1, vec![part("file:///a", 0, 2, false)], false).await;
+        let cp2 = checkpoint(&table, 2, vec![part("file:///a", 2, 1, true), part("file:///b", 0, 1, true)], true).await;
+        assert!(r.absorb(cp1.clone()).await.unwrap().accepted);
+        assert_eq!(table.open().await.unwrap().count_rows(None).await.unwrap(), 0, "A is incomplete: nothing committed");
+
+        let gap = pb::Checkpoint { seq: 5, ..cp2.clone() };
+        assert!(!r.absorb(gap).await.unwrap().accepted, "a gap in the sequence is refused");
+        assert!(r.absorb(cp2.clone()).await.unwrap().accepted);
+        assert_eq!(table.open().await.unwrap().count_rows(None).await.unwrap(), 4, "A and B land together");
+
+        let dup = r.absorb(cp2).await.unwrap();
+        assert_eq!((dup.accepted, dup.reason.as_str()), (true, "duplicate"));
+        r.commit_ready(true).await.unwrap();
+        assert_eq!(table.open().await.unwrap().count_rows(None).await.unwrap(), 4, "a duplicate adds nothing");
+        assert_eq!(JobProgress::get(&progress.commits), 1);
+    }
+}

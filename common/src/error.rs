@@ -3,8 +3,9 @@ use thiserror::Error;
 /// Errors of the shared layer: storage, table and protocol plumbing.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("lance: {0}")]
-    Lance(#[from] lance::Error),
+    /// Not marked as the error's source: its message already holds the chain.
+    #[error("{}", concise(.0))]
+    Lance(lance::Error),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("object store: {0}")]
@@ -31,3 +32,41 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<lance::Error> for Error {
+    fn from(e: lance::Error) -> Self {
+        Error::Lance(e)
+    }
+}
+
+/// Lance errors repeat their whole cause chain, with source locations, in
+/// their message. Keep each statement once, then the root cause.
+fn concise(e: &lance::Error) -> String {
+    let full = e.to_string();
+    let head = full.split(", /").next().unwrap_or(&full);
+    let mut seen = std::collections::HashSet::new();
+    let parts: Vec<&str> = head.split(": ").map(str::trim).filter(|p| seen.insert(*p)).collect();
+    let head = parts.join(": ");
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let cause = cause.to_string();
+    let root = cause.rsplit(": ").next().unwrap_or("").trim();
+    if root.is_empty() || head.contains(root) || root.contains(".rs:") {
+        head
+    } else {
+        format!("{head} (cause: {root})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lance_errors_are_condensed() {
+        let e = lance::Error::invalid_input("bad thing");
+        let msg = super::Error::from(e).to_string();
+        assert!(msg.contains("bad thing"), "{msg}");
+        assert!(!msg.contains(".rs:"), "no source locations: {msg}");
+    }
+}

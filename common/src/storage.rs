@@ -38,6 +38,9 @@ impl TableLocation {
         } else {
             let p = std::path::Path::new(uri);
             let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+            if abs.exists() && !abs.is_dir() {
+                return Err(Error::InvalidInput(format!("table path {} exists and is not a directory", abs.display())));
+            }
             abs.to_string_lossy().trim_end_matches('/').to_string()
         };
         Ok(Self { uri, storage_options })

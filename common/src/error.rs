@@ -42,22 +42,39 @@ impl From<lance::Error> for Error {
 /// Lance errors repeat their whole cause chain, with source locations, in
 /// their message. Keep each statement once, then the root cause.
 fn concise(e: &lance::Error) -> String {
-    let full = e.to_string();
-    let head = full.split(", /").next().unwrap_or(&full);
+    let full = strip_locations(&e.to_string());
     let mut seen = std::collections::HashSet::new();
-    let parts: Vec<&str> = head.split(": ").map(str::trim).filter(|p| seen.insert(*p)).collect();
-    let head = parts.join(": ");
+    let head = full.split(": ").map(str::trim).filter(|p| !p.is_empty() && seen.insert(*p)).collect::<Vec<_>>().join(": ");
     let mut cause: &dyn std::error::Error = e;
     while let Some(next) = cause.source() {
         cause = next;
     }
-    let cause = cause.to_string();
+    let cause = strip_locations(&cause.to_string());
     let root = cause.rsplit(": ").next().unwrap_or("").trim();
-    if root.is_empty() || head.contains(root) || root.contains(".rs:") {
+    if root.is_empty() || head.contains(root) {
         head
     } else {
         format!("{head} (cause: {root})")
     }
+}
+
+/// Drop `, path/to/file.rs:LINE:COL` source locations from a message.
+fn strip_locations(msg: &str) -> String {
+    msg.split(", ")
+        .filter_map(|piece| {
+            let token = piece.split(' ').next().unwrap_or("");
+            match token.find(".rs:") {
+                Some(at) => {
+                    let after = &token[at + 4..];
+                    let loc_len = at + 4 + after.find(|c: char| !c.is_ascii_digit() && c != ':').unwrap_or(after.len());
+                    let rest = piece[loc_len..].trim_start_matches(':').trim();
+                    (!rest.is_empty()).then_some(rest)
+                }
+                None => Some(piece),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -68,5 +85,14 @@ mod tests {
         let msg = super::Error::from(e).to_string();
         assert!(msg.contains("bad thing"), "{msg}");
         assert!(!msg.contains(".rs:"), "no source locations: {msg}");
+    }
+
+    #[test]
+    fn locations_are_stripped_wherever_they_stand() {
+        assert_eq!(
+            super::strip_locations("Not found: x, /a/commit.rs:653:26: Not found: x, b/builder.rs:9:1"),
+            "Not found: x, Not found: x"
+        );
+        assert_eq!(super::strip_locations("retries: 3, retry_timeout: 180s"), "retries: 3, retry_timeout: 180s");
     }
 }

@@ -159,6 +159,24 @@ fn knobs_do_what_they_say() {
     assert_eq!(s["fragments"], 1);
     assert_eq!(s["commits"], 1);
     assert!(s["peak_concurrent_normalizations"].as_u64().unwrap() <= 4);
+
+    // Images take long enough to decode that a pool of 4 runs them side by side.
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..16u32 {
+        let img = image::RgbImage::from_fn(700, 700, |x, y| image::Rgb([(x ^ i) as u8, (y * i) as u8, (x + y) as u8]));
+        img.save(images.join(format!("i{i:02}.png"))).unwrap();
+    }
+    for (workers, table) in [(1, "t3"), (4, "t4")] {
+        let (code, s) = ingest_json(&dir.path().join(table), &[&images], &["--normalization-workers", &workers.to_string()]);
+        assert_eq!(code, 0);
+        let peak = s["peak_concurrent_normalizations"].as_u64().unwrap();
+        if workers == 1 {
+            assert_eq!(peak, 1);
+        } else {
+            assert!((2..=4).contains(&peak), "4 workers ran {peak} files at once");
+        }
+    }
 }
 
 #[test]

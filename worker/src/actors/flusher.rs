@@ -152,15 +152,25 @@ impl Flusher {
     async fn flush(&self, st: &mut FlusherState) -> Result<(), ActorProcessingErr> {
         st.seq += 1;
         let files = std::mem::take(&mut st.buffer);
+        let completed = std::mem::take(&mut st.completed);
+        let failed = std::mem::take(&mut st.failed);
+        let shards_finished = std::mem::take(&mut st.finished);
+        // Only the shards this checkpoint speaks of; finished ones are forgotten.
+        let mentioned = completed.iter().map(|c| &c.shard_id).chain(failed.iter().map(|f| &f.shard_id)).chain(&shards_finished);
+        let shard_generations =
+            mentioned.filter_map(|id| st.generations.get(id).map(|g| (id.clone(), *g))).collect();
+        for id in &shards_finished {
+            st.generations.remove(id);
+        }
         let draft = CheckpointDraft {
             seq: st.seq,
             rows: st.rows as u64,
             bytes: files.iter().filter(|f| f.last).map(|f| f.source.size).sum(),
-            completed: std::mem::take(&mut st.completed),
-            failed: std::mem::take(&mut st.failed),
+            completed,
+            failed,
             clean: st.open_files.is_empty(),
-            shards_finished: std::mem::take(&mut st.finished),
-            shard_generations: st.generations.clone(),
+            shards_finished,
+            shard_generations,
         };
         st.rows = 0;
         st.bytes = 0;

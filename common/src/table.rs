@@ -17,6 +17,8 @@ use lance::dataset::{
     CommitBuilder, InsertBuilder, ReadParams, WriteMode, WriteParams,
 };
 use lance::dataset::builder::DatasetBuilder;
+use lance::io::ObjectStoreRegistry;
+use lance::session::Session;
 use lance::Dataset;
 use lance_file::version::LanceFileVersion;
 use lance_table::format::Fragment;
@@ -37,16 +39,36 @@ pub mod prop {
 /// Blob v2 columns need Lance file format 2.2.
 pub const FILE_VERSION: LanceFileVersion = LanceFileVersion::V2_2;
 
-/// A table location together with the storage limiter every access goes through.
-#[derive(Debug, Clone)]
+/// Lance caches sized for ingest, not for queries: Lance's defaults (1 GiB
+/// of metadata, 6 GiB of index cache per session) would let memory grow with
+/// the number of commits a long job makes.
+const METADATA_CACHE_BYTES: usize = 32 << 20;
+const INDEX_CACHE_BYTES: usize = 16 << 20;
+
+/// A table location together with the storage limiter every access goes
+/// through and the one Lance session (caches) they share.
+#[derive(Clone)]
 pub struct TableHandle {
     pub location: TableLocation,
     pub limiter: StorageLimiter,
+    session: Arc<Session>,
+}
+
+impl std::fmt::Debug for TableHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableHandle").field("location", &self.location).finish_non_exhaustive()
+    }
 }
 
 impl TableHandle {
     pub fn new(location: TableLocation, storage_concurrency: u32) -> Self {
-        Self { location, limiter: StorageLimiter::new(storage_concurrency) }
+        Self::with_limiter(location, StorageLimiter::new(storage_concurrency))
+    }
+
+    /// A handle sharing an existing limiter (one request budget per process).
+    pub fn with_limiter(location: TableLocation, limiter: StorageLimiter) -> Self {
+        let session = Session::new(INDEX_CACHE_BYTES, METADATA_CACHE_BYTES, Arc::new(ObjectStoreRegistry::default()));
+        Self { location, limiter, session: Arc::new(session) }
     }
 
     pub fn write_params(&self, mode: WriteMode) -> WriteParams {
@@ -54,6 +76,7 @@ impl TableHandle {
             mode,
             data_storage_version: Some(FILE_VERSION),
             store_params: Some(store_params(&self.location, &self.limiter)),
+            session: Some(self.session.clone()),
             max_rows_per_file: usize::MAX / 2,
             ..Default::default()
         }
@@ -64,6 +87,9 @@ impl TableHandle {
         Ok(DatasetBuilder::from_uri(&self.location.uri)
             .with_read_params(ReadParams {
                 store_options: Some(store_params(&self.location, &self.limiter)),
+                session: Some(self.session.clone()),
+                metadata_cache_size_bytes: METADATA_CACHE_BYTES,
+                index_cache_size_bytes: INDEX_CACHE_BYTES,
                 ..Default::default()
             })
             .load()
@@ -173,6 +199,7 @@ pub async fn commit_append(
         .build();
     let result = CommitBuilder::new(Arc::new(latest.clone()))
         .with_store_params(store_params(&handle.location, &handle.limiter))
+        .with_session(handle.session.clone())
         .execute(txn)
         .await;
     match result {

@@ -58,7 +58,7 @@ impl Worker {
         let table_ref = a.table.clone().ok_or_else(|| Error::InvalidInput("assignment without a table".into()))?;
         let location = TableLocation::new(&table_ref.uri, table_ref.storage_options)?;
         let table = match &self.limiter {
-            Some(limiter) => TableHandle { location, limiter: limiter.clone() },
+            Some(limiter) => TableHandle::with_limiter(location, limiter.clone()),
             None => TableHandle::new(location, settings.storage_concurrency),
         };
         let dataset = Arc::new(table.open().await?);

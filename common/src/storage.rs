@@ -37,7 +37,7 @@ impl TableLocation {
             uri.trim_end_matches('/').to_string()
         } else {
             let p = std::path::Path::new(uri);
-            let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+            let abs = std::path::absolute(p)?;
             if abs.exists() && !abs.is_dir() {
                 return Err(Error::InvalidInput(format!("table path {} exists and is not a directory", abs.display())));
             }

@@ -83,7 +83,7 @@ impl Actor for Normalizer {
                     uri: task.file.uri.clone(),
                     shard_id: task.file.shard_id.clone(),
                     kind: kind.map(|k| k.to_string()).unwrap_or_default(),
-                    reason,
+                    reason: reason.trim().to_string(),
                 };
                 self.flusher.call(|reply| FlusherMsg::Fail(failed, reply), None).await?
             }

@@ -20,15 +20,6 @@ pub enum Error {
     InvalidInput(String),
     #[error("link to peer failed: {0}")]
     Link(String),
-    #[error("fenced: {0}")]
-    Fenced(String),
-}
-
-impl Error {
-    /// Whether retrying the same operation may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::ObjectStore(_) | Error::Io(_) | Error::Link(_))
-    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install what building and testing sluice needs on Debian 12: protoc and
-# pkg-config for the build, and a Python venv with pylance (the independent
-# reader test) and moto (the S3-compatible server the S3 tests start).
+# Install what building and testing sluice needs on Debian 12: protoc,
+# pkg-config, clang and the FFmpeg libraries for the build; the ffmpeg CLI
+# for test fixtures; and a Python venv with pylance (the independent reader
+# test) and moto (the S3-compatible server the S3 tests start).
 # Safe to run again; skips what is already there.
 set -euo pipefail
 
@@ -15,6 +16,11 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v clang >/dev/null || need_apt+=(clang libclang-dev)
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
+for lib in libavcodec libavformat libavutil libswscale libswresample libavfilter libavdevice; do
+  pkg-config --exists "$lib" 2>/dev/null || need_apt+=("$lib-dev")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   $SUDO apt-get update -qq

@@ -52,6 +52,15 @@ pub struct IngestArgs {
     /// Seconds one file may spend in a normalizer
     #[arg(long, default_value_t = 300)]
     pub file_timeout: u32,
+    /// Target video segment length, in seconds (cut at keyframes)
+    #[arg(long, env = "SLUICE_SEGMENT_SECONDS", default_value_t = 10.0)]
+    pub segment_seconds: f64,
+    /// Longest video accepted, in seconds
+    #[arg(long, default_value_t = 6 * 3600)]
+    pub max_video_seconds: u32,
+    /// Largest video accepted, in bytes (videos are streamed, not loaded)
+    #[arg(long, default_value_t = 64 << 30)]
+    pub max_video_size: u64,
     /// Abort once more than N files have failed
     #[arg(long)]
     pub max_errors: Option<u64>,
@@ -84,6 +93,9 @@ impl IngestArgs {
             max_image_pixels: self.max_image_pixels,
             max_file_bytes: self.max_file_size,
             file_timeout_secs: self.file_timeout,
+            segment_seconds: self.segment_seconds,
+            max_video_seconds: self.max_video_seconds,
+            max_video_bytes: self.max_video_size,
             ..Settings::default()
         }
     }

@@ -29,6 +29,12 @@ pub struct Settings {
     pub max_file_bytes: u64,
     /// Seconds one file may take in a normalizer.
     pub file_timeout_secs: u32,
+    /// Target length of video segments, in seconds (cut at keyframes).
+    pub segment_seconds: f64,
+    /// Videos longer than this are refused.
+    pub max_video_seconds: u32,
+    /// Videos above this size are refused (they are streamed, not loaded).
+    pub max_video_bytes: u64,
 }
 
 impl Default for Settings {
@@ -45,6 +51,9 @@ impl Default for Settings {
             thumbnail_size: 256,
             max_file_bytes: 512 << 20,
             file_timeout_secs: 300,
+            segment_seconds: 10.0,
+            max_video_seconds: 6 * 3600,
+            max_video_bytes: 64 << 30,
         }
     }
 }
@@ -88,6 +97,12 @@ impl Settings {
         if self.file_timeout_secs == 0 {
             return bad("file_timeout_secs must be at least 1".into());
         }
+        if !(self.segment_seconds.is_finite() && self.segment_seconds >= 0.5 && self.segment_seconds <= 3600.0) {
+            return bad(format!("segment_seconds must be 0.5..=3600, got {}", self.segment_seconds));
+        }
+        if self.max_video_seconds == 0 || self.max_video_bytes == 0 {
+            return bad("max_video_seconds and max_video_bytes must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -106,6 +121,9 @@ impl From<&Settings> for pb::PipelineSettings {
             thumbnail_size: s.thumbnail_size,
             max_file_bytes: s.max_file_bytes,
             file_timeout_secs: s.file_timeout_secs,
+            segment_seconds: s.segment_seconds,
+            max_video_seconds: s.max_video_seconds,
+            max_video_bytes: s.max_video_bytes,
         }
     }
 }
@@ -130,6 +148,9 @@ impl TryFrom<&pb::PipelineSettings> for Settings {
             thumbnail_size: pick(p.thumbnail_size, d.thumbnail_size),
             max_file_bytes: pick64(p.max_file_bytes, d.max_file_bytes),
             file_timeout_secs: pick(p.file_timeout_secs, d.file_timeout_secs),
+            segment_seconds: if p.segment_seconds == 0.0 { d.segment_seconds } else { p.segment_seconds },
+            max_video_seconds: pick(p.max_video_seconds, d.max_video_seconds),
+            max_video_bytes: pick64(p.max_video_bytes, d.max_video_bytes),
         };
         s.validate()?;
         Ok(s)

@@ -1,43 +1,84 @@
-//! Fetch: read a source file, with the checks that turn the usual problems
-//! (missing, a directory, unreadable, too large) into clear reasons.
+//! Fetch: look at a source file and read it, with the checks that turn the
+//! usual problems (missing, a directory, unreadable, too large) into clear
+//! reasons. Small kinds are read whole; media is opened by path and hashed
+//! by streaming, never loaded.
+
+use std::io::Read;
+use std::path::PathBuf;
 
 use bytes::Bytes;
-use sluice_common::schema::SourceInfo;
 
 /// Local filesystem path of a `file://` URI (or a plain path).
 pub fn local_path(uri: &str) -> &str {
     uri.strip_prefix("file://").unwrap_or(uri)
 }
 
-/// Read a whole file, refusing anything above `max_bytes`.
-pub async fn fetch(uri: &str, max_bytes: u64) -> Result<(SourceInfo, Bytes), String> {
-    let path = local_path(uri);
-    let meta = tokio::fs::metadata(path).await.map_err(|e| describe(&e))?;
+/// What a first look at a file found.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub path: PathBuf,
+    pub size: u64,
+    pub modified_ms: Option<i64>,
+    /// The first bytes, for kind detection.
+    pub head: Vec<u8>,
+}
+
+const HEAD_BYTES: usize = 8192;
+
+/// Stat the file and read its first bytes.
+pub async fn probe(uri: &str) -> Result<Probe, String> {
+    let path = PathBuf::from(local_path(uri));
+    let meta = tokio::fs::metadata(&path).await.map_err(|e| describe(&e))?;
     if meta.is_dir() {
         return Err("is a directory, not a file".into());
     }
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
-    if meta.len() > max_bytes {
-        return Err(format!("file is {} bytes, above the limit of {max_bytes} (max_file_bytes)", meta.len()));
-    }
     let modified_ms = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_millis() as i64);
-    let bytes = tokio::fs::read(path).await.map_err(|e| describe(&e))?;
+    let p = path.clone();
+    let head = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        let mut head = Vec::with_capacity(HEAD_BYTES);
+        std::fs::File::open(p)?.take(HEAD_BYTES as u64).read_to_end(&mut head)?;
+        Ok(head)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| describe(&e))?;
+    Ok(Probe { path, size: meta.len(), modified_ms, head })
+}
+
+/// Read a whole file, refusing anything above `max_bytes`.
+pub async fn read_all(probe: &Probe, max_bytes: u64) -> Result<Bytes, String> {
+    if probe.size > max_bytes {
+        return Err(format!("file is {} bytes, above the limit of {max_bytes} (max_file_bytes)", probe.size));
+    }
+    let bytes = tokio::fs::read(&probe.path).await.map_err(|e| describe(&e))?;
     if bytes.len() as u64 > max_bytes {
         return Err(format!("file grew to {} bytes while read, above max_file_bytes", bytes.len()));
     }
-    let source = SourceInfo {
-        uri: uri.to_string(),
-        size: bytes.len() as u64,
-        modified_ms,
-        content_hash: sluice_common::ids::content_hash(&bytes),
-    };
-    Ok((source, Bytes::from(bytes)))
+    Ok(Bytes::from(bytes))
+}
+
+/// Content hash of a file, read in blocks (blocking).
+pub fn hash_file(path: &std::path::Path) -> Result<(String, u64), String> {
+    let mut file = std::fs::File::open(path).map_err(|e| describe(&e))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| describe(&e))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((hasher.finalize().to_hex().to_string(), total))
 }
 
 fn describe(e: &std::io::Error) -> String {

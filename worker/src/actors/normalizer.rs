@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sluice_common::schema::{FileRows, Kind};
+use sluice_common::schema::{FileRows, Kind, Row, SourceInfo};
 use sluice_common::settings::Settings;
 use sluice_common::pb;
 use tokio::sync::{mpsc, Mutex};
@@ -73,11 +73,11 @@ impl Actor for Normalizer {
             return Ok(());
         };
         self.busy.enter();
-        let outcome = process(&task.file, &self.settings).await;
+        let outcome = process(&task.file, &self.settings, &self.flusher).await;
         self.busy.exit();
         match outcome {
-            Ok(rows) => self.flusher.call(|reply| FlusherMsg::Append(rows, reply), None).await?,
-            Err((kind, reason)) => {
+            Ok(()) => {}
+            Err(Outcome::Failed(kind, reason)) => {
                 tracing::info!(file = %task.file.uri, %reason, "file failed");
                 let failed = pb::FileFailed {
                     uri: task.file.uri.clone(),
@@ -85,35 +85,157 @@ impl Actor for Normalizer {
                     kind: kind.map(|k| k.to_string()).unwrap_or_default(),
                     reason: reason.trim().to_string(),
                 };
-                self.flusher.call(|reply| FlusherMsg::Fail(failed, reply), None).await?
+                self.flusher.call(|reply| FlusherMsg::Fail(failed, reply), None).await?;
             }
-        };
+            // Rows of this file were already handed on: only a pipeline
+            // restart (and the resume that follows) keeps them out.
+            Err(Outcome::Fatal(e)) => return Err(e.into()),
+        }
         myself.send_message(NormalizerMsg::Pull)?;
         Ok(())
     }
+
 }
 
-/// Fetch and normalize one file. Errors carry the detected kind, if any.
-async fn process(file: &pb::FileRef, settings: &Arc<Settings>) -> Result<FileRows, (Option<Kind>, String)> {
-    let (source, bytes) = crate::fetch::fetch(&file.uri, settings.max_file_bytes).await.map_err(|e| (None, e))?;
-    let name = crate::fetch::local_path(&file.uri).to_string();
+/// How processing a file can end badly.
+enum Outcome {
+    /// The file is refused: no rows of it were handed on.
+    Failed(Option<Kind>, String),
+    /// Something broke after rows were handed on.
+    Fatal(String),
+}
+
+fn failed(kind: Option<Kind>, reason: impl Into<String>) -> Outcome {
+    Outcome::Failed(kind, reason.into())
+}
+
+fn describe_join(join: tokio::task::JoinError) -> String {
+    if join.is_panic() {
+        let panic = join.into_panic();
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        format!("normalizer crashed: {msg}")
+    } else {
+        format!("normalizer was cancelled: {join}")
+    }
+}
+
+async fn append(flusher: &ActorRef<FlusherMsg>, rows: FileRows) -> Result<(), Outcome> {
+    flusher.call(|reply| FlusherMsg::Append(rows, reply), None).await.map(|_| ()).map_err(|e| Outcome::Fatal(e.to_string()))
+}
+
+/// Fetch and normalize one file, handing its rows to the flusher.
+async fn process(file: &pb::FileRef, settings: &Arc<Settings>, flusher: &ActorRef<FlusherMsg>) -> Result<(), Outcome> {
+    let probe = crate::fetch::probe(&file.uri).await.map_err(|e| failed(None, e))?;
+    let name = probe.path.to_string_lossy().to_string();
+    let (kind, _) = normalize::detect_kind(&name, &probe.head);
+    let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
+    let timed_out = || format!("normalizer timed out after {}s", timeout.as_secs());
+    if kind == Kind::Video {
+        return process_video(file, probe, settings, flusher, timeout).await;
+    }
+    let bytes = crate::fetch::read_all(&probe, settings.max_file_bytes).await.map_err(|e| failed(Some(kind), e))?;
+    let source = SourceInfo {
+        uri: file.uri.clone(),
+        size: bytes.len() as u64,
+        modified_ms: probe.modified_ms,
+        content_hash: sluice_common::ids::content_hash(&bytes),
+    };
     let s = settings.clone();
     let work = tokio::task::spawn_blocking(move || normalize::normalize(&name, bytes, &s));
-    let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let normalized = match tokio::time::timeout(timeout, work).await {
-        Err(_) => return Err((None, format!("normalizer timed out after {}s", timeout.as_secs()))),
-        Ok(Err(join)) if join.is_panic() => {
-            let panic = join.into_panic();
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            return Err((None, format!("normalizer crashed: {msg}")));
-        }
-        Ok(Err(join)) => return Err((None, format!("normalizer was cancelled: {join}"))),
-        Ok(Ok(Err((kind, e)))) => return Err((Some(kind), e.0)),
+        Err(_) => return Err(failed(Some(kind), timed_out())),
+        Ok(Err(join)) => return Err(failed(Some(kind), describe_join(join))),
+        Ok(Ok(Err((kind, e)))) => return Err(failed(Some(kind), e.0)),
         Ok(Ok(Ok(n))) => n,
     };
-    Ok(FileRows { source, shard_id: file.shard_id.clone(), kind: normalized.kind, rows: normalized.rows, last: true })
+    let rows = FileRows { source, shard_id: file.shard_id.clone(), kind: normalized.kind, rows: normalized.rows, last: true };
+    append(flusher, rows).await
+}
+
+/// What the video thread sends: the content hash first, then segment rows.
+enum Piece {
+    Hash(String),
+    Rows(Vec<Row>),
+}
+
+/// Videos stream: segments arrive one at a time from the blocking thread and
+/// go on to the flusher as they come; the final one is marked `last`. Rows
+/// are only emitted once the whole file was validated, so a failure before
+/// the first batch costs the file, and a failure after it is fatal.
+async fn process_video(
+    file: &pb::FileRef,
+    probe: crate::fetch::Probe,
+    settings: &Arc<Settings>,
+    flusher: &ActorRef<FlusherMsg>,
+    timeout: Duration,
+) -> Result<(), Outcome> {
+    let kind = Some(Kind::Video);
+    if probe.size > settings.max_video_bytes {
+        return Err(failed(kind, format!(
+            "video is {} bytes, above the limit of {} (max_video_bytes)",
+            probe.size, settings.max_video_bytes
+        )));
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(1);
+    let (s, path) = (settings.clone(), probe.path.clone());
+    let work = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let (hash, _) = crate::fetch::hash_file(&path)?;
+        tx.blocking_send(Piece::Hash(hash)).map_err(|_| "pipeline stopped".to_string())?;
+        let mut emit = |rows: Vec<Row>| {
+            tx.blocking_send(Piece::Rows(rows)).map_err(|_| normalize::NormalizeError::new("pipeline stopped"))
+        };
+        normalize::normalize_video(&path, &s, &mut emit).map_err(|e| e.0)
+    });
+    tokio::pin!(work);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut hash = String::new();
+    let mut held: Option<Vec<Row>> = None;
+    let mut sent_any = false;
+    let part = |hash: &str, rows: Vec<Row>, last: bool| FileRows {
+        source: SourceInfo { uri: file.uri.clone(), size: probe.size, modified_ms: probe.modified_ms, content_hash: hash.to_string() },
+        shard_id: file.shard_id.clone(),
+        kind: Kind::Video,
+        rows,
+        last,
+    };
+    let result = loop {
+        tokio::select! {
+            Some(piece) = rx.recv() => match piece {
+                Piece::Hash(h) => hash = h,
+                Piece::Rows(rows) => {
+                    if let Some(prev) = held.replace(rows) {
+                        append(flusher, part(&hash, prev, false)).await?;
+                        sent_any = true;
+                    }
+                }
+            },
+            r = &mut work => break r.map_err(describe_join).and_then(|r| r),
+            _ = tokio::time::sleep_until(deadline) => {
+                let e = format!("normalizer timed out after {}s", timeout.as_secs());
+                break Err(e);
+            }
+        }
+    };
+    // Whatever the thread sent before it ended.
+    while let Ok(piece) = rx.try_recv() {
+        match piece {
+            Piece::Hash(h) => hash = h,
+            Piece::Rows(rows) => {
+                if let Some(prev) = held.replace(rows) {
+                    append(flusher, part(&hash, prev, false)).await?;
+                    sent_any = true;
+                }
+            }
+        }
+    }
+    match (result, held) {
+        (Ok(()), Some(rows)) => append(flusher, part(&hash, rows, true)).await,
+        (Ok(()), None) => Err(failed(kind, "video produced no segments")),
+        (Err(e), _) if !sent_any => Err(failed(kind, e)),
+        (Err(e), _) => Err(Outcome::Fatal(format!("{}: failed after its first segments: {e}", file.uri))),
+    }
 }

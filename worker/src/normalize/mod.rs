@@ -6,6 +6,7 @@
 mod image;
 mod other;
 mod text;
+mod video;
 
 use bytes::Bytes;
 use sluice_common::schema::{Kind, Row};
@@ -14,6 +15,7 @@ use sluice_common::settings::Settings;
 pub use self::image::normalize_image;
 pub use self::other::normalize_other;
 pub use self::text::{chunk_text, decode_text, normalize_text};
+pub use self::video::normalize_video;
 
 /// Why a file could not be normalized, in words a user can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +41,7 @@ const TEXT_EXTENSIONS: &[&str] = &[
     "go", "java", "c", "h", "cpp", "hpp", "sh", "rb", "php", "css", "scss",
 ];
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "gif", "webp", "tif", "tiff", "bmp"];
+const VIDEO_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "mkv", "webm", "avi", "ts", "flv", "mpg", "mpeg", "ogv", "3gp"];
 
 fn extension(name: &str) -> String {
     std::path::Path::new(name)
@@ -56,12 +59,18 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
         let decodable = ::image::ImageFormat::from_mime_type(&mime).is_some_and(|f| f.reading_enabled());
         return match t.matcher_type() {
             infer::MatcherType::Image if decodable => (Kind::Image, mime),
+            infer::MatcherType::Video => (Kind::Video, mime),
             // Text formats infer recognises (e.g. some XML/HTML) stay text.
             infer::MatcherType::Text => (Kind::Text, mime),
             _ => (Kind::Other, mime),
         };
     }
     let guessed = mime_guess::from_path(name).first();
+    if VIDEO_EXTENSIONS.contains(&ext.as_str()) {
+        // Named like a video: the demuxer gives the precise reason if not.
+        let mime = guessed.map_or("application/octet-stream".to_string(), |m| m.to_string());
+        return (Kind::Video, mime);
+    }
     if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
         // Named like an image but without image magic: the image decoder
         // gives the precise reason.
@@ -90,7 +99,7 @@ fn looks_like_text(bytes: &[u8]) -> bool {
     }
 }
 
-/// Normalize one file's bytes.
+/// Normalize one file's bytes (every kind but video, which streams from its path).
 /// On failure, the kind the file was detected as comes with the reason.
 pub fn normalize(name: &str, bytes: Bytes, settings: &Settings) -> Result<Normalized, (Kind, NormalizeError)> {
     let (kind, mime) = detect_kind(name, &bytes);

@@ -1,0 +1,119 @@
+//! Video ingestion against fixtures made by the ffmpeg CLI. Every segment is
+//! exported through pylance and must decode on its own with the ffmpeg CLI;
+//! segment times must tile the source duration.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::*;
+
+fn ffmpeg(args: &[&str]) {
+    let ok = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).status().expect("ffmpeg CLI must be installed");
+    assert!(ok.success(), "ffmpeg {args:?}");
+}
+
+fn lavfi_video(seconds: &str) -> [&str; 6] {
+    ["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", seconds]
+}
+
+fn make_fixtures(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let sine = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"];
+    let mut a: Vec<&str> = lavfi_video("25").to_vec();
+    let h264 = p("h264_aac.mp4");
+    a.extend(sine);
+    a.extend(["-t", "25", "-c:v", "libx264", "-g", "50", "-pix_fmt", "yuv420p", "-c:a", "aac", "-movflags", "+faststart", &h264]);
+    ffmpeg(&a);
+    let vp9 = p("vp9_opus.webm");
+    let mut a: Vec<&str> = lavfi_video("12").to_vec();
+    a.extend(sine);
+    a.extend(["-t", "12", "-c:v", "libvpx-vp9", "-g", "50", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", "-c:a", "libopus", &vp9]);
+    ffmpeg(&a);
+    let noaudio = p("no_audio.mp4");
+    let mut a: Vec<&str> = lavfi_video("8").to_vec();
+    a.extend(["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", &noaudio]);
+    ffmpeg(&a);
+    let longgop = p("long_gop.mp4");
+    let mut a: Vec<&str> = lavfi_video("30").to_vec();
+    a.extend(["-c:v", "libx264", "-g", "250", "-keyint_min", "250", "-sc_threshold", "0", "-pix_fmt", "yuv420p", &longgop]);
+    ffmpeg(&a);
+    ffmpeg(&["-i", &noaudio, "-c", "copy", "-metadata:s:v:0", "rotate=90", &p("rotated.mp4")]);
+    let bytes = std::fs::read(&h264).unwrap();
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("truncated.mp4"), &bytes[..bytes.len() * 3 / 4]).unwrap();
+    std::fs::write(bad.join("garbage.mp4"), (0..50_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>()).unwrap();
+    std::fs::write(bad.join("empty.webm"), b"").unwrap();
+}
+
+fn probe_duration(path: &str) -> f64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0.0)
+}
+
+#[test]
+fn videos_become_playable_segments_that_tile_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("videos");
+    make_fixtures(&corpus);
+    let table = dir.path().join("lake");
+    let (code, s) = ingest_json(&table, &[&corpus], &["--segment-seconds", "10"]);
+    assert_eq!(code, 2, "the bad videos fail, the rest land");
+    assert_eq!(s["files_failed"], 3);
+    let reason = |name: &str| {
+        s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string()).unwrap()
+    };
+    assert!(reason("truncated.mp4").contains("truncated video"), "{}", reason("truncated.mp4"));
+    assert!(reason("garbage.mp4").contains("cannot open video"));
+    assert!(reason("empty.webm").contains("cannot open video"));
+
+    let export = dir.path().join("export");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/export_blobs.py");
+    let out = run(Command::new(python()).arg(script).arg(&table).arg(&export));
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+
+    for (name, source_seconds, segments, mime) in [
+        ("h264_aac.mp4", 25.0, 3, "video/mp4"),
+        ("vp9_opus.webm", 12.0, 2, "video/webm"),
+        ("no_audio.mp4", 8.0, 1, "video/mp4"),
+        ("long_gop.mp4", 30.0, 3, "video/mp4"),
+        ("rotated.mp4", 8.0, 1, "video/mp4"),
+    ] {
+        let mut segs: Vec<_> = rows.iter().filter(|r| r["source_uri"].as_str().unwrap().ends_with(name)).collect();
+        segs.sort_by_key(|r| r["chunk_index"].as_u64());
+        assert_eq!(segs.len(), segments, "{name}: segments");
+        let mut expected_start = 0.0;
+        for seg in &segs {
+            assert_eq!(seg["kind"], "video");
+            assert_eq!(seg["mime_type"], mime, "{name}: container fits the codecs");
+            let (start, end) = (seg["start_seconds"].as_f64().unwrap(), seg["end_seconds"].as_f64().unwrap());
+            assert!((start - expected_start).abs() < 1e-6, "{name}: segments are contiguous ({start} vs {expected_start})");
+            assert!(end > start);
+            expected_start = end;
+            assert!(seg["thumbnail_bytes"].as_u64().unwrap() > 0, "{name}: thumbnail");
+            // Each segment decodes on its own, cleanly, and lasts as long as it says.
+            let path = seg["path"].as_str().unwrap();
+            let decode = Command::new("ffmpeg").args(["-v", "error", "-i", path, "-f", "null", "-"]).output().unwrap();
+            assert!(decode.status.success() && decode.stderr.is_empty(), "{name} segment {}: {}", seg["chunk_index"], String::from_utf8_lossy(&decode.stderr));
+            let d = probe_duration(path);
+            assert!((d - (end - start)).abs() < 0.25, "{name} segment {}: plays {d}s, row says {}s", seg["chunk_index"], end - start);
+        }
+        assert!((expected_start - source_seconds).abs() < 0.2, "{name}: segments cover the source ({expected_start} of {source_seconds})");
+        let meta = &segs[0]["metadata"];
+        assert!((meta["duration"].as_f64().unwrap() - source_seconds).abs() < 0.2);
+        assert_eq!(meta["has_audio"], !name.starts_with("no_audio") && !name.starts_with("long_gop") && !name.starts_with("rotated"));
+    }
+    let long: Vec<f64> = rows.iter().filter(|r| r["source_uri"].as_str().unwrap().ends_with("long_gop.mp4")).map(|r| r["start_seconds"].as_f64().unwrap()).collect();
+    assert!(long.iter().all(|t| (t / 10.0 - (t / 10.0).round()).abs() < 1e-6), "long GOP: cuts only at its keyframes {long:?}");
+    let rotated = rows.iter().find(|r| r["source_uri"].as_str().unwrap().ends_with("rotated.mp4")).unwrap();
+    assert_eq!((rotated["width"].as_u64(), rotated["height"].as_u64()), (Some(240), Some(320)), "rotated: display size");
+    assert_eq!(rotated["metadata"]["rotation"], 270);
+    assert_eq!(rotated["metadata"]["video_codec"], "h264");
+}

@@ -1,0 +1,330 @@
+//! Video: split into independently playable segments of about
+//! `segment_seconds`, cut at keyframes, by stream copy (no re-encode), each
+//! with a JPEG thumbnail of its first frame.
+//!
+//! Untrusted input is opened with a protocol and format whitelist. A file is
+//! validated completely before any of its rows are emitted: segments are
+//! muxed into a temporary directory, and only once the last packet has been
+//! read (and the file is not truncated) are they handed out, one at a time,
+//! so memory holds at most one segment.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use bytes::Bytes;
+use ffmpeg_next as ff;
+use ff::codec::Id;
+use ff::format::context::{Input, Output};
+use ff::media::Type as Medium;
+use ff::software::scaling::{Context as Scaler, Flags};
+use ff::util::frame::video::Video as VideoFrame;
+use ff::{Packet, Rational};
+use image::RgbImage;
+use serde_json::{json, Value};
+use sluice_common::schema::Row;
+use sluice_common::settings::Settings;
+
+use super::NormalizeError;
+
+/// Demuxers untrusted files may use; nothing else is probed.
+const FORMAT_WHITELIST: &str = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,mpeg,ogg";
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = ff::init();
+        ff::util::log::set_level(ff::util::log::Level::Fatal);
+    });
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> NormalizeError {
+    NormalizeError::new(format!("{what}: {e}"))
+}
+
+/// Container for stream-copied segments, by codec.
+fn container(video: Id, audio: Option<Id>) -> (&'static str, &'static str, &'static str) {
+    let mp4_video = matches!(video, Id::H264 | Id::HEVC | Id::MPEG4 | Id::AV1);
+    let mp4_audio = matches!(audio, None | Some(Id::AAC) | Some(Id::MP3) | Some(Id::AC3));
+    let webm_video = matches!(video, Id::VP8 | Id::VP9 | Id::AV1);
+    let webm_audio = matches!(audio, None | Some(Id::OPUS) | Some(Id::VORBIS));
+    if mp4_video && mp4_audio {
+        ("mp4", "mp4", "video/mp4")
+    } else if webm_video && webm_audio {
+        ("webm", "webm", "video/webm")
+    } else {
+        ("matroska", "mkv", "video/x-matroska")
+    }
+}
+
+/// Clockwise rotation in degrees from the stream's display matrix, if any.
+#[allow(unsafe_code)]
+fn rotation(stream: &ff::format::stream::Stream) -> i32 {
+    for side in stream.side_data() {
+        if side.kind() == ff::codec::packet::side_data::Type::DisplayMatrix && side.data().len() >= 36 {
+            // SAFETY: a display matrix is nine i32 values; the length is checked above.
+            let theta = unsafe { ff::ffi::av_display_rotation_get(side.data().as_ptr() as *const i32) };
+            if theta.is_finite() {
+                return (-theta.round() as i32).rem_euclid(360);
+            }
+        }
+    }
+    0
+}
+
+/// One segment being written.
+struct Segment {
+    index: u32,
+    path: PathBuf,
+    octx: Output,
+    /// Input stream index -> output stream index.
+    map: Vec<Option<usize>>,
+    start: f64,
+    offset: Vec<i64>,
+    thumbnail: Option<Vec<u8>>,
+}
+
+/// A finished segment waiting to be emitted.
+struct Done {
+    index: u32,
+    path: PathBuf,
+    start: f64,
+    end: f64,
+    thumbnail: Option<Vec<u8>>,
+}
+
+struct Job<'a> {
+    ictx: Input,
+    video: usize,
+    audio: Option<usize>,
+    tbs: Vec<Rational>,
+    muxer: &'static str,
+    ext: &'static str,
+    dir: &'a Path,
+    decoder: ff::decoder::Video,
+    rotation: i32,
+    thumb: u32,
+}
+
+impl Job<'_> {
+    /// `start` is relative to the file's first keyframe; `cut` is the input
+    /// time of the segment's first keyframe, subtracted from every packet.
+    fn open_segment(&mut self, index: u32, start: f64, cut: f64) -> Result<Segment, NormalizeError> {
+        let path = self.dir.join(format!("seg-{index:06}.{}", self.ext));
+        let mut octx = ff::format::output_as(&path, self.muxer).map_err(|e| err("cannot create segment", e))?;
+        let mut map = vec![None; self.tbs.len()];
+        for (n, ist_index) in std::iter::once(self.video).chain(self.audio).enumerate() {
+            let ist = self.ictx.stream(ist_index).expect("stream exists");
+            let mut ost = octx.add_stream(ff::encoder::find(Id::None)).map_err(|e| err("cannot add stream", e))?;
+            ost.set_parameters(ist.parameters());
+            #[allow(unsafe_code)]
+            // SAFETY: the parameters belong to the stream just added; a zero tag lets the muxer pick its own.
+            unsafe {
+                (*ost.parameters().as_mut_ptr()).codec_tag = 0;
+            }
+            map[ist_index] = Some(n);
+        }
+        let mut opts = ff::Dictionary::new();
+        opts.set("avoid_negative_ts", "make_zero");
+        if self.muxer == "mp4" {
+            opts.set("movflags", "+faststart");
+        }
+        octx.write_header_with(opts).map_err(|e| err("cannot start segment", e))?;
+        let offset = self.tbs.iter().map(|tb| (cut / f64::from(*tb)).round() as i64).collect();
+        Ok(Segment { index, path, octx, map, start, offset, thumbnail: None })
+    }
+
+    /// First decodable frame of a keyframe packet, as a JPEG thumbnail.
+    fn thumbnail(&mut self, packet: &Packet) -> Option<Vec<u8>> {
+        self.decoder.send_packet(packet).ok()?;
+        let _ = self.decoder.send_eof();
+        let mut frame = VideoFrame::empty();
+        let got = self.decoder.receive_frame(&mut frame).is_ok();
+        self.decoder.flush();
+        if !got || frame.width() == 0 || frame.height() == 0 {
+            return None;
+        }
+        let (w, h) = (frame.width(), frame.height());
+        let scale = f64::from(self.thumb) / f64::from(w.max(h));
+        let (tw, th) = if scale < 1.0 {
+            (((f64::from(w) * scale).round() as u32).max(1), ((f64::from(h) * scale).round() as u32).max(1))
+        } else {
+            (w, h)
+        };
+        let mut scaler = Scaler::get(frame.format(), w, h, ff::format::Pixel::RGB24, tw, th, Flags::BILINEAR).ok()?;
+        let mut rgb = VideoFrame::empty();
+        scaler.run(&frame, &mut rgb).ok()?;
+        let stride = rgb.stride(0);
+        let row = tw as usize * 3;
+        let mut pixels = Vec::with_capacity(row * th as usize);
+        for y in 0..th as usize {
+            pixels.extend_from_slice(&rgb.data(0)[y * stride..y * stride + row]);
+        }
+        let mut img = image::DynamicImage::ImageRgb8(RgbImage::from_raw(tw, th, pixels)?);
+        img = match self.rotation {
+            90 => img.rotate90(),
+            180 => img.rotate180(),
+            270 => img.rotate270(),
+            _ => img,
+        };
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&img.to_rgb8()).ok()?;
+        Some(out)
+    }
+}
+
+fn close(mut seg: Segment, end: f64) -> Result<Done, NormalizeError> {
+    seg.octx.write_trailer().map_err(|e| err("cannot finish segment", e))?;
+    Ok(Done { index: seg.index, path: seg.path, start: seg.start, end, thumbnail: seg.thumbnail })
+}
+
+/// Split a video file into segment rows. `emit` receives rows one segment at
+/// a time, and only after the whole file proved readable.
+pub fn normalize_video(
+    path: &Path,
+    settings: &Settings,
+    emit: &mut dyn FnMut(Vec<Row>) -> Result<(), NormalizeError>,
+) -> Result<(), NormalizeError> {
+    init();
+    let mut opts = ff::Dictionary::new();
+    opts.set("protocol_whitelist", "file");
+    opts.set("format_whitelist", FORMAT_WHITELIST);
+    let ictx = ff::format::input_with_dictionary(&path, opts).map_err(|e| err("cannot open video", e))?;
+
+    let header_duration = (ictx.duration() > 0).then(|| ictx.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE));
+    if let Some(d) = header_duration {
+        if d > f64::from(settings.max_video_seconds) {
+            return Err(NormalizeError::new(format!(
+                "video is {d:.0}s long, above the limit of {}s (max_video_seconds)",
+                settings.max_video_seconds
+            )));
+        }
+    }
+    let vstream = ictx.streams().best(Medium::Video).ok_or_else(|| NormalizeError::new("no video stream"))?;
+    let video = vstream.index();
+    let audio = ictx.streams().best(Medium::Audio).map(|s| s.index());
+    let vpar = vstream.parameters();
+    let video_codec = vpar.id();
+    let audio_codec = audio.map(|a| ictx.stream(a).expect("exists").parameters().id());
+    let decoder = ff::codec::context::Context::from_parameters(vpar)
+        .and_then(|c| c.decoder().video())
+        .map_err(|e| err("no decoder for the video stream", e))?;
+    let (width, height) = (decoder.width(), decoder.height());
+    let rate = vstream.avg_frame_rate();
+    let fps = if rate.denominator() != 0 { f64::from(rate) } else { 0.0 };
+    let rot = rotation(&vstream);
+    let (muxer, ext, mime) = container(video_codec, audio_codec);
+    let tbs: Vec<Rational> = ictx.streams().map(|s| s.time_base()).collect();
+    let bit_rate = ictx.bit_rate();
+
+    let dir = tempfile::Builder::new().prefix("sluice-video-").tempdir().map_err(|e| err("no temporary space", e))?;
+    let mut job = Job {
+        ictx,
+        video,
+        audio,
+        tbs,
+        muxer,
+        ext,
+        dir: dir.path(),
+        decoder,
+        rotation: rot,
+        thumb: settings.thumbnail_size,
+    };
+
+    let segment_seconds = settings.segment_seconds;
+    let mut done: Vec<Done> = Vec::new();
+    let mut current: Option<Segment> = None;
+    let mut origin: Option<f64> = None;
+    let mut last_end = 0.0f64;
+    loop {
+        let mut packet = Packet::empty();
+        match packet.read(&mut job.ictx) {
+            Ok(()) => {}
+            Err(ff::Error::Eof) => break,
+            Err(e) => return Err(err(&format!("read error after {last_end:.2}s"), e)),
+        }
+        let index = packet.stream();
+        let tb = job.tbs[index];
+        let Some(ts) = packet.pts().or(packet.dts()) else { continue };
+        let t = ts as f64 * f64::from(tb);
+        if index == video {
+            let end = t + packet.duration().max(0) as f64 * f64::from(tb);
+            if packet.is_key() {
+                let origin = *origin.get_or_insert(t);
+                let rel = t - origin;
+                let cut = current.as_ref().is_none_or(|s| rel >= s.start - 1e-9 + segment_seconds);
+                if cut {
+                    let next = done.len() as u32 + u32::from(current.is_some());
+                    if let Some(seg) = current.take() {
+                        done.push(close(seg, rel)?);
+                    }
+                    let mut seg = job.open_segment(next, rel, t)?;
+                    seg.thumbnail = job.thumbnail(&packet);
+                    current = Some(seg);
+                }
+            }
+            if let Some(o) = origin {
+                last_end = last_end.max(end - o);
+            }
+        }
+        let Some(seg) = current.as_mut() else { continue };
+        let Some(out_index) = seg.map[index] else { continue };
+        let offset = seg.offset[index];
+        if let Some(p) = packet.pts() {
+            packet.set_pts(Some(p - offset));
+        }
+        if let Some(d) = packet.dts() {
+            packet.set_dts(Some(d - offset));
+        }
+        let ost_tb = seg.octx.stream(out_index).expect("mapped").time_base();
+        packet.rescale_ts(tb, ost_tb);
+        packet.set_position(-1);
+        packet.set_stream(out_index);
+        packet.write_interleaved(&mut seg.octx).map_err(|e| err("cannot write segment", e))?;
+    }
+    let Some(seg) = current.take() else {
+        return Err(NormalizeError::new("no decodable video: no keyframe found"));
+    };
+    done.push(close(seg, last_end)?);
+
+    if let Some(d) = header_duration {
+        if last_end + (0.02 * d).max(1.0) < d {
+            return Err(NormalizeError::new(format!(
+                "truncated video: data ends at {last_end:.2}s but the header says {d:.2}s"
+            )));
+        }
+    }
+
+    let file_meta = json!({
+        "duration": header_duration.unwrap_or(last_end),
+        "fps": fps,
+        "video_codec": video_codec.name(),
+        "audio_codec": audio_codec.map(|a| a.name()),
+        "width": width,
+        "height": height,
+        "rotation": rot,
+        "bit_rate": bit_rate,
+        "has_audio": audio.is_some(),
+        "segments": done.len(),
+        "container": ext,
+    });
+    let (w, h) = if rot == 90 || rot == 270 { (height, width) } else { (width, height) };
+    for seg in done {
+        let bytes = std::fs::read(&seg.path).map_err(|e| err("cannot read back segment", e))?;
+        let _ = std::fs::remove_file(&seg.path);
+        let mut meta: Value = file_meta.clone();
+        meta["segment"] = json!(seg.index);
+        emit(vec![Row {
+            chunk_index: seg.index,
+            mime_type: mime.to_string(),
+            start_seconds: Some(seg.start),
+            end_seconds: Some(seg.end),
+            data: Some(Bytes::from(bytes)),
+            thumbnail: seg.thumbnail,
+            width: Some(w),
+            height: Some(h),
+            metadata: Some(meta),
+            ..Default::default()
+        }])?;
+    }
+    Ok(())
+}

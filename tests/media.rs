@@ -117,3 +117,41 @@ fn videos_become_playable_segments_that_tile_the_source() {
     assert_eq!(rotated["metadata"]["rotation"], 270);
     assert_eq!(rotated["metadata"]["video_codec"], "h264");
 }
+
+#[test]
+fn a_crash_never_commits_part_of_a_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("videos");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for i in 0..6 {
+        let path = corpus.join(format!("clip{i}.mp4"));
+        let mut a: Vec<&str> = lavfi_video("9").to_vec();
+        let path = path.to_str().unwrap().to_string();
+        a.extend(["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", &path]);
+        ffmpeg(&a);
+    }
+    // 3-second segments, and a 1 KiB flush budget: every segment is its own
+    // flush, so videos span several checkpoints and most cuts are unclean.
+    let args = ["--segment-seconds", "3", "--flush-bytes", "1024", "--commit-every", "1", "--normalization-workers", "2"];
+    let table = dir.path().join("t");
+    let mut cmd = sluice();
+    cmd.env("SLUICE_FAILPOINTS", "after_commit=2").arg("ingest").arg("--table").arg(&table).arg(&corpus).args(args);
+    assert_eq!(run(&mut cmd).status.code(), None, "killed by the failpoint");
+
+    // Whatever landed before the crash is whole videos only.
+    let rows = read_rows(&table);
+    let mut per_file: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for r in &rows {
+        *per_file.entry(&r.uri).or_default() += 1;
+    }
+    assert!(!per_file.is_empty(), "something was committed before the crash");
+    for (uri, n) in &per_file {
+        assert_eq!(*n, 3, "{uri}: a committed video has all its segments");
+    }
+
+    let (code, s) = ingest_json(&table, &[&corpus], &args);
+    assert_eq!(code, 0);
+    assert!(s["files_skipped"].as_u64().unwrap() >= 1);
+    let expected = walk(&corpus).iter().map(|p| (format!("file://{}", p.display()), 3)).collect();
+    assert_exactly_once(&table, &expected);
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what building and testing sluice needs on Debian 12: protoc,
 # pkg-config, clang and the FFmpeg libraries for the build; the ffmpeg CLI
-# for test fixtures; and a Python venv with pylance (the independent reader
-# test) and moto (the S3-compatible server the S3 tests start).
+# and qpdf for test fixtures; and a Python venv with pylance (the independent
+# reader test), moto (the S3-compatible server the S3 tests start) and
+# pypdfium2, whose wheel ships the libpdfium sluice loads for PDFs.
 # Safe to run again; skips what is already there.
 set -euo pipefail
 
@@ -18,6 +19,7 @@ command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v clang >/dev/null || need_apt+=(clang libclang-dev)
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
+command -v qpdf >/dev/null || need_apt+=(qpdf)
 for lib in libavcodec libavformat libavutil libswscale libswresample libavfilter libavdevice; do
   pkg-config --exists "$lib" 2>/dev/null || need_apt+=("$lib-dev")
 done
@@ -32,9 +34,9 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-if ! "$VENV/bin/python" -c 'import lance, pyarrow, boto3; assert lance.__version__ == "14.0.2"' 2>/dev/null \
+if ! "$VENV/bin/python" -c 'import lance, pyarrow, boto3, pypdfium2_raw; assert lance.__version__ == "14.0.2"' 2>/dev/null \
    || [ ! -x "$VENV/bin/moto_server" ]; then
-  echo "setup: installing pylance 14.0.2 and moto into $VENV"
+  echo "setup: installing pylance 14.0.2, pypdfium2 5.15.2 (libpdfium) and moto into $VENV"
   $SUDO python3 -m venv "$VENV"
-  $SUDO "$VENV/bin/pip" install -q 'pylance==14.0.2' pyarrow 'moto[server]'
+  $SUDO "$VENV/bin/pip" install -q 'pylance==14.0.2' pyarrow 'moto[server]' 'pypdfium2==5.15.2'
 fi

@@ -61,6 +61,15 @@ pub struct IngestArgs {
     /// Largest video accepted, in bytes (videos are streamed, not loaded)
     #[arg(long, default_value_t = 64 << 30)]
     pub max_video_size: u64,
+    /// PDF page render resolution
+    #[arg(long, env = "SLUICE_PDF_DPI", default_value_t = 150)]
+    pub pdf_dpi: u32,
+    /// Largest page render, in pixels (larger pages are rendered smaller)
+    #[arg(long, default_value_t = 25_000_000)]
+    pub max_render_pixels: u64,
+    /// Most pages accepted in one PDF
+    #[arg(long, default_value_t = 5000)]
+    pub max_pdf_pages: u32,
     /// Abort once more than N files have failed
     #[arg(long)]
     pub max_errors: Option<u64>,
@@ -96,6 +105,9 @@ impl IngestArgs {
             segment_seconds: self.segment_seconds,
             max_video_seconds: self.max_video_seconds,
             max_video_bytes: self.max_video_size,
+            pdf_dpi: self.pdf_dpi,
+            max_render_pixels: self.max_render_pixels,
+            max_pdf_pages: self.max_pdf_pages,
             ..Settings::default()
         }
     }

@@ -35,6 +35,12 @@ pub struct Settings {
     pub max_video_seconds: u32,
     /// Videos above this size are refused (they are streamed, not loaded).
     pub max_video_bytes: u64,
+    /// PDF page render resolution.
+    pub pdf_dpi: u32,
+    /// Page renders are scaled down to at most this many pixels.
+    pub max_render_pixels: u64,
+    /// PDFs with more pages are refused.
+    pub max_pdf_pages: u32,
 }
 
 impl Default for Settings {
@@ -54,6 +60,9 @@ impl Default for Settings {
             segment_seconds: 10.0,
             max_video_seconds: 6 * 3600,
             max_video_bytes: 64 << 30,
+            pdf_dpi: 150,
+            max_render_pixels: 25_000_000,
+            max_pdf_pages: 5000,
         }
     }
 }
@@ -100,6 +109,12 @@ impl Settings {
         if !(self.segment_seconds.is_finite() && self.segment_seconds >= 0.5 && self.segment_seconds <= 3600.0) {
             return bad(format!("segment_seconds must be 0.5..=3600, got {}", self.segment_seconds));
         }
+        if !(18..=1200).contains(&self.pdf_dpi) {
+            return bad(format!("pdf_dpi must be 18..=1200, got {}", self.pdf_dpi));
+        }
+        if self.max_render_pixels < 10_000 || self.max_pdf_pages == 0 {
+            return bad("max_render_pixels must be at least 10000 and max_pdf_pages at least 1".into());
+        }
         if self.max_video_seconds == 0 || self.max_video_bytes == 0 {
             return bad("max_video_seconds and max_video_bytes must be at least 1".into());
         }
@@ -124,6 +139,9 @@ impl From<&Settings> for pb::PipelineSettings {
             segment_seconds: s.segment_seconds,
             max_video_seconds: s.max_video_seconds,
             max_video_bytes: s.max_video_bytes,
+            pdf_dpi: s.pdf_dpi,
+            max_render_pixels: s.max_render_pixels,
+            max_pdf_pages: s.max_pdf_pages,
         }
     }
 }
@@ -151,6 +169,9 @@ impl TryFrom<&pb::PipelineSettings> for Settings {
             segment_seconds: if p.segment_seconds == 0.0 { d.segment_seconds } else { p.segment_seconds },
             max_video_seconds: pick(p.max_video_seconds, d.max_video_seconds),
             max_video_bytes: pick64(p.max_video_bytes, d.max_video_bytes),
+            pdf_dpi: pick(p.pdf_dpi, d.pdf_dpi),
+            max_render_pixels: pick64(p.max_render_pixels, d.max_render_pixels),
+            max_pdf_pages: pick(p.max_pdf_pages, d.max_pdf_pages),
         };
         s.validate()?;
         Ok(s)

@@ -134,8 +134,8 @@ async fn process(file: &pb::FileRef, settings: &Arc<Settings>, flusher: &ActorRe
     let (kind, _) = normalize::detect_kind(&name, &probe.head);
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let timed_out = || format!("normalizer timed out after {}s", timeout.as_secs());
-    if kind == Kind::Video {
-        return process_video(file, probe, settings, flusher, timeout).await;
+    if matches!(kind, Kind::Video | Kind::Pdf) {
+        return process_streamed(kind, file, probe, settings, flusher, timeout).await;
     }
     let bytes = crate::fetch::read_all(&probe, settings.max_file_bytes).await.map_err(|e| failed(Some(kind), e))?;
     let source = SourceInfo {
@@ -162,24 +162,35 @@ enum Piece {
     Rows(Vec<Row>),
 }
 
-/// Videos stream: segments arrive one at a time from the blocking thread and
-/// go on to the flusher as they come; the final one is marked `last`. Rows
-/// are only emitted once the whole file was validated, so a failure before
-/// the first batch costs the file, and a failure after it is fatal.
-async fn process_video(
+/// Videos and PDFs stream: rows (segments, pages) arrive a few at a time from
+/// the blocking thread and go on to the flusher as they come; the final
+/// batch is marked `last`. The normalizers validate a file before emitting
+/// its first rows, so a failure before the first batch costs the file, and a
+/// failure after it is fatal.
+async fn process_streamed(
+    kind: Kind,
     file: &pb::FileRef,
     probe: crate::fetch::Probe,
     settings: &Arc<Settings>,
     flusher: &ActorRef<FlusherMsg>,
     timeout: Duration,
 ) -> Result<(), Outcome> {
-    let kind = Some(Kind::Video);
-    if probe.size > settings.max_video_bytes {
-        return Err(failed(kind, format!(
-            "video is {} bytes, above the limit of {} (max_video_bytes)",
-            probe.size, settings.max_video_bytes
-        )));
+    let (limit, limit_name) = match kind {
+        Kind::Video => (settings.max_video_bytes, "max_video_bytes"),
+        _ => (settings.max_file_bytes, "max_file_bytes"),
+    };
+    let file_kind = kind;
+    let kind = Some(kind);
+    if probe.size > limit {
+        return Err(failed(kind, format!("file is {} bytes, above the limit of {limit} ({limit_name})", probe.size)));
     }
+    // One PDF at a time per process (pdfium is single-threaded); waiting for
+    // the slot does not count against the file's timeout.
+    static PDF_SLOT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _slot = match file_kind {
+        Kind::Pdf => Some(PDF_SLOT.acquire().await.map_err(|e| Outcome::Fatal(e.to_string()))?),
+        _ => None,
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(1);
     let (s, path) = (settings.clone(), probe.path.clone());
     let work = tokio::task::spawn_blocking(move || -> Result<(), String> {
@@ -188,7 +199,11 @@ async fn process_video(
         let mut emit = |rows: Vec<Row>| {
             tx.blocking_send(Piece::Rows(rows)).map_err(|_| normalize::NormalizeError::new("pipeline stopped"))
         };
-        normalize::normalize_video(&path, &s, &mut emit).map_err(|e| e.0)
+        match file_kind {
+            Kind::Video => normalize::normalize_video(&path, &s, &mut emit),
+            _ => normalize::normalize_pdf(&path, &s, &mut emit),
+        }
+        .map_err(|e| e.0)
     });
     tokio::pin!(work);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -198,7 +213,7 @@ async fn process_video(
     let part = |hash: &str, rows: Vec<Row>, last: bool| FileRows {
         source: SourceInfo { uri: file.uri.clone(), size: probe.size, modified_ms: probe.modified_ms, content_hash: hash.to_string() },
         shard_id: file.shard_id.clone(),
-        kind: Kind::Video,
+        kind: file_kind,
         rows,
         last,
     };
@@ -234,7 +249,7 @@ async fn process_video(
     }
     match (result, held) {
         (Ok(()), Some(rows)) => append(flusher, part(&hash, rows, true)).await,
-        (Ok(()), None) => Err(failed(kind, "video produced no segments")),
+        (Ok(()), None) => Err(failed(kind, "the file produced no rows")),
         (Err(e), _) if !sent_any => Err(failed(kind, e)),
         (Err(e), _) => Err(Outcome::Fatal(format!("{}: failed after its first segments: {e}", file.uri))),
     }

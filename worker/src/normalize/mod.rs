@@ -5,6 +5,7 @@
 
 mod image;
 mod other;
+mod pdf;
 mod text;
 mod video;
 
@@ -14,6 +15,7 @@ use sluice_common::settings::Settings;
 
 pub use self::image::normalize_image;
 pub use self::other::normalize_other;
+pub use self::pdf::normalize_pdf;
 pub use self::text::{chunk_text, decode_text, normalize_text};
 pub use self::video::normalize_video;
 
@@ -60,12 +62,16 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
         return match t.matcher_type() {
             infer::MatcherType::Image if decodable => (Kind::Image, mime),
             infer::MatcherType::Video => (Kind::Video, mime),
+            _ if mime == "application/pdf" => (Kind::Pdf, mime),
             // Text formats infer recognises (e.g. some XML/HTML) stay text.
             infer::MatcherType::Text => (Kind::Text, mime),
             _ => (Kind::Other, mime),
         };
     }
     let guessed = mime_guess::from_path(name).first();
+    if ext == "pdf" {
+        return (Kind::Pdf, "application/pdf".to_string());
+    }
     if VIDEO_EXTENSIONS.contains(&ext.as_str()) {
         // Named like a video: the demuxer gives the precise reason if not.
         let mime = guessed.map_or("application/octet-stream".to_string(), |m| m.to_string());
@@ -129,7 +135,7 @@ mod tests {
         assert_eq!(detect_kind("blob.bin", &[0u8, 159, 146, 150, 1, 2]).0, Kind::Other);
         assert_eq!(detect_kind("fake.jpg", b"not an image").0, Kind::Image);
         let pdf = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n";
-        assert_eq!(detect_kind("doc.pdf", pdf), (Kind::Other, "application/pdf".to_string()));
+        assert_eq!(detect_kind("doc.pdf", pdf), (Kind::Pdf, "application/pdf".to_string()));
     }
 
     #[test]

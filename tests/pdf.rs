@@ -1,0 +1,111 @@
+//! PDF ingestion: pages become rows with text, a render and a thumbnail;
+//! encrypted, corrupt and oversized input fails with a clear reason.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::*;
+
+#[test]
+fn pdf_pages_become_rows_and_bad_pdfs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("pdfs");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let texts = ["First page of the report", "Second page says hello", "Third and last page"];
+    std::fs::write(corpus.join("report.pdf"), make_pdf(&texts, (612.0, 792.0), "Quarterly report")).unwrap();
+    // 200 x 200 inches: 30000 x 30000 pixels at 150 DPI, far above the render cap.
+    std::fs::write(corpus.join("huge-page.pdf"), make_pdf(&["A very large page"], (14_400.0, 14_400.0), "Huge")).unwrap();
+    let plain = dir.path().join("secret-plain.pdf");
+    std::fs::write(&plain, make_pdf(&["Secret"], (612.0, 792.0), "Secret")).unwrap();
+    let enc = corpus.join("encrypted.pdf");
+    let ok = Command::new("qpdf").args(["--encrypt", "user-pw", "owner-pw", "256", "--"]).arg(&plain).arg(&enc).status();
+    assert!(ok.expect("qpdf must be installed").success());
+    let mut corrupt = b"%PDF-1.7\n".to_vec();
+    corrupt.extend((0..20_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8));
+    std::fs::write(corpus.join("corrupt.pdf"), corrupt).unwrap();
+
+    let table = dir.path().join("lake");
+    let (code, s) = ingest_json(&table, &[&corpus], &["--pdf-dpi", "72", "--max-render-pixels", "4000000"]);
+    assert_eq!(code, 2, "bad PDFs fail, good ones land");
+    let reason = |name: &str| {
+        s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string())
+    };
+    assert!(reason("encrypted.pdf").unwrap().contains("encrypted PDF"), "{:?}", reason("encrypted.pdf"));
+    assert!(reason("corrupt.pdf").unwrap().contains("corrupt PDF"), "{:?}", reason("corrupt.pdf"));
+    assert_eq!(s["files_failed"], 2);
+
+    let export = dir.path().join("export");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/export_blobs.py");
+    let out = run(Command::new(python()).arg(script).arg(&table).arg(&export));
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+
+    let mut report: Vec<_> = rows.iter().filter(|r| r["source_uri"].as_str().unwrap().ends_with("report.pdf")).collect();
+    report.sort_by_key(|r| r["chunk_index"].as_u64());
+    assert_eq!(report.len(), 3, "pages = rows");
+    for (i, row) in report.iter().enumerate() {
+        assert_eq!(row["kind"], "pdf");
+        assert_eq!(row["metadata"]["page_count"], 3);
+        assert_eq!(row["metadata"]["title"], "Quarterly report");
+        // 612 x 792 points at 72 DPI.
+        assert_eq!((row["width"].as_u64(), row["height"].as_u64()), (Some(612), Some(792)));
+        let img = image::open(row["path"].as_str().unwrap()).expect("the render is a JPEG");
+        assert_eq!((img.width(), img.height()), (612, 792));
+        assert!(row["thumbnail_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(row["chunk_index"].as_u64(), Some(i as u64));
+    }
+    let table_rows = read_texts(&table, "report.pdf");
+    for (page, text) in texts.iter().enumerate() {
+        assert!(table_rows[page].contains(text), "page {} text: {:?}", page + 1, table_rows[page]);
+    }
+
+    let huge = rows.iter().find(|r| r["source_uri"].as_str().unwrap().ends_with("huge-page.pdf")).unwrap();
+    let pixels = huge["width"].as_u64().unwrap() * huge["height"].as_u64().unwrap();
+    assert!(pixels <= 4_000_000 && pixels > 3_000_000, "huge page rendered under the cap: {pixels}");
+}
+
+/// Page texts of one source file, by page order, through the Lance API.
+fn read_texts(table: &Path, name: &str) -> Vec<String> {
+    use arrow_array::{Array, StringArray, UInt32Array};
+    use futures::TryStreamExt;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let ds = lance::Dataset::open(table.to_str().unwrap()).await.unwrap();
+        let mut scan = ds.scan();
+        scan.project(&["source_uri", "page", "text"]).unwrap();
+        let batches: Vec<_> = scan.try_into_stream().await.unwrap().try_collect().await.unwrap();
+        let mut pages = Vec::new();
+        for b in batches {
+            let uri = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            let page = b.column(1).as_any().downcast_ref::<UInt32Array>().unwrap();
+            let text = b.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+            for i in 0..b.num_rows() {
+                if uri.value(i).ends_with(name) && !page.is_null(i) {
+                    pages.push((page.value(i), text.value(i).to_string()));
+                }
+            }
+        }
+        pages.sort();
+        pages.into_iter().map(|(_, t)| t).collect()
+    })
+}
+
+#[test]
+fn without_libpdfium_pdfs_fail_with_install_instructions() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c");
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(corpus.join("doc.pdf"), make_pdf(&["hello"], (612.0, 792.0), "t")).unwrap();
+    std::fs::write(corpus.join("note.txt"), "still ingested").unwrap();
+    let mut cmd = sluice();
+    cmd.env("SLUICE_PDFIUM_PATH", dir.path().join("missing.so")).env("SLUICE_VENV", dir.path().join("no-venv"));
+    cmd.arg("ingest").arg("--table").arg(dir.path().join("t")).arg(&corpus).arg("--json");
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(2));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["files_ingested"], 1);
+    let reason = s["errors"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("pip install pypdfium2==5.15.2"), "{reason}");
+}

@@ -1,0 +1,175 @@
+//! PDF: one row per page with the page's text, a JPEG render at `pdf_dpi`
+//! (scaled down to stay under `max_render_pixels`), and a thumbnail.
+//!
+//! libpdfium is bound once per process, from `SLUICE_PDFIUM_PATH` or the
+//! `pypdfium2` wheel of the sluice Python environment. pdfium serializes all
+//! calls behind one lock and reports errors through a process-wide "last
+//! error", so one PDF is processed at a time per process ([`PDF_LOCK`]): more
+//! threads would not be faster, and a load error could be read by the wrong
+//! file. Scaling PDF work needs more processes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use bytes::Bytes;
+use image::codecs::jpeg::JpegEncoder;
+use image::DynamicImage;
+use pdfium_render::prelude::*;
+use serde_json::json;
+use sluice_common::schema::Row;
+use sluice_common::settings::Settings;
+
+use super::NormalizeError;
+
+/// Held for the whole of one PDF; see the module documentation.
+static PDF_LOCK: Mutex<()> = Mutex::new(());
+
+/// Pages handed on per batch.
+const PAGES_PER_BATCH: usize = 8;
+
+const INSTALL_HINT: &str = "PDF support needs libpdfium: `pip install pypdfium2==5.15.2`, then set \
+     SLUICE_PDFIUM_PATH to its pypdfium2_raw/libpdfium.so (scripts/setup.sh does both)";
+
+fn candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(p) = std::env::var("SLUICE_PDFIUM_PATH") {
+        out.push(PathBuf::from(p));
+    }
+    let venv = std::env::var("SLUICE_VENV").unwrap_or_else(|_| "/opt/sluice-venv".into());
+    if let Ok(entries) = std::fs::read_dir(Path::new(&venv).join("lib")) {
+        for e in entries.flatten() {
+            out.push(e.path().join("site-packages/pypdfium2_raw/libpdfium.so"));
+        }
+    }
+    out
+}
+
+fn pdfium() -> Result<&'static Pdfium, NormalizeError> {
+    static PDFIUM: OnceLock<Result<Pdfium, String>> = OnceLock::new();
+    PDFIUM
+        .get_or_init(|| {
+            for path in candidates().into_iter().filter(|p| p.is_file()) {
+                match Pdfium::bind_to_library(&path) {
+                    Ok(bindings) => return Ok(Pdfium::new(bindings)),
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot load libpdfium"),
+                }
+            }
+            Pdfium::bind_to_system_library().map(Pdfium::new).map_err(|_| INSTALL_HINT.to_string())
+        })
+        .as_ref()
+        .map_err(|e| NormalizeError::new(e.clone()))
+}
+
+fn jpeg(img: &DynamicImage, quality: u8) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    JpegEncoder::new_with_quality(&mut out, quality).encode_image(&img.to_rgb8()).ok()?;
+    Some(out)
+}
+
+/// Render scale (pixels per point) for a page, capped to `max_pixels`.
+fn render_scale(width_pt: f32, height_pt: f32, dpi: u32, max_pixels: u64) -> f32 {
+    let scale = dpi as f32 / 72.0;
+    let pixels = f64::from(width_pt * scale) * f64::from(height_pt * scale);
+    if pixels > max_pixels as f64 {
+        scale * (max_pixels as f64 / pixels).sqrt() as f32
+    } else {
+        scale
+    }
+}
+
+/// Turn a PDF into page rows, handed to `emit` a few pages at a time.
+pub fn normalize_pdf(
+    path: &Path,
+    settings: &Settings,
+    emit: &mut dyn FnMut(Vec<Row>) -> Result<(), NormalizeError>,
+) -> Result<(), NormalizeError> {
+    let _one_at_a_time = PDF_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let pdfium = pdfium()?;
+    let doc = pdfium.load_pdf_from_file(path, None).map_err(|e| match e {
+        PdfiumError::PdfiumLibraryInternalError(PdfiumInternalError::PasswordError) => {
+            NormalizeError::new("encrypted PDF: a password is required to open it")
+        }
+        PdfiumError::PdfiumLibraryInternalError(internal) => NormalizeError::new(match internal {
+            PdfiumInternalError::FormatError => "corrupt PDF: not a readable PDF file (format error)".to_string(),
+            PdfiumInternalError::SecurityError => "encrypted PDF: unsupported security handler".to_string(),
+            PdfiumInternalError::FileError => "corrupt PDF: cannot read the file".to_string(),
+            other => format!("corrupt PDF: pdfium error {other:?}"),
+        }),
+        other => NormalizeError::new(format!("corrupt PDF: {other}")),
+    })?;
+    let pages = doc.pages();
+    let count = pages.len() as usize;
+    if count == 0 {
+        return Err(NormalizeError::new("PDF has no pages"));
+    }
+    if count > settings.max_pdf_pages as usize {
+        return Err(NormalizeError::new(format!(
+            "PDF has {count} pages, above the limit of {} (max_pdf_pages)",
+            settings.max_pdf_pages
+        )));
+    }
+    let tag = |t| doc.metadata().get(t).map(|v| v.value().to_string()).filter(|v| !v.is_empty());
+    let title = tag(PdfDocumentMetadataTagType::Title);
+    let author = tag(PdfDocumentMetadataTagType::Author);
+    let encrypted = doc.permissions().security_handler_revision().is_ok();
+
+    let mut batch = Vec::with_capacity(PAGES_PER_BATCH);
+    for (index, page) in pages.iter().enumerate() {
+        let (w_pt, h_pt) = (page.width().value, page.height().value);
+        let text = page.text().map(|t| t.all()).unwrap_or_default();
+        let scale = render_scale(w_pt, h_pt, settings.pdf_dpi, settings.max_render_pixels);
+        let render = page
+            .render_with_config(&PdfRenderConfig::new().scale_page_by_factor(scale))
+            .map_err(|e| e.to_string())
+            .and_then(|bitmap| bitmap.as_image().map_err(|e| e.to_string()));
+        let mut meta = json!({
+            "page_count": count,
+            "page_width_pt": w_pt,
+            "page_height_pt": h_pt,
+            "title": title,
+            "author": author,
+            "encrypted": encrypted,
+            "dpi": (scale * 72.0).round(),
+        });
+        let mut row = Row {
+            chunk_index: index as u32,
+            page: Some(index as u32 + 1),
+            mime_type: "image/jpeg".into(),
+            text: Some(text),
+            ..Default::default()
+        };
+        match render {
+            Ok(img) => {
+                let ts = settings.thumbnail_size;
+                row.width = Some(img.width());
+                row.height = Some(img.height());
+                row.thumbnail = jpeg(&img.thumbnail(ts, ts), 80);
+                row.data = jpeg(&img, 85).map(Bytes::from);
+            }
+            // A page that will not render still has its text.
+            Err(e) => meta["render_error"] = json!(e),
+        }
+        row.metadata = Some(meta);
+        batch.push(row);
+        if batch.len() == PAGES_PER_BATCH {
+            emit(std::mem::take(&mut batch))?;
+        }
+    }
+    if !batch.is_empty() {
+        emit(batch)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_scale_follows_dpi_under_the_pixel_cap() {
+        assert!((render_scale(612.0, 792.0, 144, u64::MAX) - 2.0).abs() < 1e-6);
+        let s = render_scale(14_400.0, 14_400.0, 150, 25_000_000);
+        let pixels = f64::from(14_400.0 * s) * f64::from(14_400.0 * s);
+        assert!(pixels <= 25_000_000.0 * 1.001, "{pixels}");
+    }
+}

@@ -9,7 +9,7 @@ cargo build --release -p sluice
 SLUICE="$CARGO_TARGET_DIR/release/sluice"
 DEMO=${DEMO_DIR:-./demo}
 rm -rf "$DEMO/lake"
-"$SLUICE" sample-corpus "$DEMO/data" --files 400 --with-bad-files
+"$SLUICE" sample-corpus "$DEMO/data" --files 400 --with-bad-files --with-media
 set +e
 "$SLUICE" ingest --table "$DEMO/lake/massive_video_lake" "$DEMO/data"
 echo "(exit code $?: 0 = all files ingested, 2 = some files failed and are listed above)"

@@ -23,6 +23,10 @@ pub struct CorpusArgs {
     /// Side of each image, in pixels
     #[arg(long, default_value_t = 96)]
     pub image_side: u32,
+    /// Also write PDFs (one per 50 files) and, if the ffmpeg CLI is
+    /// installed, short videos (one per 100 files)
+    #[arg(long)]
+    pub with_media: bool,
 }
 
 const WORDS: &[&str] = &[
@@ -60,10 +64,38 @@ pub fn generate(args: &CorpusArgs) -> Result<usize> {
             }
         }
     }
+    if args.with_media {
+        write_media(&args.dir.join("media"), args.files)?;
+    }
     if args.with_bad_files {
         write_bad_files(&args.dir.join("bad"))?;
     }
     Ok(args.files)
+}
+
+/// PDFs from the built-in writer; videos from the ffmpeg CLI when present.
+fn write_media(dir: &Path, files: usize) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for i in 0..files.div_ceil(50) {
+        let pages: Vec<String> = (1..=3).map(|p| format!("Sample document {i}, page {p}")).collect();
+        let pages: Vec<&str> = pages.iter().map(String::as_str).collect();
+        let pdf = sluice_common::fixtures::minimal_pdf(&pages, (612.0, 792.0), &format!("Sample {i}"));
+        std::fs::write(dir.join(format!("doc-{i:04}.pdf")), pdf)?;
+    }
+    for i in 0..files.div_ceil(100) {
+        let out = dir.join(format!("clip-{i:04}.mp4"));
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi"])
+            .args(["-i", "sine=frequency=440", "-t", "24", "-c:v", "libx264", "-g", "50", "-pix_fmt", "yuv420p"])
+            .args(["-c:a", "aac", "-shortest"])
+            .arg(&out)
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!("ffmpeg CLI not available: no sample videos");
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Files every ingest must refuse with a clear reason, without stopping.

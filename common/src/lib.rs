@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod failpoint;
+pub mod fixtures;
 pub mod ids;
 pub mod ledger;
 pub mod link;

@@ -155,3 +155,35 @@ fn a_crash_never_commits_part_of_a_video() {
     let expected = walk(&corpus).iter().map(|p| (format!("file://{}", p.display()), 3)).collect();
     assert_exactly_once(&table, &expected);
 }
+
+#[test]
+fn a_crashing_or_hanging_decoder_costs_its_file_not_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for name in ["a.mp4", "crash-me.mp4", "b.mp4", "hang-me.mp4", "c.mp4"] {
+        let path = corpus.join(name).to_str().unwrap().to_string();
+        let mut a: Vec<&str> = lavfi_video("4").to_vec();
+        a.extend(["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", &path]);
+        ffmpeg(&a);
+    }
+    std::fs::write(corpus.join("doc.pdf"), make_pdf(&["after the crash"], (612.0, 792.0), "t")).unwrap();
+    let table = dir.path().join("t");
+    let mut cmd = sluice();
+    // The normalizer process aborts on one file and hangs on another, the
+    // way a decoder would on a hostile input.
+    cmd.env("SLUICE_TEST_CRASH_ON", "crash-me").env("SLUICE_TEST_HANG_ON", "hang-me");
+    cmd.arg("ingest").arg("--table").arg(&table).arg(&corpus).args(["--json", "--file-timeout", "5", "--normalization-workers", "2"]);
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(2), "the job completes, with failures");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["files_ingested"], 4);
+    let reason = |name: &str| {
+        s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string()).unwrap()
+    };
+    assert!(reason("crash-me.mp4").contains("normalizer process crashed"), "{}", reason("crash-me.mp4"));
+    assert!(reason("hang-me.mp4").contains("timed out after 5s"), "{}", reason("hang-me.mp4"));
+    let rows = read_rows(&table);
+    assert_eq!(rows.iter().filter(|r| r.kind == "video").count(), 3, "a, b, c: one 4 s segment each");
+    assert_eq!(rows.iter().filter(|r| r.kind == "pdf").count(), 1);
+}

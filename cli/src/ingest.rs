@@ -76,6 +76,9 @@ pub struct IngestArgs {
     /// Files per shard
     #[arg(long, default_value_t = 256)]
     pub shard_files: usize,
+    /// Run video and PDF decoders in this process instead of child processes
+    #[arg(long)]
+    pub in_process_normalizers: bool,
     /// Job id (default: a new UUID)
     #[arg(long)]
     pub job_id: Option<String>,
@@ -120,6 +123,9 @@ pub async fn run(args: IngestArgs) -> Result<i32> {
     job.job_id = args.job_id.clone();
     job.max_errors = args.max_errors;
     job.shard_files = args.shard_files;
+    if !args.in_process_normalizers {
+        job.normalizer_exe = Some(std::env::current_exe()?);
+    }
 
     let progress = Arc::new(JobProgress::default());
     let bar = (!args.json && !args.no_progress).then(|| progress_bar(progress.clone()));

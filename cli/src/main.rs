@@ -25,6 +25,9 @@ enum Command {
     SampleCorpus(corpus::CorpusArgs),
     /// Generate a corpus and measure an ingest of it: files/s, rows/s, MB/s, peak RSS.
     Bench(bench::BenchArgs),
+    /// Serve media normalization on stdin/stdout (started by workers).
+    #[command(hide = true)]
+    NormalizeServer,
 }
 
 fn main() {
@@ -35,6 +38,14 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::NormalizeServer = cli.command {
+        // No runtime: a plain loop the parent can kill at any moment.
+        let code = match sluice_worker::isolation::serve(std::io::stdin().lock(), std::io::stdout().lock()) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        };
+        std::process::exit(code);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = runtime.block_on(async {
         let result = match cli.command {
@@ -42,6 +53,7 @@ fn main() {
             Command::Inspect(a) => inspect::run(a).await.map(|()| 0),
             Command::SampleCorpus(a) => corpus::run(a).map(|()| 0),
             Command::Bench(a) => bench::run(a).await.map(|()| 0),
+            Command::NormalizeServer => unreachable!("handled before the runtime starts"),
         };
         match result {
             Ok(code) => code,

@@ -34,11 +34,14 @@ pub struct EmbeddedJob {
     pub max_errors: Option<u64>,
     pub shard_files: usize,
     pub shard_bytes: u64,
+    /// Executable serving `normalize-server`: media decoders run in child
+    /// processes of it. `None` runs them in this process.
+    pub normalizer_exe: Option<PathBuf>,
 }
 
 impl EmbeddedJob {
     pub fn new(table: TableLocation, inputs: Inputs, settings: Settings) -> Self {
-        Self { job_id: None, table, inputs, settings, max_errors: None, shard_files: 256, shard_bytes: 1 << 30 }
+        Self { job_id: None, table, inputs, settings, max_errors: None, shard_files: 256, shard_bytes: 1 << 30, normalizer_exe: None }
     }
 }
 
@@ -82,10 +85,12 @@ pub async fn run_embedded(job: EmbeddedJob, progress: Arc<JobProgress>) -> Resul
         progress.clone(),
     );
     let reconciling = tokio::spawn(reconciler.run(rx));
-    let worker = Arc::new(
-        Worker::new("embedded-0", Arc::new(InProcessCoordinator { tx: tx.clone() }))
-            .with_storage_limiter(table.limiter.clone()),
-    );
+    let mut worker = Worker::new("embedded-0", Arc::new(InProcessCoordinator { tx: tx.clone() }))
+        .with_storage_limiter(table.limiter.clone());
+    if let Some(exe) = &job.normalizer_exe {
+        worker = worker.with_normalizer_processes(exe.clone());
+    }
+    let worker = Arc::new(worker);
 
     // An abort (max errors, Ctrl-C) stops the worker's intake at once, not
     // after the shard it is being fed.

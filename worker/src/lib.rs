@@ -6,6 +6,7 @@
 
 pub mod actors;
 pub mod fetch;
+pub mod isolation;
 pub mod normalize;
 mod worker;
 

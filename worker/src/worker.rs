@@ -34,11 +34,20 @@ pub struct Worker {
     jobs: Mutex<HashMap<String, RunningJob>>,
     stats: Arc<PipelineStats>,
     limiter: Option<StorageLimiter>,
+    isolation: Option<std::path::PathBuf>,
 }
 
 impl Worker {
     pub fn new(id: impl Into<String>, link: Arc<dyn CoordinatorLink>) -> Self {
-        Self { id: id.into(), link, jobs: Mutex::default(), stats: Arc::default(), limiter: None }
+        Self { id: id.into(), link, jobs: Mutex::default(), stats: Arc::default(), limiter: None, isolation: None }
+    }
+
+    /// Normalize media (video, PDF) in child processes of `exe`
+    /// (`exe normalize-server`), so a crashing or hanging decoder costs one
+    /// file, not the worker.
+    pub fn with_normalizer_processes(mut self, exe: std::path::PathBuf) -> Self {
+        self.isolation = Some(exe);
+        self
     }
 
     /// Share one storage limiter with the rest of the process, so
@@ -74,6 +83,7 @@ impl Worker {
             queue: rx,
             stop: stop.clone(),
             stats: self.stats.clone(),
+            isolation: self.isolation.clone(),
         };
         let (pipeline, _) = Actor::spawn(None, ShardPipeline, args)
             .await

@@ -28,6 +28,9 @@ pub enum NormalizerMsg {
 
 pub struct Normalizer {
     pub settings: Arc<Settings>,
+    /// Executable that serves media normalization in a child process
+    /// (`sluice normalize-server`); `None` runs it in this process.
+    pub isolation: Option<std::path::PathBuf>,
     pub queue: Arc<Mutex<mpsc::Receiver<FileTask>>>,
     pub flusher: ActorRef<FlusherMsg>,
     pub busy: Arc<BusyGauge>,
@@ -53,17 +56,48 @@ impl BusyGauge {
     }
 }
 
-impl Actor for Normalizer {
-    type Msg = NormalizerMsg;
-    type State = ();
-    type Arguments = ();
+/// A normalizer's child process, kept across files while it stays healthy.
+pub struct ChildProc {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: Option<tokio::process::ChildStdout>,
+}
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<(), ActorProcessingErr> {
-        myself.send_message(NormalizerMsg::Pull)?;
-        Ok(())
+impl ChildProc {
+    fn spawn(exe: &std::path::Path) -> Result<Self, String> {
+        let mut child = tokio::process::Command::new(exe)
+            .arg("normalize-server")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start normalizer process {}: {e}", exe.display()))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take();
+        Ok(Self { child, stdin, stdout })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, _: &mut ()) -> Result<(), ActorProcessingErr> {
+    /// Kill the child and say how it ended.
+    async fn end(mut self) -> String {
+        let _ = self.child.start_kill();
+        match self.child.wait().await {
+            Ok(status) => status.to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
+impl Actor for Normalizer {
+    type Msg = NormalizerMsg;
+    type State = Option<ChildProc>;
+    type Arguments = ();
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<Option<ChildProc>, ActorProcessingErr> {
+        myself.send_message(NormalizerMsg::Pull)?;
+        Ok(None)
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, child: &mut Option<ChildProc>) -> Result<(), ActorProcessingErr> {
         let NormalizerMsg::Pull = msg;
         // Holding the lock while waiting hands files out one at a time, to
         // whichever normalizer is free first.
@@ -73,7 +107,7 @@ impl Actor for Normalizer {
             return Ok(());
         };
         self.busy.enter();
-        let outcome = process(&task.file, &self.settings, &self.flusher).await;
+        let outcome = process(&task.file, &self.settings, &self.flusher, self.isolation.as_deref(), child).await;
         self.busy.exit();
         match outcome {
             Ok(()) => {}
@@ -128,14 +162,20 @@ async fn append(flusher: &ActorRef<FlusherMsg>, rows: FileRows) -> Result<(), Ou
 }
 
 /// Fetch and normalize one file, handing its rows to the flusher.
-async fn process(file: &pb::FileRef, settings: &Arc<Settings>, flusher: &ActorRef<FlusherMsg>) -> Result<(), Outcome> {
+async fn process(
+    file: &pb::FileRef,
+    settings: &Arc<Settings>,
+    flusher: &ActorRef<FlusherMsg>,
+    isolation: Option<&std::path::Path>,
+    child: &mut Option<ChildProc>,
+) -> Result<(), Outcome> {
     let probe = crate::fetch::probe(&file.uri).await.map_err(|e| failed(None, e))?;
     let name = probe.path.to_string_lossy().to_string();
     let (kind, _) = normalize::detect_kind(&name, &probe.head);
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let timed_out = || format!("normalizer timed out after {}s", timeout.as_secs());
     if matches!(kind, Kind::Video | Kind::Pdf) {
-        return process_streamed(kind, file, probe, settings, flusher, timeout).await;
+        return process_streamed(kind, file, probe, settings, flusher, timeout, isolation, child).await;
     }
     let bytes = crate::fetch::read_all(&probe, settings.max_file_bytes).await.map_err(|e| failed(Some(kind), e))?;
     let source = SourceInfo {
@@ -174,6 +214,8 @@ async fn process_streamed(
     settings: &Arc<Settings>,
     flusher: &ActorRef<FlusherMsg>,
     timeout: Duration,
+    isolation: Option<&std::path::Path>,
+    child: &mut Option<ChildProc>,
 ) -> Result<(), Outcome> {
     let (limit, limit_name) = match kind {
         Kind::Video => (settings.max_video_bytes, "max_video_bytes"),
@@ -184,27 +226,75 @@ async fn process_streamed(
     if probe.size > limit {
         return Err(failed(kind, format!("file is {} bytes, above the limit of {limit} ({limit_name})", probe.size)));
     }
-    // One PDF at a time per process (pdfium is single-threaded); waiting for
-    // the slot does not count against the file's timeout.
+    // In this process, one PDF at a time (pdfium is single-threaded);
+    // child processes each have their own pdfium. Waiting for the slot does
+    // not count against the file's timeout.
     static PDF_SLOT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
-    let _slot = match file_kind {
-        Kind::Pdf => Some(PDF_SLOT.acquire().await.map_err(|e| Outcome::Fatal(e.to_string()))?),
+    let _slot = match (file_kind, isolation) {
+        (Kind::Pdf, None) => Some(PDF_SLOT.acquire().await.map_err(|e| Outcome::Fatal(e.to_string()))?),
         _ => None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(1);
     let (s, path) = (settings.clone(), probe.path.clone());
-    let work = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let (hash, _) = crate::fetch::hash_file(&path)?;
-        tx.blocking_send(Piece::Hash(hash)).map_err(|_| "pipeline stopped".to_string())?;
-        let mut emit = |rows: Vec<Row>| {
-            tx.blocking_send(Piece::Rows(rows)).map_err(|_| normalize::NormalizeError::new("pipeline stopped"))
-        };
-        match file_kind {
-            Kind::Video => normalize::normalize_video(&path, &s, &mut emit),
-            _ => normalize::normalize_pdf(&path, &s, &mut emit),
+    // The work yields its outcome and, for a child process that is still
+    // healthy, its stdout back; `None` means the child must not be reused.
+    type Work = (Result<(), String>, Option<tokio::process::ChildStdout>);
+    let work: tokio::task::JoinHandle<Work> = match isolation {
+        None => tokio::task::spawn_blocking(move || {
+            let run = || -> Result<(), String> {
+                let (hash, _) = crate::fetch::hash_file(&path)?;
+                tx.blocking_send(Piece::Hash(hash)).map_err(|_| "pipeline stopped".to_string())?;
+                let mut emit = |rows: Vec<Row>| {
+                    tx.blocking_send(Piece::Rows(rows)).map_err(|_| normalize::NormalizeError::new("pipeline stopped"))
+                };
+                match file_kind {
+                    Kind::Video => normalize::normalize_video(&path, &s, &mut emit),
+                    _ => normalize::normalize_pdf(&path, &s, &mut emit),
+                }
+                .map_err(|e| e.0)
+            };
+            (run(), None)
+        }),
+        Some(exe) => {
+            use tokio::io::AsyncWriteExt;
+            if child.is_none() {
+                *child = Some(ChildProc::spawn(exe).map_err(|e| failed(kind, e))?);
+            }
+            let proc = child.as_mut().expect("just set");
+            let request = crate::isolation::Request { path: path.clone(), kind: file_kind, settings: (*s).clone() };
+            let mut line = serde_json::to_vec(&request).map_err(|e| Outcome::Fatal(e.to_string()))?;
+            line.push(b'\n');
+            let mut stdout = proc.stdout.take();
+            if proc.stdin.write_all(&line).await.is_err() || stdout.is_none() {
+                let status = child.take().expect("present").end().await;
+                return Err(failed(kind, format!("normalizer process is gone ({status})")));
+            }
+            tokio::spawn(async move {
+                use crate::isolation::{read_frame, rows_from_frame, DONE, ERROR, HASH, ROWS};
+                let out = stdout.as_mut().expect("checked");
+                let result = loop {
+                    let frame = match read_frame(out).await {
+                        Ok(Some(frame)) => frame,
+                        _ => return (Err("died".to_string()), None),
+                    };
+                    let sent = match frame {
+                        (HASH, p) => tx.send(Piece::Hash(String::from_utf8_lossy(&p).into_owned())).await,
+                        (ROWS, p) => match rows_from_frame(p) {
+                            Ok(rows) => tx.send(Piece::Rows(rows)).await,
+                            Err(e) => return (Err(e), None),
+                        },
+                        (DONE, _) => break Ok(()),
+                        (ERROR, p) => break Err(String::from_utf8_lossy(&p).into_owned()),
+                        (other, _) => return (Err(format!("unknown frame {other} from normalizer process")), None),
+                    };
+                    if sent.is_err() {
+                        return (Err("pipeline stopped".to_string()), None);
+                    }
+                };
+                (result, stdout)
+            })
         }
-        .map_err(|e| e.0)
-    });
+    };
     tokio::pin!(work);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut hash = String::new();
@@ -228,10 +318,29 @@ async fn process_streamed(
                     }
                 }
             },
-            r = &mut work => break r.map_err(describe_join).and_then(|r| r),
+            r = &mut work => {
+                let (result, stdout) = r.map_err(|j| (Err(describe_join(j)), None)).unwrap_or_else(|e| e);
+                if isolation.is_some() {
+                    match stdout {
+                        Some(out) => child.as_mut().expect("in use").stdout = Some(out),
+                        None => {
+                            // Crashed, aborted, or spoke nonsense: never reuse it.
+                            let status = match child.take() {
+                                Some(proc) => proc.end().await,
+                                None => "gone".into(),
+                            };
+                            break Err(format!("normalizer process crashed ({status})"));
+                        }
+                    }
+                }
+                break result;
+            }
             _ = tokio::time::sleep_until(deadline) => {
-                let e = format!("normalizer timed out after {}s", timeout.as_secs());
-                break Err(e);
+                work.abort();
+                if let Some(proc) = child.take() {
+                    proc.end().await;
+                }
+                break Err(format!("normalizer timed out after {}s", timeout.as_secs()));
             }
         }
     };

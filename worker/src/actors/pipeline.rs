@@ -36,6 +36,8 @@ pub struct PipelineArgs {
     pub queue: mpsc::Receiver<FileTask>,
     pub stop: Arc<AtomicBool>,
     pub stats: Arc<PipelineStats>,
+    /// Run media normalizers in child processes of this executable.
+    pub isolation: Option<std::path::PathBuf>,
 }
 
 /// Observations a pipeline exposes (for summaries, tests and metrics).
@@ -79,6 +81,7 @@ impl Actor for ShardPipeline {
         for _ in 0..a.settings.normalization_workers {
             let n = Normalizer {
                 settings: a.settings.clone(),
+                isolation: a.isolation.clone(),
                 queue: queue.clone(),
                 flusher: flusher.clone(),
                 busy: a.stats.normalizers.clone(),

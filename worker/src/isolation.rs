@@ -1,0 +1,212 @@
+//! Normalizer processes: media decoders (FFmpeg, pdfium) are C code fed
+//! untrusted files, so they run in child processes. A decoder that crashes,
+//! aborts or hangs then costs the file it was working on, not the job: the
+//! parent records the file as failed and starts a fresh child.
+//!
+//! Protocol: the parent writes one JSON [`Request`] per line to the child's
+//! stdin; the child answers with frames on stdout: `[kind: u8][len: u32 LE]
+//! [payload]`, a `HASH` frame, any number of `ROWS` frames, then `DONE` or
+//! `ERROR`.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sluice_common::schema::{Kind, Row};
+use sluice_common::settings::Settings;
+use tokio::io::AsyncReadExt;
+
+use crate::normalize::{self, NormalizeError};
+
+pub const HASH: u8 = 1;
+pub const ROWS: u8 = 2;
+pub const DONE: u8 = 3;
+pub const ERROR: u8 = 4;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub path: PathBuf,
+    pub kind: Kind,
+    pub settings: Settings,
+}
+
+/// A row without its two binary fields, which follow the header raw.
+#[derive(Debug, Serialize, Deserialize)]
+struct RowHeader {
+    chunk_index: u32,
+    mime_type: String,
+    start_seconds: Option<f64>,
+    end_seconds: Option<f64>,
+    page: Option<u32>,
+    text: Option<String>,
+    width: Option<u32>,
+    height: Option<u32>,
+    metadata: Option<serde_json::Value>,
+    data_len: Option<u64>,
+    thumbnail_len: Option<u64>,
+}
+
+fn encode_rows(rows: Vec<Row>) -> Vec<u8> {
+    let mut blobs = Vec::new();
+    let headers: Vec<RowHeader> = rows
+        .into_iter()
+        .map(|r| {
+            let data_len = r.data.as_ref().map(|d| d.len() as u64);
+            let thumbnail_len = r.thumbnail.as_ref().map(|t| t.len() as u64);
+            blobs.extend_from_slice(r.data.as_deref().unwrap_or_default());
+            blobs.extend_from_slice(r.thumbnail.as_deref().unwrap_or_default());
+            RowHeader {
+                chunk_index: r.chunk_index,
+                mime_type: r.mime_type,
+                start_seconds: r.start_seconds,
+                end_seconds: r.end_seconds,
+                page: r.page,
+                text: r.text,
+                width: r.width,
+                height: r.height,
+                metadata: r.metadata,
+                data_len,
+                thumbnail_len,
+            }
+        })
+        .collect();
+    let header = serde_json::to_vec(&headers).expect("serializable");
+    let mut out = Vec::with_capacity(4 + header.len() + blobs.len());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&blobs);
+    out
+}
+
+fn decode_rows(payload: Vec<u8>) -> Result<Vec<Row>, String> {
+    let bad = || "malformed rows frame from normalizer process".to_string();
+    let n = u32::from_le_bytes(payload.get(..4).ok_or_else(bad)?.try_into().expect("4 bytes")) as usize;
+    let headers: Vec<RowHeader> = serde_json::from_slice(payload.get(4..4 + n).ok_or_else(bad)?).map_err(|_| bad())?;
+    let blobs = Bytes::from(payload).slice(4 + n..);
+    let mut at = 0usize;
+    let mut take = |len: Option<u64>| -> Result<Option<Bytes>, String> {
+        let Some(len) = len else { return Ok(None) };
+        let end = at + len as usize;
+        let b = blobs.get(at..end).ok_or_else(bad)?;
+        let out = blobs.slice_ref(b);
+        at = end;
+        Ok(Some(out))
+    };
+    headers
+        .into_iter()
+        .map(|h| {
+            let data = take(h.data_len)?;
+            let thumbnail = take(h.thumbnail_len)?.map(|b| b.to_vec());
+            Ok(Row {
+                chunk_index: h.chunk_index,
+                mime_type: h.mime_type,
+                start_seconds: h.start_seconds,
+                end_seconds: h.end_seconds,
+                page: h.page,
+                text: h.text,
+                data,
+                thumbnail,
+                width: h.width,
+                height: h.height,
+                metadata: h.metadata,
+            })
+        })
+        .collect()
+}
+
+fn write_frame(out: &mut impl Write, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+    out.write_all(&[kind])?;
+    out.write_all(&(payload.len() as u32).to_le_bytes())?;
+    out.write_all(payload)?;
+    out.flush()
+}
+
+/// The child's loop: serve requests until stdin closes.
+pub fn serve(input: impl Read, mut out: impl Write) -> std::io::Result<()> {
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(input).lines() {
+        let line = line?;
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                write_frame(&mut out, ERROR, format!("bad request: {e}").as_bytes())?;
+                continue;
+            }
+        };
+        crash_hooks(&req.path);
+        let result = (|| -> Result<(), String> {
+            let (hash, _) = crate::fetch::hash_file(&req.path)?;
+            write_frame(&mut out, HASH, hash.as_bytes()).map_err(|e| e.to_string())?;
+            let mut emit = |rows: Vec<Row>| {
+                write_frame(&mut out, ROWS, &encode_rows(rows)).map_err(|e| NormalizeError::new(e.to_string()))
+            };
+            match req.kind {
+                Kind::Video => normalize::normalize_video(&req.path, &req.settings, &mut emit),
+                Kind::Pdf => normalize::normalize_pdf(&req.path, &req.settings, &mut emit),
+                other => Err(NormalizeError::new(format!("{other} files are not normalized in a separate process"))),
+            }
+            .map_err(|e| e.0)
+        })();
+        match result {
+            Ok(()) => write_frame(&mut out, DONE, b"")?,
+            Err(e) => write_frame(&mut out, ERROR, e.as_bytes())?,
+        }
+    }
+    Ok(())
+}
+
+/// Test hooks: `SLUICE_TEST_CRASH_ON` / `SLUICE_TEST_HANG_ON` make the child
+/// abort / hang on files whose path contains the given text, standing in
+/// for a decoder that crashes or loops on a hostile file.
+fn crash_hooks(path: &std::path::Path) {
+    let path = path.to_string_lossy();
+    if std::env::var("SLUICE_TEST_CRASH_ON").is_ok_and(|s| !s.is_empty() && path.contains(&s)) {
+        std::process::abort();
+    }
+    if std::env::var("SLUICE_TEST_HANG_ON").is_ok_and(|s| !s.is_empty() && path.contains(&s)) {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+/// One frame from the child; `None` at end of stream.
+pub async fn read_frame(input: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    let mut head = [0u8; 5];
+    match input.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+    let mut payload = vec![0u8; len];
+    input.read_exact(&mut payload).await?;
+    Ok(Some((head[0], payload)))
+}
+
+/// Decode a `ROWS` frame's payload.
+pub fn rows_from_frame(payload: Vec<u8>) -> Result<Vec<Row>, String> {
+    decode_rows(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_survive_the_wire() {
+        let rows = vec![
+            Row { chunk_index: 0, mime_type: "video/mp4".into(), data: Some(Bytes::from_static(b"abc")), thumbnail: Some(vec![1, 2]), start_seconds: Some(0.5), ..Default::default() },
+            Row { chunk_index: 1, mime_type: "image/jpeg".into(), text: Some("page".into()), page: Some(2), ..Default::default() },
+        ];
+        let back = decode_rows(encode_rows(rows)).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].data.as_deref(), Some(&b"abc"[..]));
+        assert_eq!(back[0].thumbnail, Some(vec![1, 2]));
+        assert_eq!(back[0].start_seconds, Some(0.5));
+        assert_eq!(back[1].text.as_deref(), Some("page"));
+        assert!(back[1].data.is_none());
+        assert!(decode_rows(vec![9, 0, 0, 0, 1]).is_err());
+    }
+}

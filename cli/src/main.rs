@@ -1,6 +1,7 @@
 //! `sluice`: ingest files into a versioned Lance table, on one machine or a cluster.
 
 mod bench;
+mod bench_media;
 mod corpus;
 mod ingest;
 mod inspect;
@@ -25,6 +26,8 @@ enum Command {
     SampleCorpus(corpus::CorpusArgs),
     /// Generate a corpus and measure an ingest of it: files/s, rows/s, MB/s, peak RSS.
     Bench(bench::BenchArgs),
+    /// Video and PDF throughput against bare ffmpeg/pdfium on the same files.
+    BenchMedia(bench_media::BenchMediaArgs),
     /// Serve media normalization on stdin/stdout (started by workers).
     #[command(hide = true)]
     NormalizeServer,
@@ -53,6 +56,7 @@ fn main() {
             Command::Inspect(a) => inspect::run(a).await.map(|()| 0),
             Command::SampleCorpus(a) => corpus::run(a).map(|()| 0),
             Command::Bench(a) => bench::run(a).await.map(|()| 0),
+            Command::BenchMedia(a) => bench_media::run(a).map(|()| 0),
             Command::NormalizeServer => unreachable!("handled before the runtime starts"),
         };
         match result {

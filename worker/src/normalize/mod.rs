@@ -15,9 +15,9 @@ use sluice_common::settings::Settings;
 
 pub use self::image::normalize_image;
 pub use self::other::normalize_other;
-pub use self::pdf::normalize_pdf;
+pub use self::pdf::{bare_render, normalize_pdf};
 pub use self::text::{chunk_text, decode_text, normalize_text};
-pub use self::video::normalize_video;
+pub use self::video::{bare_remux, normalize_video};
 
 /// Why a file could not be normalized, in words a user can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -161,6 +161,20 @@ pub fn normalize_pdf(
     Ok(())
 }
 
+/// Benchmark baseline: render every page at `dpi` with pdfium and discard
+/// the bitmaps (no text, JPEG or thumbnails). Returns the page count.
+pub fn bare_render(path: &Path, dpi: u32) -> Result<usize, NormalizeError> {
+    let _one_at_a_time = PDF_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let doc = pdfium()?.load_pdf_from_file(path, None).map_err(|e| NormalizeError::new(e.to_string()))?;
+    let mut pages = 0;
+    for page in doc.pages().iter() {
+        page.render_with_config(&PdfRenderConfig::new().scale_page_by_factor(dpi as f32 / 72.0))
+            .map_err(|e| NormalizeError::new(e.to_string()))?;
+        pages += 1;
+    }
+    Ok(pages)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

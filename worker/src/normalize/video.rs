@@ -328,3 +328,39 @@ pub fn normalize_video(
     }
     Ok(())
 }
+
+/// Benchmark baseline: the plainest ffmpeg-next remux (every stream copied
+/// to one output file, no segmenting, hashing or thumbnails). Returns the
+/// input size in bytes.
+pub fn bare_remux(input: &Path, output: &Path) -> Result<u64, NormalizeError> {
+    init();
+    let mut ictx = ff::format::input(&input).map_err(|e| err("open", e))?;
+    let mut octx = ff::format::output(&output).map_err(|e| err("create", e))?;
+    let mut map = Vec::new();
+    for ist in ictx.streams() {
+        let mut ost = octx.add_stream(ff::encoder::find(Id::None)).map_err(|e| err("stream", e))?;
+        ost.set_parameters(ist.parameters());
+        #[allow(unsafe_code)]
+        // SAFETY: the parameters belong to the stream just added.
+        unsafe {
+            (*ost.parameters().as_mut_ptr()).codec_tag = 0;
+        }
+        map.push(ist.time_base());
+    }
+    octx.write_header().map_err(|e| err("header", e))?;
+    loop {
+        let mut packet = Packet::empty();
+        match packet.read(&mut ictx) {
+            Ok(()) => {}
+            Err(ff::Error::Eof) => break,
+            Err(e) => return Err(err("read", e)),
+        }
+        let i = packet.stream();
+        let ost_tb = octx.stream(i).expect("mapped").time_base();
+        packet.rescale_ts(map[i], ost_tb);
+        packet.set_position(-1);
+        packet.write_interleaved(&mut octx).map_err(|e| err("write", e))?;
+    }
+    octx.write_trailer().map_err(|e| err("trailer", e))?;
+    Ok(std::fs::metadata(input).map_err(|e| err("stat", e))?.len())
+}

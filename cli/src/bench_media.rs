@@ -1,0 +1,114 @@
+//! `sluice bench-media`: media throughput against bare baselines, on the
+//! same files in one run. Video: sluice ingest vs a bare ffmpeg-next remux
+//! loop vs `ffmpeg -c copy -f segment`. PDF: sluice ingest (1 and 2
+//! workers) vs bare pdfium rendering of the same pages at the same DPI.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchMediaArgs {
+    /// Video files
+    #[arg(long, num_args = 1..)]
+    pub videos: Vec<PathBuf>,
+    /// PDF files
+    #[arg(long, num_args = 1..)]
+    pub pdfs: Vec<PathBuf>,
+    /// PDF render resolution
+    #[arg(long, default_value_t = 150)]
+    pub pdf_dpi: u32,
+}
+
+fn sluice_ingest(files: &[PathBuf], table: &std::path::Path, extra: &[&str]) -> Result<Value> {
+    let _ = std::fs::remove_dir_all(table);
+    let out = Command::new(std::env::current_exe()?)
+        .arg("ingest")
+        .arg("--table")
+        .arg(table)
+        .arg("--json")
+        .args(files)
+        .args(extra)
+        .output()
+        .context("running sluice ingest")?;
+    if !out.status.success() {
+        bail!("ingest failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+pub fn run(args: BenchMediaArgs) -> Result<()> {
+    let work = std::env::temp_dir().join(format!("sluice-bench-media-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let mut report = serde_json::Map::new();
+    if !args.videos.is_empty() {
+        let bytes: u64 = args.videos.iter().map(|v| std::fs::metadata(v).map_or(0, |m| m.len())).sum();
+        let mb = bytes as f64 / 1e6;
+        let t = Instant::now();
+        for (i, v) in args.videos.iter().enumerate() {
+            sluice_worker::normalize::bare_remux(v, &work.join(format!("remux-{i}.mkv")))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let bare = mb / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for (i, v) in args.videos.iter().enumerate() {
+            let pattern = work.join(format!("seg-{i}-%03d.mp4"));
+            let ok = Command::new("ffmpeg")
+                .args(["-v", "error", "-y", "-i"])
+                .arg(v)
+                .args(["-c", "copy", "-map", "0", "-f", "segment", "-segment_time", "10", "-reset_timestamps", "1"])
+                .arg(&pattern)
+                .status()?;
+            if !ok.success() {
+                bail!("ffmpeg CLI failed on {}", v.display());
+            }
+        }
+        let cli = mb / t.elapsed().as_secs_f64();
+        let s1 = sluice_ingest(&args.videos, &work.join("v1"), &["--normalization-workers", "1"])?;
+        let s2 = sluice_ingest(&args.videos, &work.join("v2"), &["--normalization-workers", "2"])?;
+        let rate = |s: &Value| mb / s["seconds"].as_f64().unwrap_or(f64::NAN);
+        report.insert(
+            "video".into(),
+            json!({
+                "mb": mb,
+                "bare_ffmpeg_next_remux_mb_s": bare,
+                "ffmpeg_cli_segment_mb_s": cli,
+                "sluice_1_worker_mb_s": rate(&s1),
+                "sluice_2_workers_mb_s": rate(&s2),
+                "sluice_1_vs_bare_remux": rate(&s1) / bare,
+                "sluice_1_vs_ffmpeg_cli": rate(&s1) / cli,
+                "segments": s1["rows"],
+                "peak_rss_mb_1_worker": s1["peak_rss_bytes"].as_f64().map(|b| b / 1e6),
+            }),
+        );
+    }
+    if !args.pdfs.is_empty() {
+        let t = Instant::now();
+        let mut pages = 0;
+        for p in &args.pdfs {
+            pages += sluice_worker::normalize::bare_render(p, args.pdf_dpi).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let bare = pages as f64 / t.elapsed().as_secs_f64();
+        let dpi = args.pdf_dpi.to_string();
+        let s1 = sluice_ingest(&args.pdfs, &work.join("p1"), &["--normalization-workers", "1", "--pdf-dpi", &dpi])?;
+        let s2 = sluice_ingest(&args.pdfs, &work.join("p2"), &["--normalization-workers", "2", "--pdf-dpi", &dpi])?;
+        let rate = |s: &Value| s["rows"].as_f64().unwrap_or(0.0) / s["seconds"].as_f64().unwrap_or(f64::NAN);
+        report.insert(
+            "pdf".into(),
+            json!({
+                "pages": pages,
+                "bare_pdfium_render_pages_s": bare,
+                "sluice_1_worker_pages_s": rate(&s1),
+                "sluice_2_workers_pages_s": rate(&s2),
+                "sluice_1_vs_bare": rate(&s1) / bare,
+                "two_vs_one_worker": rate(&s2) / rate(&s1),
+            }),
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}

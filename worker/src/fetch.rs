@@ -65,20 +65,18 @@ pub async fn read_all(probe: &Probe, max_bytes: u64) -> Result<Bytes, String> {
 }
 
 /// Content hash of a file, read in blocks (blocking).
-pub fn hash_file(path: &std::path::Path) -> Result<(String, u64), String> {
+pub fn hash_file(path: &std::path::Path) -> Result<String, String> {
     let mut file = std::fs::File::open(path).map_err(|e| describe(&e))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
     loop {
         let n = file.read(&mut buf).map_err(|e| describe(&e))?;
         if n == 0 {
             break;
         }
-        total += n as u64;
         hasher.update(&buf[..n]);
     }
-    Ok((hasher.finalize().to_hex().to_string(), total))
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 fn describe(e: &std::io::Error) -> String {

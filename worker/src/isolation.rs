@@ -136,7 +136,7 @@ pub fn serve(input: impl Read, mut out: impl Write) -> std::io::Result<()> {
         };
         crash_hooks(&req.path);
         let result = (|| -> Result<(), String> {
-            let (hash, _) = crate::fetch::hash_file(&req.path)?;
+            let hash = crate::fetch::hash_file(&req.path)?;
             write_frame(&mut out, HASH, hash.as_bytes()).map_err(|e| e.to_string())?;
             let mut emit = |rows: Vec<Row>| {
                 write_frame(&mut out, ROWS, &encode_rows(rows)).map_err(|e| NormalizeError::new(e.to_string()))

@@ -202,6 +202,32 @@ enum Piece {
     Rows(Vec<Row>),
 }
 
+/// A streamed file's progress: its hash, and one batch held back so the
+/// final batch can be sent marked `last`.
+#[derive(Default)]
+struct Streamed {
+    hash: String,
+    held: Option<Vec<Row>>,
+    sent_any: bool,
+}
+
+impl Streamed {
+    /// Take a piece; returns the batch that is now ready to go on (not last).
+    fn accept(&mut self, piece: Piece) -> Option<Vec<Row>> {
+        match piece {
+            Piece::Hash(h) => {
+                self.hash = h;
+                None
+            }
+            Piece::Rows(rows) => {
+                let ready = self.held.replace(rows);
+                self.sent_any |= ready.is_some();
+                ready
+            }
+        }
+    }
+}
+
 /// Videos and PDFs stream: rows (segments, pages) arrive a few at a time from
 /// the blocking thread and go on to the flusher as they come; the final
 /// batch is marked `last`. The normalizers validate a file before emitting
@@ -242,7 +268,7 @@ async fn process_streamed(
     let work: tokio::task::JoinHandle<Work> = match isolation {
         None => tokio::task::spawn_blocking(move || {
             let run = || -> Result<(), String> {
-                let (hash, _) = crate::fetch::hash_file(&path)?;
+                let hash = crate::fetch::hash_file(&path)?;
                 tx.blocking_send(Piece::Hash(hash)).map_err(|_| "pipeline stopped".to_string())?;
                 let mut emit = |rows: Vec<Row>| {
                     tx.blocking_send(Piece::Rows(rows)).map_err(|_| normalize::NormalizeError::new("pipeline stopped"))
@@ -297,9 +323,7 @@ async fn process_streamed(
     };
     tokio::pin!(work);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut hash = String::new();
-    let mut held: Option<Vec<Row>> = None;
-    let mut sent_any = false;
+    let mut stream = Streamed::default();
     let part = |hash: &str, rows: Vec<Row>, last: bool| FileRows {
         source: SourceInfo { uri: file.uri.clone(), size: probe.size, modified_ms: probe.modified_ms, content_hash: hash.to_string() },
         shard_id: file.shard_id.clone(),
@@ -309,15 +333,11 @@ async fn process_streamed(
     };
     let result = loop {
         tokio::select! {
-            Some(piece) = rx.recv() => match piece {
-                Piece::Hash(h) => hash = h,
-                Piece::Rows(rows) => {
-                    if let Some(prev) = held.replace(rows) {
-                        append(flusher, part(&hash, prev, false)).await?;
-                        sent_any = true;
-                    }
+            Some(piece) = rx.recv() => {
+                if let Some(ready) = stream.accept(piece) {
+                    append(flusher, part(&stream.hash, ready, false)).await?;
                 }
-            },
+            }
             r = &mut work => {
                 let (result, stdout) = r.map_err(|j| (Err(describe_join(j)), None)).unwrap_or_else(|e| e);
                 if isolation.is_some() {
@@ -346,18 +366,13 @@ async fn process_streamed(
     };
     // Whatever the thread sent before it ended.
     while let Ok(piece) = rx.try_recv() {
-        match piece {
-            Piece::Hash(h) => hash = h,
-            Piece::Rows(rows) => {
-                if let Some(prev) = held.replace(rows) {
-                    append(flusher, part(&hash, prev, false)).await?;
-                    sent_any = true;
-                }
-            }
+        if let Some(ready) = stream.accept(piece) {
+            append(flusher, part(&stream.hash, ready, false)).await?;
         }
     }
-    match (result, held) {
-        (Ok(()), Some(rows)) => append(flusher, part(&hash, rows, true)).await,
+    let sent_any = stream.sent_any;
+    match (result, stream.held) {
+        (Ok(()), Some(rows)) => append(flusher, part(&stream.hash, rows, true)).await,
         (Ok(()), None) => Err(failed(kind, "the file produced no rows")),
         (Err(e), _) if !sent_any => Err(failed(kind, e)),
         (Err(e), _) => Err(Outcome::Fatal(format!("{}: failed after its first segments: {e}", file.uri))),

@@ -30,7 +30,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if ! command -v cargo >/dev/null; then
-  echo "setup: cargo not found; install a Rust toolchain (1.85 or newer) first" >&2
+  echo "setup: cargo not found; install a Rust toolchain (1.87 or newer) first" >&2
   exit 1
 fi
 

@@ -1,7 +1,8 @@
 //! `sluice bench-media`: media throughput against bare baselines, on the
 //! same files in one run. Video: sluice ingest vs a bare ffmpeg-next remux
 //! loop vs `ffmpeg -c copy -f segment`. PDF: sluice ingest (1 and 2
-//! workers) vs bare pdfium rendering of the same pages at the same DPI.
+//! workers) vs bare pdfium rendering of the same pages at the same DPI,
+//! with and without one JPEG encode per page.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -86,12 +87,16 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
         );
     }
     if !args.pdfs.is_empty() {
-        let t = Instant::now();
-        let mut pages = 0;
-        for p in &args.pdfs {
-            pages += sluice_worker::normalize::bare_render(p, args.pdf_dpi).map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        let bare = pages as f64 / t.elapsed().as_secs_f64();
+        let bare_rate = |encode: bool| -> Result<(usize, f64)> {
+            let t = Instant::now();
+            let mut pages = 0;
+            for p in &args.pdfs {
+                pages += sluice_worker::normalize::bare_render(p, args.pdf_dpi, encode).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            Ok((pages, pages as f64 / t.elapsed().as_secs_f64()))
+        };
+        let (pages, bare) = bare_rate(false)?;
+        let (_, bare_encode) = bare_rate(true)?;
         let dpi = args.pdf_dpi.to_string();
         let s1 = sluice_ingest(&args.pdfs, &work.join("p1"), &["--normalization-workers", "1", "--pdf-dpi", &dpi])?;
         let s2 = sluice_ingest(&args.pdfs, &work.join("p2"), &["--normalization-workers", "2", "--pdf-dpi", &dpi])?;
@@ -101,9 +106,11 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
             json!({
                 "pages": pages,
                 "bare_pdfium_render_pages_s": bare,
+                "bare_pdfium_render_and_jpeg_pages_s": bare_encode,
                 "sluice_1_worker_pages_s": rate(&s1),
                 "sluice_2_workers_pages_s": rate(&s2),
                 "sluice_1_vs_bare": rate(&s1) / bare,
+                "sluice_1_vs_bare_render_and_jpeg": rate(&s1) / bare_encode,
                 "two_vs_one_worker": rate(&s2) / rate(&s1),
             }),
         );

@@ -43,7 +43,7 @@ fn main() {
     let cli = Cli::parse();
     if let Command::NormalizeServer = cli.command {
         // No runtime: a plain loop the parent can kill at any moment.
-        let code = match sluice_worker::isolation::serve(std::io::stdin().lock(), std::io::stdout().lock()) {
+        let code = match sluice_worker::isolation::serve(std::io::stdin().lock(), std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock())) {
             Ok(()) => 0,
             Err(_) => 1,
         };

@@ -47,16 +47,14 @@ struct RowHeader {
     thumbnail_len: Option<u64>,
 }
 
-fn encode_rows(rows: Vec<Row>) -> Vec<u8> {
-    let mut blobs = Vec::new();
+/// Write a `ROWS` frame: `[header len: u32 LE][JSON headers][blobs]`; the
+/// blobs (segment bytes, renders, thumbnails) go out straight from the rows.
+fn write_rows(out: &mut impl Write, rows: Vec<Row>) -> std::io::Result<()> {
+    let mut blobs: Vec<(Option<Bytes>, Option<Vec<u8>>)> = Vec::with_capacity(rows.len());
     let headers: Vec<RowHeader> = rows
         .into_iter()
         .map(|r| {
-            let data_len = r.data.as_ref().map(|d| d.len() as u64);
-            let thumbnail_len = r.thumbnail.as_ref().map(|t| t.len() as u64);
-            blobs.extend_from_slice(r.data.as_deref().unwrap_or_default());
-            blobs.extend_from_slice(r.thumbnail.as_deref().unwrap_or_default());
-            RowHeader {
+            let header = RowHeader {
                 chunk_index: r.chunk_index,
                 mime_type: r.mime_type,
                 start_seconds: r.start_seconds,
@@ -66,17 +64,26 @@ fn encode_rows(rows: Vec<Row>) -> Vec<u8> {
                 width: r.width,
                 height: r.height,
                 metadata: r.metadata,
-                data_len,
-                thumbnail_len,
-            }
+                data_len: r.data.as_ref().map(|d| d.len() as u64),
+                thumbnail_len: r.thumbnail.as_ref().map(|t| t.len() as u64),
+            };
+            blobs.push((r.data, r.thumbnail));
+            header
         })
         .collect();
-    let header = serde_json::to_vec(&headers).expect("serializable");
-    let mut out = Vec::with_capacity(4 + header.len() + blobs.len());
-    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&blobs);
-    out
+    let header = serde_json::to_vec(&headers).map_err(std::io::Error::other)?;
+    let blob_len: usize = blobs.iter().map(|(d, t)| d.as_ref().map_or(0, |d| d.len()) + t.as_ref().map_or(0, |t| t.len())).sum();
+    let len = u32::try_from(4 + header.len() + blob_len)
+        .map_err(|_| std::io::Error::other("rows frame above 4 GiB"))?;
+    out.write_all(&[ROWS])?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&(header.len() as u32).to_le_bytes())?;
+    out.write_all(&header)?;
+    for (data, thumbnail) in &blobs {
+        out.write_all(data.as_deref().unwrap_or_default())?;
+        out.write_all(thumbnail.as_deref().unwrap_or_default())?;
+    }
+    out.flush()
 }
 
 fn decode_rows(payload: Vec<u8>) -> Result<Vec<Row>, String> {
@@ -136,16 +143,13 @@ pub fn serve(input: impl Read, mut out: impl Write) -> std::io::Result<()> {
         };
         crash_hooks(&req.path);
         let result = (|| -> Result<(), String> {
-            let hash = crate::fetch::hash_file(&req.path)?;
-            write_frame(&mut out, HASH, hash.as_bytes()).map_err(|e| e.to_string())?;
-            let mut emit = |rows: Vec<Row>| {
-                write_frame(&mut out, ROWS, &encode_rows(rows)).map_err(|e| NormalizeError::new(e.to_string()))
-            };
-            match req.kind {
-                Kind::Video => normalize::normalize_video(&req.path, &req.settings, &mut emit),
-                Kind::Pdf => normalize::normalize_pdf(&req.path, &req.settings, &mut emit),
-                other => Err(NormalizeError::new(format!("{other} files are not normalized in a separate process"))),
-            }
+            normalize::normalize_streamed(req.kind, &req.path, &req.settings, &mut |piece| {
+                match piece {
+                    normalize::Piece::Hash(hash) => write_frame(&mut out, HASH, hash.as_bytes()),
+                    normalize::Piece::Rows(rows) => write_rows(&mut out, rows),
+                }
+                .map_err(|e| NormalizeError::new(e.to_string()))
+            })
             .map_err(|e| e.0)
         })();
         match result {
@@ -200,7 +204,11 @@ mod tests {
             Row { chunk_index: 0, mime_type: "video/mp4".into(), data: Some(Bytes::from_static(b"abc")), thumbnail: Some(vec![1, 2]), start_seconds: Some(0.5), ..Default::default() },
             Row { chunk_index: 1, mime_type: "image/jpeg".into(), text: Some("page".into()), page: Some(2), ..Default::default() },
         ];
-        let back = decode_rows(encode_rows(rows)).unwrap();
+        let mut frame = Vec::new();
+        write_rows(&mut frame, rows).unwrap();
+        assert_eq!(frame[0], ROWS);
+        assert_eq!(u32::from_le_bytes(frame[1..5].try_into().unwrap()) as usize, frame.len() - 5);
+        let back = decode_rows(frame[5..].to_vec()).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[0].data.as_deref(), Some(&b"abc"[..]));
         assert_eq!(back[0].thumbnail, Some(vec![1, 2]));

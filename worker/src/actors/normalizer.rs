@@ -13,7 +13,7 @@ use sluice_common::pb;
 use tokio::sync::{mpsc, Mutex};
 
 use super::flusher::FlusherMsg;
-use crate::normalize;
+use crate::normalize::{self, Piece};
 
 /// One file to normalize.
 #[derive(Debug, Clone)]
@@ -74,6 +74,9 @@ impl ChildProc {
             .map_err(|e| format!("cannot start normalizer process {}: {e}", exe.display()))?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take();
+        if let Some(out) = &stdout {
+            widen_pipe(out);
+        }
         Ok(Self { child, stdin, stdout })
     }
 
@@ -86,6 +89,20 @@ impl ChildProc {
         }
     }
 }
+
+/// Segments and renders are megabytes each: a 1 MiB pipe (Linux's default
+/// is 64 KiB) moves them in far fewer wakeups. Best effort.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; failure leaves the default size.
+    unsafe {
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn widen_pipe<T>(_: &T) {}
 
 impl Actor for Normalizer {
     type Msg = NormalizerMsg;
@@ -196,12 +213,6 @@ async fn process(
     append(flusher, rows).await
 }
 
-/// What the video thread sends: the content hash first, then segment rows.
-enum Piece {
-    Hash(String),
-    Rows(Vec<Row>),
-}
-
 /// A streamed file's progress: its hash, and one batch held back so the
 /// final batch can be sent marked `last`.
 #[derive(Default)]
@@ -268,15 +279,9 @@ async fn process_streamed(
     let work: tokio::task::JoinHandle<Work> = match isolation {
         None => tokio::task::spawn_blocking(move || {
             let run = || -> Result<(), String> {
-                let hash = crate::fetch::hash_file(&path)?;
-                tx.blocking_send(Piece::Hash(hash)).map_err(|_| "pipeline stopped".to_string())?;
-                let mut emit = |rows: Vec<Row>| {
-                    tx.blocking_send(Piece::Rows(rows)).map_err(|_| normalize::NormalizeError::new("pipeline stopped"))
-                };
-                match file_kind {
-                    Kind::Video => normalize::normalize_video(&path, &s, &mut emit),
-                    _ => normalize::normalize_pdf(&path, &s, &mut emit),
-                }
+                normalize::normalize_streamed(file_kind, &path, &s, &mut |piece| {
+                    tx.blocking_send(piece).map_err(|_| normalize::NormalizeError::new("pipeline stopped"))
+                })
                 .map_err(|e| e.0)
             };
             (run(), None)

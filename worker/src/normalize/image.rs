@@ -5,7 +5,6 @@
 use std::io::Cursor;
 
 use bytes::Bytes;
-use image::codecs::jpeg::JpegEncoder;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 use serde_json::json;
@@ -54,10 +53,7 @@ pub fn normalize_image(bytes: Bytes, mime: &str, settings: &Settings) -> Result<
 
     let ts = settings.thumbnail_size;
     let thumb = img.thumbnail(ts, ts).to_rgb8();
-    let mut jpeg = Vec::new();
-    JpegEncoder::new_with_quality(&mut jpeg, 80)
-        .encode_image(&thumb)
-        .map_err(|e| NormalizeError::new(format!("thumbnail encoding failed: {e}")))?;
+    let jpeg = super::encode_jpeg(&thumb, 80).ok_or_else(|| NormalizeError::new("thumbnail encoding failed"))?;
 
     let _ = mime;
     let mime = format.to_mime_type();

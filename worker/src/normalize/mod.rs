@@ -45,6 +45,24 @@ const TEXT_EXTENSIONS: &[&str] = &[
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "gif", "webp", "tif", "tiff", "bmp"];
 const VIDEO_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "mkv", "webm", "avi", "ts", "flv", "mpg", "mpeg", "ogv", "3gp"];
 
+/// JPEG-encode an RGB8 or RGBA8 image (the alpha channel is dropped).
+/// `None` if a side exceeds the format's 65,535-pixel limit.
+pub(crate) fn encode_jpeg<P>(img: &::image::ImageBuffer<P, Vec<u8>>, quality: u8) -> Option<Vec<u8>>
+where
+    P: ::image::Pixel<Subpixel = u8>,
+{
+    let color = match P::CHANNEL_COUNT {
+        3 => jpeg_encoder::ColorType::Rgb,
+        4 => jpeg_encoder::ColorType::Rgba,
+        1 => jpeg_encoder::ColorType::Luma,
+        _ => return None,
+    };
+    let (w, h) = (u16::try_from(img.width()).ok()?, u16::try_from(img.height()).ok()?);
+    let mut out = Vec::with_capacity(img.as_raw().len() / 12);
+    jpeg_encoder::Encoder::new(&mut out, quality).encode(img.as_raw(), w, h, color).ok()?;
+    Some(out)
+}
+
 fn extension(name: &str) -> String {
     std::path::Path::new(name)
         .extension()
@@ -115,6 +133,44 @@ pub fn normalize(name: &str, bytes: Bytes, settings: &Settings) -> Result<Normal
         _ => Ok(normalize_other(bytes, &mime)),
     };
     rows.map(|rows| Normalized { kind, rows }).map_err(|e| (kind, e))
+}
+
+/// What a streamed (video, PDF) normalization hands out: the file's content
+/// hash, always before its first rows, then rows a few at a time.
+pub enum Piece {
+    Hash(String),
+    Rows(Vec<Row>),
+}
+
+/// Normalize a video or PDF from its path while another thread hashes the
+/// file, so the hash costs no time of its own. The hash is handed to `out`
+/// just before the first rows (or at the end, if there are none).
+pub fn normalize_streamed(
+    kind: Kind,
+    path: &std::path::Path,
+    settings: &Settings,
+    out: &mut dyn FnMut(Piece) -> Result<(), NormalizeError>,
+) -> Result<(), NormalizeError> {
+    std::thread::scope(|scope| {
+        let mut hasher = Some(scope.spawn(|| crate::fetch::hash_file(path)));
+        let mut hash_first = |out: &mut dyn FnMut(Piece) -> Result<(), NormalizeError>| -> Result<(), NormalizeError> {
+            if let Some(h) = hasher.take() {
+                let hash = h.join().map_err(|_| NormalizeError::new("hashing thread panicked"))?;
+                out(Piece::Hash(hash.map_err(NormalizeError::new)?))?;
+            }
+            Ok(())
+        };
+        let mut emit = |rows: Vec<Row>| -> Result<(), NormalizeError> {
+            hash_first(&mut *out)?;
+            out(Piece::Rows(rows))
+        };
+        match kind {
+            Kind::Video => normalize_video(path, settings, &mut emit),
+            Kind::Pdf => normalize_pdf(path, settings, &mut emit),
+            other => Err(NormalizeError::new(format!("{other} files are not normalized from a path"))),
+        }?;
+        hash_first(out)
+    })
 }
 
 #[cfg(test)]

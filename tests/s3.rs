@@ -3,59 +3,8 @@
 
 mod support;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
+use support::services::Moto;
 use support::*;
-
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let bin = std::path::Path::new(&python()).with_file_name("moto_server");
-        let child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server must be installed beside SLUICE_PYTHON (pip install 'moto[server]')");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "moto did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, endpoint }
-    }
-
-    fn create_bucket(&self, bucket: &str) {
-        let script = format!(
-            "import boto3; boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', \
-             aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='{bucket}')",
-            self.endpoint
-        );
-        assert!(Command::new(python()).args(["-c", &script]).status().unwrap().success());
-    }
-
-    fn flags(&self) -> Vec<String> {
-        ["--s3-endpoint", &self.endpoint, "--s3-region", "us-east-1", "--s3-access-key-id", "test", "--s3-secret-access-key", "test", "--s3-allow-http"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn ingest_s3(moto: &Moto, table: &str, corpus: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value) {
     let mut cmd = sluice();

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use sluice_common::settings::Settings;
 use sluice_coordinator::manifest::Inputs;
 use sluice_coordinator::{run_embedded, EmbeddedJob, JobProgress, JobSummary};
 
+use crate::knobs::Knobs;
 use crate::storage_args::StorageArgs;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -22,54 +22,8 @@ pub struct IngestArgs {
     /// A file listing one path per line
     #[arg(long)]
     pub manifest: Option<PathBuf>,
-    /// Files normalized in parallel
-    #[arg(long, env = "SLUICE_NORMALIZATION_WORKERS", default_value_t = 4)]
-    pub normalization_workers: u32,
-    /// Rows buffered before a fragment is written
-    #[arg(long, env = "SLUICE_FLUSH_EVERY", default_value_t = 200)]
-    pub flush_every: u32,
-    /// Bytes buffered before a fragment is written (whichever comes first)
-    #[arg(long, env = "SLUICE_FLUSH_BYTES", default_value_t = 64 << 20)]
-    pub flush_bytes: u64,
-    /// Rows between table commits
-    #[arg(long, env = "SLUICE_COMMIT_EVERY", default_value_t = 2000)]
-    pub commit_every: u32,
-    /// Concurrent object-store requests
-    #[arg(long, env = "SLUICE_STORAGE_CONCURRENCY", default_value_t = 32)]
-    pub storage_concurrency: u32,
-    /// Text chunk size in characters
-    #[arg(long, default_value_t = 1000)]
-    pub chunk_size: u32,
-    /// Text chunk overlap in characters
-    #[arg(long, default_value_t = 200)]
-    pub chunk_overlap: u32,
-    /// Largest image accepted, in pixels
-    #[arg(long, default_value_t = 100_000_000)]
-    pub max_image_pixels: u64,
-    /// Largest file accepted, in bytes
-    #[arg(long, default_value_t = 512 << 20)]
-    pub max_file_size: u64,
-    /// Seconds one file may spend in a normalizer
-    #[arg(long, default_value_t = 300)]
-    pub file_timeout: u32,
-    /// Target video segment length, in seconds (cut at keyframes)
-    #[arg(long, env = "SLUICE_SEGMENT_SECONDS", default_value_t = 10.0)]
-    pub segment_seconds: f64,
-    /// Longest video accepted, in seconds
-    #[arg(long, default_value_t = 6 * 3600)]
-    pub max_video_seconds: u32,
-    /// Largest video accepted, in bytes (videos are streamed, not loaded)
-    #[arg(long, default_value_t = 64 << 30)]
-    pub max_video_size: u64,
-    /// PDF page render resolution
-    #[arg(long, env = "SLUICE_PDF_DPI", default_value_t = 150)]
-    pub pdf_dpi: u32,
-    /// Largest page render, in pixels (larger pages are rendered smaller)
-    #[arg(long, default_value_t = 25_000_000)]
-    pub max_render_pixels: u64,
-    /// Most pages accepted in one PDF
-    #[arg(long, default_value_t = 5000)]
-    pub max_pdf_pages: u32,
+    #[command(flatten)]
+    pub knobs: Knobs,
     /// Abort once more than N files have failed
     #[arg(long)]
     pub max_errors: Option<u64>,
@@ -92,34 +46,10 @@ pub struct IngestArgs {
     pub storage: StorageArgs,
 }
 
-impl IngestArgs {
-    fn settings(&self) -> Settings {
-        Settings {
-            normalization_workers: self.normalization_workers,
-            flush_every: self.flush_every,
-            flush_bytes: self.flush_bytes,
-            commit_every: self.commit_every,
-            storage_concurrency: self.storage_concurrency,
-            chunk_size: self.chunk_size,
-            chunk_overlap: self.chunk_overlap,
-            max_image_pixels: self.max_image_pixels,
-            max_file_bytes: self.max_file_size,
-            file_timeout_secs: self.file_timeout,
-            segment_seconds: self.segment_seconds,
-            max_video_seconds: self.max_video_seconds,
-            max_video_bytes: self.max_video_size,
-            pdf_dpi: self.pdf_dpi,
-            max_render_pixels: self.max_render_pixels,
-            max_pdf_pages: self.max_pdf_pages,
-            ..Settings::default()
-        }
-    }
-}
-
 pub async fn run(args: IngestArgs) -> Result<i32> {
     let table = args.storage.location(&args.table)?;
     let inputs = Inputs { paths: args.inputs.clone(), manifest: args.manifest.clone() };
-    let mut job = EmbeddedJob::new(table, inputs, args.settings());
+    let mut job = EmbeddedJob::new(table, inputs, args.knobs.settings());
     job.job_id = args.job_id.clone();
     job.max_errors = args.max_errors;
     job.shard_files = args.shard_files;

@@ -2,9 +2,11 @@
 
 mod bench;
 mod bench_media;
+mod cluster;
 mod corpus;
 mod ingest;
 mod inspect;
+mod knobs;
 mod storage_args;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,20 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Video and PDF throughput against bare ffmpeg/pdfium on the same files.
     BenchMedia(bench_media::BenchMediaArgs),
+    /// Run a coordinator: job API, worker protocol, leader election (with etcd).
+    Coordinator(cluster::CoordinatorArgs),
+    /// Run a worker that takes shards from the leading coordinator.
+    Worker(cluster::WorkerArgs),
+    /// Submit a job to a cluster.
+    Submit(cluster::SubmitArgs),
+    /// One line of a job's status.
+    Status(cluster::JobArgs),
+    /// Follow a job until it ends (exit code as `ingest`).
+    Watch(cluster::JobArgs),
+    /// Cancel a job: files in flight finish, complete files are committed.
+    Cancel(cluster::JobArgs),
+    /// List the cluster's jobs.
+    Jobs(cluster::ClientArgs),
     /// Serve media normalization on stdin/stdout (started by workers).
     #[command(hide = true)]
     NormalizeServer,
@@ -57,6 +73,13 @@ fn main() {
             Command::SampleCorpus(a) => corpus::run(a).map(|()| 0),
             Command::Bench(a) => bench::run(a).await.map(|()| 0),
             Command::BenchMedia(a) => bench_media::run(a).map(|()| 0),
+            Command::Coordinator(a) => cluster::coordinator(a).await,
+            Command::Worker(a) => cluster::worker(a).await,
+            Command::Submit(a) => cluster::submit(a).await,
+            Command::Status(a) => cluster::status(a).await,
+            Command::Watch(a) => cluster::watch(a).await,
+            Command::Cancel(a) => cluster::cancel(a).await,
+            Command::Jobs(a) => cluster::jobs(a).await,
             Command::NormalizeServer => unreachable!("handled before the runtime starts"),
         };
         match result {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Result};
-use sluice_common::storage::{options_from_env, TableLocation};
+use sluice_common::storage::{complete_options, TableLocation};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct StorageArgs {
@@ -48,16 +48,7 @@ impl StorageArgs {
         if self.s3_allow_http {
             opts.insert("allow_http".into(), "true".into());
         }
-        if uri.starts_with("s3://") {
-            options_from_env(&mut opts);
-            if opts.get("aws_endpoint").is_some_and(|e| e.starts_with("http://")) {
-                opts.entry("allow_http".into()).or_insert_with(|| "true".into());
-            }
-            if opts.contains_key("aws_endpoint") {
-                // S3-compatible servers are addressed path-style.
-                opts.entry("aws_virtual_hosted_style_request".into()).or_insert_with(|| "false".into());
-            }
-        }
+        complete_options(uri, &mut opts);
         Ok(TableLocation::new(uri, opts)?)
     }
 }

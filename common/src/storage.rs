@@ -253,6 +253,22 @@ impl MultipartUpload for MeteredUpload {
 
 /// Storage options from the usual `AWS_*` environment variables, for keys the
 /// caller did not set.
+/// Fill in what the process environment says about an object store, for a
+/// table at `uri` (S3: credentials, endpoint; path-style and plain HTTP for
+/// S3-compatible servers). Options already set win.
+pub fn complete_options(uri: &str, opts: &mut HashMap<String, String>) {
+    if uri.starts_with("s3://") {
+        options_from_env(opts);
+        if opts.get("aws_endpoint").is_some_and(|e| e.starts_with("http://")) {
+            opts.entry("allow_http".into()).or_insert_with(|| "true".into());
+        }
+        if opts.contains_key("aws_endpoint") {
+            // S3-compatible servers are addressed path-style.
+            opts.entry("aws_virtual_hosted_style_request".into()).or_insert_with(|| "false".into());
+        }
+    }
+}
+
 pub fn options_from_env(options: &mut HashMap<String, String>) {
     for (env, key) in [
         ("AWS_ENDPOINT_URL", "aws_endpoint"),

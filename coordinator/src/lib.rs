@@ -2,7 +2,9 @@
 //! workers through [`sluice_common::link::WorkerLink`], and reconciles the
 //! workers' checkpoints into exactly-once Lance commits.
 
+pub mod cluster;
 pub mod embedded;
+pub mod job;
 pub mod manifest;
 pub mod planner;
 pub mod progress;

@@ -26,7 +26,14 @@ pub enum ReconcilerMsg {
     /// Commit what is left and stop: everything when the workers drained
     /// cleanly, otherwise only up to each worker's last clean checkpoint.
     Finish { complete: bool, reply: oneshot::Sender<Result<()>> },
+    /// A worker was declared dead: drop its uncommitted checkpoints and
+    /// refuse anything more from it. Its shards are redone elsewhere.
+    Fence { worker_id: String, reply: oneshot::Sender<()> },
 }
+
+/// Called with the checkpoints of every commit once it landed (including
+/// commits that only recorded failures).
+pub type CommitObserver = Arc<dyn Fn(&[pb::Checkpoint]) + Send + Sync>;
 
 #[derive(Default)]
 struct WorkerStream {
@@ -46,6 +53,8 @@ pub struct CommitReconciler {
     streams: BTreeMap<String, WorkerStream>,
     pending_rows: u64,
     planner_batches: u64,
+    fenced: std::collections::HashSet<String>,
+    observer: Option<CommitObserver>,
 }
 
 impl CommitReconciler {
@@ -72,7 +81,29 @@ impl CommitReconciler {
             streams: BTreeMap::new(),
             pending_rows: 0,
             planner_batches: 0,
+            fenced: Default::default(),
+            observer: None,
         }
+    }
+
+    pub fn with_observer(mut self, observer: CommitObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn fence(&mut self, worker_id: String) {
+        if let Some(stream) = self.streams.remove(&worker_id) {
+            let p = &self.progress;
+            for cp in &stream.pending {
+                p.files_done.fetch_sub(cp.completed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                p.files_failed.fetch_sub(cp.failed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                p.rows_written.fetch_sub(cp.rows, std::sync::atomic::Ordering::Relaxed);
+                p.bytes.fetch_sub(cp.bytes, std::sync::atomic::Ordering::Relaxed);
+            }
+            tracing::warn!(job_id = %self.job_id, %worker_id, dropped = stream.pending.len(), "worker fenced; its uncommitted checkpoints are dropped");
+        }
+        self.pending_rows = self.streams.values().flat_map(|s| &s.pending).map(|c| c.rows).sum();
+        self.fenced.insert(worker_id);
     }
 
     /// Serve messages until `Finish`.
@@ -93,6 +124,10 @@ impl CommitReconciler {
                     self.ledger.record(&self.job_id, &id, &failed).await?;
                     JobProgress::add(&self.progress.files_failed, failed.len() as u64);
                     self.check_errors();
+                }
+                ReconcilerMsg::Fence { worker_id, reply } => {
+                    self.fence(worker_id);
+                    let _ = reply.send(());
                 }
                 ReconcilerMsg::Finish { complete, reply } => {
                     let r = self.commit_ready(complete).await;
@@ -118,6 +153,13 @@ impl CommitReconciler {
     pub async fn absorb(&mut self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
         if cp.job_id != self.job_id {
             return Ok(pb::CheckpointAck { accepted: false, reason: format!("unknown job {}", cp.job_id), stop: true });
+        }
+        if self.fenced.contains(&cp.worker_id) {
+            return Ok(pb::CheckpointAck {
+                accepted: false,
+                reason: format!("worker {} was declared dead; its shards went to other workers", cp.worker_id),
+                stop: true,
+            });
         }
         let stream = self.streams.entry(cp.worker_id.clone()).or_insert(WorkerStream { next_seq: 1, pending: vec![] });
         if cp.seq < stream.next_seq {
@@ -172,18 +214,21 @@ impl CommitReconciler {
         let mut fragments: Vec<Fragment> = Vec::new();
         let mut failed = Vec::new();
         let (mut rows, mut files) = (0u64, 0u64);
-        for cp in cps {
+        for cp in &cps {
             for f in &cp.fragments_json {
                 fragments.push(serde_json::from_str(f)?);
             }
             rows += cp.rows;
             files += cp.completed.len() as u64;
-            failed.extend(cp.failed);
+            failed.extend(cp.failed.iter().cloned());
         }
         // Failures are recorded before the commit they belong to, under the
         // commit's id, so a retry rewrites rather than repeats them.
         self.ledger.record(&self.job_id, &commit_id, &failed).await?;
         if fragments.is_empty() {
+            if let Some(observe) = &self.observer {
+                observe(&cps);
+            }
             return Ok(());
         }
         let n_fragments = fragments.len() as u64;
@@ -205,6 +250,9 @@ impl CommitReconciler {
         JobProgress::add(&p.commits, 1);
         JobProgress::add(&p.fragments, n_fragments);
         p.version.store(committed.version, std::sync::atomic::Ordering::Relaxed);
+        if let Some(observe) = &self.observer {
+            observe(&cps);
+        }
         Ok(())
     }
 }

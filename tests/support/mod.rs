@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 use arrow_array::{Array, StringArray, UInt32Array, UInt64Array};
 use futures::TryStreamExt;
 
+pub mod services;
+
 pub fn sluice() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
     c.env_remove("SLUICE_FAILPOINTS");
@@ -54,9 +56,18 @@ pub struct RowKey {
 }
 
 pub fn read_rows(table: &Path) -> Vec<RowKey> {
+    read_rows_at(table.to_str().unwrap(), HashMap::new())
+}
+
+/// Rows of a table anywhere (`s3://...` with its storage options).
+pub fn read_rows_at(uri: &str, options: HashMap<String, String>) -> Vec<RowKey> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let ds = lance::Dataset::open(table.to_str().unwrap()).await.expect("open table");
+        let ds = lance::dataset::builder::DatasetBuilder::from_uri(uri)
+            .with_storage_options(options)
+            .load()
+            .await
+            .expect("open table");
         let mut scan = ds.scan();
         scan.project(&["id", "source_uri", "chunk_index", "kind", "source_size"]).unwrap();
         let batches: Vec<_> = scan.try_into_stream().await.unwrap().try_collect().await.unwrap();
@@ -128,7 +139,10 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// Every expected file present with exactly its rows; no id twice.
 pub fn assert_exactly_once(table: &Path, expected: &HashMap<String, usize>) {
-    let rows = read_rows(table);
+    assert_rows_exactly_once(read_rows(table), expected);
+}
+
+pub fn assert_rows_exactly_once(rows: Vec<RowKey>, expected: &HashMap<String, usize>) {
     let mut ids = std::collections::HashSet::new();
     for r in &rows {
         assert!(ids.insert(r.id.clone()), "duplicated row {} ({} chunk {})", r.id, r.uri, r.chunk);

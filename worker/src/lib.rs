@@ -8,6 +8,7 @@ pub mod actors;
 pub mod fetch;
 pub mod isolation;
 pub mod normalize;
+pub mod remote;
 mod worker;
 
 pub use worker::Worker;

@@ -35,11 +35,62 @@ pub struct Worker {
     stats: Arc<PipelineStats>,
     limiter: Option<StorageLimiter>,
     isolation: Option<std::path::PathBuf>,
+    flush_when_idle: bool,
 }
 
 impl Worker {
     pub fn new(id: impl Into<String>, link: Arc<dyn CoordinatorLink>) -> Self {
-        Self { id: id.into(), link, jobs: Mutex::default(), stats: Arc::default(), limiter: None, isolation: None }
+        Self {
+            id: id.into(),
+            link,
+            jobs: Mutex::default(),
+            stats: Arc::default(),
+            limiter: None,
+            isolation: None,
+            flush_when_idle: false,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Flush as soon as the assigned shards are all done (cluster workers),
+    /// so finished shards are reported without waiting for more rows.
+    pub fn with_flush_when_idle(mut self) -> Self {
+        self.flush_when_idle = true;
+        self
+    }
+
+    /// Finish one job: files already queued are normalized, everything is
+    /// flushed and published, and the job's pipeline stops.
+    pub async fn finish_job(&self, job_id: &str) -> Result<()> {
+        let Some(job) = self.jobs.lock().await.remove(job_id) else { return Ok(()) };
+        Self::drain_one(job_id, job).await
+    }
+
+    /// Drop one job at once: nothing more is published; what was not yet
+    /// committed is redone elsewhere.
+    pub async fn abandon_job(&self, job_id: &str) {
+        if let Some(job) = self.jobs.lock().await.remove(job_id) {
+            job.stop.store(true, Ordering::SeqCst);
+            job.pipeline.kill();
+        }
+    }
+
+    /// Jobs this worker is running.
+    pub async fn job_ids(&self) -> Vec<String> {
+        self.jobs.lock().await.keys().cloned().collect()
+    }
+
+    async fn drain_one(job_id: &str, job: RunningJob) -> Result<()> {
+        drop(job.queue);
+        let result = job.pipeline.call(PipelineMsg::Drain, None).await.map_err(|e| Error::Link(e.to_string()))?;
+        match result {
+            ractor::rpc::CallResult::Success(Ok(())) => Ok(()),
+            ractor::rpc::CallResult::Success(Err(e)) => Err(Error::Link(format!("job {job_id}: {e}"))),
+            _ => Err(Error::Link(format!("job {job_id}: pipeline did not answer the drain"))),
+        }
     }
 
     /// Normalize media (video, PDF) in child processes of `exe`
@@ -65,7 +116,9 @@ impl Worker {
     async fn start_job(&self, a: &pb::ShardAssignment) -> Result<RunningJob> {
         let settings = Settings::try_from(&a.settings.clone().unwrap_or_default())?;
         let table_ref = a.table.clone().ok_or_else(|| Error::InvalidInput("assignment without a table".into()))?;
-        let location = TableLocation::new(&table_ref.uri, table_ref.storage_options)?;
+        let mut options = table_ref.storage_options;
+        sluice_common::storage::complete_options(&table_ref.uri, &mut options);
+        let location = TableLocation::new(&table_ref.uri, options)?;
         let table = match &self.limiter {
             Some(limiter) => TableHandle::with_limiter(location, limiter.clone()),
             None => TableHandle::new(location, settings.storage_concurrency),
@@ -84,6 +137,7 @@ impl Worker {
             stop: stop.clone(),
             stats: self.stats.clone(),
             isolation: self.isolation.clone(),
+            flush_when_idle: self.flush_when_idle,
         };
         let (pipeline, _) = Actor::spawn(None, ShardPipeline, args)
             .await
@@ -143,17 +197,7 @@ impl WorkerLink for Worker {
     async fn drain(&self) -> Result<()> {
         let jobs: Vec<_> = self.jobs.lock().await.drain().collect();
         for (job_id, job) in jobs {
-            drop(job.queue);
-            let result = job
-                .pipeline
-                .call(PipelineMsg::Drain, None)
-                .await
-                .map_err(|e| Error::Link(e.to_string()))?;
-            match result {
-                ractor::rpc::CallResult::Success(Ok(())) => {}
-                ractor::rpc::CallResult::Success(Err(e)) => return Err(Error::Link(format!("job {job_id}: {e}"))),
-                _ => return Err(Error::Link(format!("job {job_id}: pipeline did not answer the drain"))),
-            }
+            Self::drain_one(&job_id, job).await?;
         }
         Ok(())
     }

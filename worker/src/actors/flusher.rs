@@ -37,6 +37,10 @@ pub struct Flusher {
     pub dataset: Arc<Dataset>,
     pub job_id: String,
     pub publisher: ActorRef<PublisherMsg>,
+    /// Flush as soon as every started shard is accounted for (cluster
+    /// workers: the coordinator learns a shard finished without waiting for
+    /// `flush_every` more rows that may never come).
+    pub flush_when_idle: bool,
 }
 
 #[derive(Default)]
@@ -86,6 +90,7 @@ impl Actor for Flusher {
                 st.generations.insert(shard_id.clone(), generation);
                 if files == 0 {
                     st.finished.push(shard_id);
+                    self.flush_if_idle(st).await?;
                 } else {
                     st.remaining.insert(shard_id, files);
                 }
@@ -114,6 +119,8 @@ impl Actor for Flusher {
                 st.buffer.push(file);
                 if st.rows >= self.settings.flush_every as usize || st.bytes as u64 >= self.settings.flush_bytes {
                     self.flush(st).await?;
+                } else {
+                    self.flush_if_idle(st).await?;
                 }
                 let _ = reply.send(());
             }
@@ -122,6 +129,8 @@ impl Actor for Flusher {
                 st.failed.push(failed);
                 if st.failed.len() >= self.settings.flush_every as usize {
                     self.flush(st).await?;
+                } else {
+                    self.flush_if_idle(st).await?;
                 }
                 let _ = reply.send(());
             }
@@ -149,6 +158,13 @@ impl Actor for Flusher {
 }
 
 impl Flusher {
+    async fn flush_if_idle(&self, st: &mut FlusherState) -> Result<(), ActorProcessingErr> {
+        if self.flush_when_idle && st.remaining.is_empty() && st.open_files.is_empty() && st.has_pending() {
+            self.flush(st).await?;
+        }
+        Ok(())
+    }
+
     async fn flush(&self, st: &mut FlusherState) -> Result<(), ActorProcessingErr> {
         st.seq += 1;
         let files = std::mem::take(&mut st.buffer);

@@ -124,6 +124,7 @@ impl Actor for Normalizer {
             return Ok(());
         };
         self.busy.enter();
+        test_delay().await;
         let outcome = process(&task.file, &self.settings, &self.flusher, self.isolation.as_deref(), child).await;
         self.busy.exit();
         match outcome {
@@ -146,6 +147,18 @@ impl Actor for Normalizer {
         Ok(())
     }
 
+}
+
+/// Test hook: `SLUICE_TEST_FILE_DELAY_MS` makes every file take at least
+/// that long, so tests can act while a job is surely still running.
+async fn test_delay() {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        std::env::var("SLUICE_TEST_FILE_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis)
+    });
+    if let Some(d) = delay {
+        tokio::time::sleep(*d).await;
+    }
 }
 
 /// How processing a file can end badly.

@@ -38,6 +38,8 @@ pub struct PipelineArgs {
     pub stats: Arc<PipelineStats>,
     /// Run media normalizers in child processes of this executable.
     pub isolation: Option<std::path::PathBuf>,
+    /// See [`Flusher::flush_when_idle`].
+    pub flush_when_idle: bool,
 }
 
 /// Observations a pipeline exposes (for summaries, tests and metrics).
@@ -74,6 +76,7 @@ impl Actor for ShardPipeline {
             dataset: a.dataset.clone(),
             job_id: a.job_id.clone(),
             publisher,
+            flush_when_idle: a.flush_when_idle,
         };
         let (flusher, _) = Actor::spawn_linked(None, flusher, (), myself.get_cell()).await?;
         let queue = Arc::new(Mutex::new(a.queue));

@@ -1,0 +1,286 @@
+//! Cluster roles (`sluice coordinator`, `sluice worker`) and the job client
+//! (`sluice submit / status / watch / cancel / jobs`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use sluice_common::pb;
+use sluice_coordinator::cluster::{Cluster, ClusterConfig};
+use sluice_worker::remote::{run_worker, RemoteConfig};
+
+use crate::knobs::Knobs;
+
+#[derive(clap::Args, Debug)]
+pub struct CoordinatorArgs {
+    /// Address to serve gRPC on (job API, worker protocol, health, reflection)
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+    /// Address workers reach this coordinator at (default: the listen address)
+    #[arg(long, env = "SLUICE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// etcd endpoints (leader election, job records, worker membership);
+    /// without them, one coordinator runs alone with an in-memory store
+    #[arg(long, env = "SLUICE_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd
+    #[arg(long, env = "SLUICE_ETCD_PREFIX", default_value = "/sluice")]
+    pub etcd_prefix: String,
+    /// Leadership lease, in seconds: a standby takes over this long after the leader dies
+    #[arg(long, env = "SLUICE_LEASE_TTL", default_value_t = 10)]
+    pub lease_ttl: u64,
+    /// Seconds without a poll after which a worker is declared dead
+    #[arg(long, env = "SLUICE_WORKER_TIMEOUT", default_value_t = 15)]
+    pub worker_timeout: u64,
+    /// Worker poll interval, in milliseconds
+    #[arg(long, env = "SLUICE_HEARTBEAT_MS", default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// Coordinator address, e.g. http://coordinator:50051 (with etcd, the
+    /// leader's address is read from etcd and this is the fallback)
+    #[arg(long, env = "SLUICE_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// etcd endpoints (membership lease, leader discovery)
+    #[arg(long, env = "SLUICE_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd
+    #[arg(long, env = "SLUICE_ETCD_PREFIX", default_value = "/sluice")]
+    pub etcd_prefix: String,
+    /// Worker name (ids are NAME-<random>); default: the host name
+    #[arg(long, env = "SLUICE_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Membership lease TTL, in seconds
+    #[arg(long, env = "SLUICE_LEASE_TTL", default_value_t = 10)]
+    pub lease_ttl: u64,
+    /// Run video and PDF decoders in this process instead of child processes
+    #[arg(long)]
+    pub in_process_normalizers: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ClientArgs {
+    /// Coordinator address
+    #[arg(long, env = "SLUICE_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Table URI (s3://bucket/path) or absolute path, as the workers see it
+    #[arg(long, env = "SLUICE_TABLE")]
+    pub table: String,
+    /// Files or directories to ingest (absolute paths the workers can read)
+    pub inputs: Vec<String>,
+    /// A directory (prefix) whose files are all ingested
+    #[arg(long, conflicts_with_all = ["inputs", "manifest"])]
+    pub prefix: Option<String>,
+    /// A file listing one path per line
+    #[arg(long, conflicts_with = "inputs")]
+    pub manifest: Option<String>,
+    #[command(flatten)]
+    pub knobs: Knobs,
+    /// Abort once more than N files have failed
+    #[arg(long)]
+    pub max_errors: Option<u64>,
+    /// Files per shard
+    #[arg(long, default_value_t = 256)]
+    pub shard_files: u32,
+    /// Job id (default: a new one)
+    #[arg(long)]
+    pub job_id: Option<String>,
+    /// Watch the job until it ends (exit code as `sluice ingest`)
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct JobArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub job_id: String,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into())
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
+    let advertise = args.advertise.clone().unwrap_or_else(|| {
+        if args.listen.ip().is_unspecified() {
+            format!("http://{}:{}", hostname(), args.listen.port())
+        } else {
+            format!("http://{}", args.listen)
+        }
+    });
+    let cfg = ClusterConfig {
+        heartbeat: Duration::from_millis(args.heartbeat_ms.max(50)),
+        worker_timeout: Duration::from_secs(args.worker_timeout.max(1)),
+        etcd: args.etcd,
+        etcd_prefix: args.etcd_prefix,
+        lease_ttl: Duration::from_secs(args.lease_ttl.max(1)),
+        advertise,
+    };
+    let cluster = Cluster::new(cfg).await?;
+    sluice_coordinator::cluster::serve(cluster, args.listen, ctrl_c()).await?;
+    Ok(0)
+}
+
+pub async fn worker(args: WorkerArgs) -> Result<i32> {
+    if args.coordinator.is_none() && args.etcd.is_empty() {
+        bail!("give --coordinator or --etcd (to find the leading coordinator)");
+    }
+    let cfg = RemoteConfig {
+        coordinator: args.coordinator,
+        etcd: args.etcd,
+        etcd_prefix: args.etcd_prefix,
+        name: args.name.unwrap_or_else(hostname),
+        normalizer_exe: (!args.in_process_normalizers).then(std::env::current_exe).transpose()?,
+        lease_ttl: Duration::from_secs(args.lease_ttl.max(1)),
+    };
+    run_worker(cfg, ctrl_c()).await?;
+    Ok(0)
+}
+
+async fn client(args: &ClientArgs) -> Result<pb::job_service_client::JobServiceClient<tonic::transport::Channel>> {
+    pb::job_service_client::JobServiceClient::connect(args.coordinator.clone())
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))
+}
+
+fn absolute(p: &str) -> Result<String> {
+    if p.contains("://") {
+        return Ok(p.to_string());
+    }
+    Ok(std::path::absolute(PathBuf::from(p))?.to_string_lossy().into_owned())
+}
+
+pub async fn submit(args: SubmitArgs) -> Result<i32> {
+    use pb::manifest::Source;
+    let source = match (&args.prefix, &args.manifest) {
+        (Some(p), _) => Source::Prefix(absolute(p)?),
+        (_, Some(m)) => Source::ManifestUri(absolute(m)?),
+        _ => {
+            if args.inputs.is_empty() {
+                bail!("nothing to ingest: give paths, --prefix or --manifest");
+            }
+            Source::Inline(pb::InlineList { uris: args.inputs.iter().map(|p| absolute(p)).collect::<Result<_>>()? })
+        }
+    };
+    let spec = pb::JobSpec {
+        table: Some(pb::TableRef { uri: absolute(&args.table)?, storage_options: Default::default() }),
+        manifest: Some(pb::Manifest { source: Some(source) }),
+        settings: Some(pb::PipelineSettings::from(&args.knobs.settings())),
+        max_errors: args.max_errors,
+        job_id: args.job_id.clone().unwrap_or_default(),
+        shard_files: args.shard_files,
+        shard_bytes: 0,
+    };
+    let mut c = client(&args.client).await?;
+    let job_id = c
+        .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .job_id;
+    println!("{job_id}");
+    if args.watch {
+        return watch(JobArgs { client: args.client, job_id }).await;
+    }
+    Ok(0)
+}
+
+fn state_name(state: i32) -> String {
+    pb::JobState::try_from(state)
+        .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn line(s: &pb::JobStatus) -> String {
+    let p = s.progress.clone().unwrap_or_default();
+    format!(
+        "{}  {:<22} files {} done, {} failed, {} skipped of {} planned; rows {}; shards {}/{}; v{}  {}",
+        s.job_id,
+        state_name(s.state),
+        p.files_done,
+        p.files_failed,
+        p.files_skipped,
+        p.files_planned,
+        p.rows,
+        p.shards_done,
+        p.shards_total,
+        p.table_version,
+        s.message
+    )
+}
+
+/// Exit code of a finished job, as `sluice ingest`: 0, 2 (files failed), 3 (aborted), 1.
+fn exit_code(s: &pb::JobStatus) -> i32 {
+    match pb::JobState::try_from(s.state) {
+        Ok(pb::JobState::Succeeded) => 0,
+        Ok(pb::JobState::CompletedWithErrors) => 2,
+        Ok(pb::JobState::Aborted | pb::JobState::Cancelled) => 3,
+        _ => 1,
+    }
+}
+
+pub async fn status(args: JobArgs) -> Result<i32> {
+    let s = client(&args.client)
+        .await?
+        .get_job(pb::GetJobRequest { job_id: args.job_id })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!("{}", line(&s));
+    Ok(0)
+}
+
+pub async fn watch(args: JobArgs) -> Result<i32> {
+    let mut stream = client(&args.client)
+        .await?
+        .watch_job(pb::WatchJobRequest { job_id: args.job_id })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let mut last = None;
+    while let Some(s) = stream.message().await.map_err(|s| anyhow::anyhow!("{}", s.message()))? {
+        eprintln!("{}", line(&s));
+        last = Some(s);
+    }
+    let last = last.context("the coordinator sent no status")?;
+    println!("{}", line(&last));
+    Ok(exit_code(&last))
+}
+
+pub async fn cancel(args: JobArgs) -> Result<i32> {
+    let s = client(&args.client)
+        .await?
+        .cancel_job(pb::CancelJobRequest { job_id: args.job_id })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!("{}", line(&s));
+    Ok(0)
+}
+
+pub async fn jobs(args: ClientArgs) -> Result<i32> {
+    let list = client(&args)
+        .await?
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    for s in &list.jobs {
+        println!("{}", line(s));
+    }
+    Ok(0)
+}

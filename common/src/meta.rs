@@ -1,0 +1,156 @@
+//! Cluster state that must outlive a coordinator: job records, leadership
+//! and worker membership. In etcd for a cluster; in memory when one
+//! coordinator runs alone (no failover then).
+//!
+//! Keys under the prefix (default `/sluice`):
+//! - `leader`: the election; its value is the leader's advertised address.
+//! - `jobs/<job id>`: a [`pb::JobRecord`] (spec and last status), small.
+//! - `workers/<worker id>`: present while the worker's lease lives.
+
+use std::time::Duration;
+
+pub use etcd_client::Client;
+use etcd_client::{GetOptions, PutOptions};
+use prost::Message;
+use crate::{pb, Error, Result};
+
+fn etcd_err(what: &str, e: etcd_client::Error) -> Error {
+    Error::Link(format!("etcd {what}: {e}"))
+}
+
+#[derive(Clone)]
+pub enum MetaStore {
+    Memory,
+    Etcd { client: Client, prefix: String },
+}
+
+impl MetaStore {
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
+        if endpoints.is_empty() {
+            return Ok(MetaStore::Memory);
+        }
+        let client = connect(endpoints).await?;
+        Ok(MetaStore::Etcd { client, prefix: prefix.trim_end_matches('/').to_string() })
+    }
+
+    pub async fn save_job(&self, record: &pb::JobRecord) -> Result<()> {
+        let MetaStore::Etcd { client, prefix } = self else { return Ok(()) };
+        let id = record.status.as_ref().map(|s| s.job_id.clone()).unwrap_or_default();
+        client
+            .clone()
+            .put(format!("{prefix}/jobs/{id}"), record.encode_to_vec(), None)
+            .await
+            .map_err(|e| etcd_err("put job", e))?;
+        Ok(())
+    }
+
+    pub async fn load_jobs(&self) -> Result<Vec<pb::JobRecord>> {
+        let MetaStore::Etcd { client, prefix } = self else { return Ok(Vec::new()) };
+        let resp = client
+            .clone()
+            .get(format!("{prefix}/jobs/"), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| etcd_err("list jobs", e))?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            match pb::JobRecord::decode(kv.value()) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "unreadable job record"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Block until this process leads, then keep the lease alive in the
+    /// background. Losing it ends the process: a coordinator that may no
+    /// longer lead must not commit anything (the standby takes over).
+    pub async fn lead(&self, advertise: &str, ttl: Duration) -> Result<()> {
+        let MetaStore::Etcd { client, prefix } = self else { return Ok(()) };
+        let mut client = client.clone();
+        let ttl_secs = ttl.as_secs().max(1) as i64;
+        let lease = client.lease_grant(ttl_secs, None).await.map_err(|e| etcd_err("lease", e))?.id();
+        keep_alive(client.clone(), lease, ttl, "leadership");
+        tracing::info!(%advertise, "campaigning for leadership");
+        client
+            .campaign(format!("{prefix}/leader"), advertise, lease)
+            .await
+            .map_err(|e| etcd_err("campaign", e))?;
+        tracing::info!(%advertise, "leading");
+        Ok(())
+    }
+}
+
+/// Connect to etcd (the endpoints are `http://host:port`, comma-separated or repeated).
+pub async fn connect(endpoints: &[String]) -> Result<Client> {
+    let eps: Vec<String> =
+        endpoints.iter().flat_map(|e| e.split(',')).map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect();
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(10));
+    Client::connect(eps, Some(opts)).await.map_err(|e| etcd_err("connect", e))
+}
+
+/// The leading coordinator's advertised address, if there is a leader.
+pub async fn leader_address(client: &Client, prefix: &str) -> Result<Option<String>> {
+    let prefix = prefix.trim_end_matches('/');
+    match client.clone().leader(format!("{prefix}/leader")).await {
+        Ok(resp) => Ok(resp.kv().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
+        // "election: no leader" comes back as an error.
+        Err(e) if e.to_string().contains("no leader") => Ok(None),
+        Err(e) => Err(etcd_err("leader", e)),
+    }
+}
+
+/// Register a worker under a lease; the key vanishes when the worker dies.
+pub async fn register_member(client: &Client, prefix: &str, worker_id: &str, value: &str, ttl: Duration) -> Result<()> {
+    let mut c = client.clone();
+    let lease = c.lease_grant(ttl.as_secs().max(1) as i64, None).await.map_err(|e| etcd_err("lease", e))?.id();
+    let key = format!("{}/workers/{worker_id}", prefix.trim_end_matches('/'));
+    c.put(key, value, Some(PutOptions::new().with_lease(lease))).await.map_err(|e| etcd_err("register", e))?;
+    keep_alive(c, lease, ttl, "membership");
+    Ok(())
+}
+
+/// Workers with a live membership lease.
+pub async fn members(client: &Client, prefix: &str) -> Result<Vec<String>> {
+    let key = format!("{}/workers/", prefix.trim_end_matches('/'));
+    let resp = client
+        .clone()
+        .get(key.clone(), Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .map_err(|e| etcd_err("members", e))?;
+    Ok(resp.kvs().iter().map(|kv| String::from_utf8_lossy(&kv.key()[key.len()..]).into_owned()).collect())
+}
+
+/// Refresh `lease` every third of its TTL. A leadership lease that cannot
+/// be refreshed ends the process; a membership lease just stops (the
+/// worker's next poll tells it to register again).
+fn keep_alive(mut client: Client, lease: i64, ttl: Duration, what: &'static str) {
+    tokio::spawn(async move {
+        let fail = |why: String| {
+            if what == "leadership" {
+                tracing::error!(%why, "lost the leadership lease; exiting so a standby can lead");
+                std::process::exit(75);
+            }
+            tracing::warn!(%why, "membership lease lost");
+        };
+        let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
+            Ok(k) => k,
+            Err(e) => return fail(e.to_string()),
+        };
+        let every = (ttl / 3).max(Duration::from_millis(100));
+        loop {
+            if let Err(e) = keeper.keep_alive().await {
+                return fail(e.to_string());
+            }
+            match tokio::time::timeout(ttl, stream.message()).await {
+                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => return fail("lease expired".into()),
+                Ok(Ok(None)) => return fail("keep-alive stream ended".into()),
+                Ok(Err(e)) => return fail(e.to_string()),
+                Err(_) => return fail("no keep-alive answer within the TTL".into()),
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+}

@@ -1,0 +1,315 @@
+//! A job in cluster mode: its shard book (which shard is queued, with which
+//! worker, finished, committed) and the [`WorkerLink`] the job runner hands
+//! shards to. Workers pull shards from the book; a dead worker's shards go
+//! back to the queue under a new generation, minus the files already
+//! committed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use sluice_common::link::WorkerLink;
+use sluice_common::{pb, Result};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::progress::JobProgress;
+use crate::reconciler::ReconcilerMsg;
+
+/// Shards waiting for a worker at most; planning waits beyond that, so a
+/// huge manifest is never held in memory.
+const MAX_QUEUED_SHARDS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ShardState {
+    Queued,
+    Assigned(String),
+    /// Finished in a checkpoint the coordinator holds, not yet committed.
+    Finished(String),
+}
+
+#[derive(Debug)]
+struct Shard {
+    files: Vec<pb::FileRef>,
+    generation: u64,
+    state: ShardState,
+    /// Files of this shard already committed (or recorded as failed).
+    committed: HashSet<String>,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    /// Shards not yet committed. Committed shards are forgotten.
+    shards: HashMap<String, Shard>,
+    queue: VecDeque<String>,
+    total: u64,
+    committed: u64,
+}
+
+/// Where a cluster job stands.
+#[derive(Debug, Clone)]
+pub enum Phase {
+    Running,
+    Done { state: pb::JobState, message: String },
+}
+
+pub struct ClusterJob {
+    pub id: String,
+    pub spec: pb::JobSpec,
+    pub submitted: SystemTime,
+    pub started: Instant,
+    pub progress: Arc<JobProgress>,
+    table: pb::TableRef,
+    settings: pb::PipelineSettings,
+    book: Mutex<Book>,
+    phase: Mutex<Phase>,
+    cancelled: AtomicBool,
+    reconciler: OnceLock<mpsc::Sender<ReconcilerMsg>>,
+    /// Rung when a shard is queued (workers waiting in a poll wake up).
+    work: Arc<Notify>,
+    /// Rung when shards finish or the phase changes.
+    changed: Notify,
+}
+
+impl ClusterJob {
+    pub fn new(id: String, spec: pb::JobSpec, settings: pb::PipelineSettings, work: Arc<Notify>) -> Self {
+        let table = spec.table.clone().unwrap_or_default();
+        Self {
+            id,
+            spec,
+            submitted: SystemTime::now(),
+            started: Instant::now(),
+            progress: Arc::default(),
+            table,
+            settings,
+            book: Mutex::default(),
+            phase: Mutex::new(Phase::Running),
+            cancelled: AtomicBool::new(false),
+            reconciler: OnceLock::new(),
+            work,
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn attach(&self, reconciler: mpsc::Sender<ReconcilerMsg>) {
+        let _ = self.reconciler.set(reconciler);
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase.lock().expect("not poisoned").clone()
+    }
+
+    pub fn set_done(&self, state: pb::JobState, message: String) {
+        *self.phase.lock().expect("not poisoned") = Phase::Done { state, message };
+        self.changed.notify_waiters();
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self.phase(), Phase::Running)
+    }
+
+    pub fn request_cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.progress.abort("cancelled");
+        self.changed.notify_waiters();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Workers must stop this job: it ended, or it is being stopped.
+    pub fn stopping(&self) -> bool {
+        !self.is_running() || self.is_cancelled() || self.progress.abort_reason().is_some()
+    }
+
+    /// (total shards, committed shards)
+    pub fn shard_counts(&self) -> (u64, u64) {
+        let book = self.book.lock().expect("not poisoned");
+        (book.total, book.committed)
+    }
+
+    /// Hand up to `n` queued shards to `worker_id`.
+    pub fn take_shards(&self, worker_id: &str, n: usize) -> Vec<pb::ShardAssignment> {
+        if self.stopping() {
+            return Vec::new();
+        }
+        let mut book = self.book.lock().expect("not poisoned");
+        let mut out = Vec::new();
+        while out.len() < n {
+            let Some(id) = book.queue.pop_front() else { break };
+            let Some(shard) = book.shards.get_mut(&id) else { continue };
+            shard.state = ShardState::Assigned(worker_id.to_string());
+            out.push(pb::ShardAssignment {
+                job_id: self.id.clone(),
+                shard_id: id.clone(),
+                generation: shard.generation,
+                table: Some(self.table.clone()),
+                settings: Some(self.settings.clone()),
+                files: shard.files.clone(),
+            });
+            tracing::debug!(job_id = %self.id, shard_id = %id, %worker_id, generation = shard.generation, "shard assigned");
+        }
+        out
+    }
+
+    /// Check a checkpoint against the book: every shard it speaks of must be
+    /// this worker's, in its current generation (fencing).
+    pub fn check_generations(&self, cp: &pb::Checkpoint) -> std::result::Result<(), String> {
+        let book = self.book.lock().expect("not poisoned");
+        for (shard_id, generation) in &cp.shard_generations {
+            let Some(shard) = book.shards.get(shard_id) else {
+                return Err(format!("shard {shard_id} is not outstanding"));
+            };
+            let owner = match &shard.state {
+                ShardState::Assigned(w) | ShardState::Finished(w) => Some(w.as_str()),
+                ShardState::Queued => None,
+            };
+            if shard.generation != *generation || owner != Some(cp.worker_id.as_str()) {
+                return Err(format!(
+                    "shard {shard_id} generation {generation} from {} is stale (now generation {})",
+                    cp.worker_id, shard.generation
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand a checkpoint to the job's reconciler.
+    pub async fn publish(&self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
+        let gone = || sluice_common::Error::Link("the job's reconciler has stopped".into());
+        let reconciler = self.reconciler.get().ok_or_else(gone)?;
+        let (reply, answer) = oneshot::channel();
+        reconciler.send(ReconcilerMsg::Checkpoint(cp, reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// A checkpoint was accepted: note the shards it finished.
+    pub fn absorbed(&self, cp: &pb::Checkpoint) {
+        let mut book = self.book.lock().expect("not poisoned");
+        for id in &cp.shards_finished {
+            if let Some(shard) = book.shards.get_mut(id) {
+                shard.state = ShardState::Finished(cp.worker_id.clone());
+            }
+        }
+        drop(book);
+        self.changed.notify_waiters();
+    }
+
+    /// A commit landed with these checkpoints.
+    pub fn committed(&self, cps: &[pb::Checkpoint]) {
+        let mut book = self.book.lock().expect("not poisoned");
+        for cp in cps {
+            for uri in cp.completed.iter().map(|c| (&c.shard_id, &c.uri)).chain(cp.failed.iter().map(|f| (&f.shard_id, &f.uri))) {
+                if let Some(shard) = book.shards.get_mut(uri.0) {
+                    shard.committed.insert(uri.1.clone());
+                }
+            }
+            for id in &cp.shards_finished {
+                if book.shards.remove(id).is_some() {
+                    book.committed += 1;
+                }
+            }
+        }
+        drop(book);
+        self.changed.notify_waiters();
+    }
+
+    /// `worker_id` is gone: fence it in the reconciler, then queue its
+    /// shards again (new generation, without the files already committed).
+    pub async fn worker_lost(&self, worker_id: &str) {
+        let holds = {
+            let book = self.book.lock().expect("not poisoned");
+            book.shards.values().any(|s| matches!(&s.state, ShardState::Assigned(w) | ShardState::Finished(w) if w == worker_id))
+        };
+        if !holds {
+            return;
+        }
+        if let Some(reconciler) = self.reconciler.get() {
+            let (reply, done) = oneshot::channel();
+            if reconciler.send(ReconcilerMsg::Fence { worker_id: worker_id.to_string(), reply }).await.is_ok() {
+                let _ = done.await;
+            }
+        }
+        let mut book = self.book.lock().expect("not poisoned");
+        let mut requeued = Vec::new();
+        let mut emptied = Vec::new();
+        for (id, shard) in book.shards.iter_mut() {
+            if matches!(&shard.state, ShardState::Assigned(w) | ShardState::Finished(w) if w == worker_id) {
+                shard.generation += 1;
+                let committed = std::mem::take(&mut shard.committed);
+                shard.files.retain(|f| !committed.contains(&f.uri));
+                if shard.files.is_empty() {
+                    emptied.push(id.clone());
+                } else {
+                    shard.state = ShardState::Queued;
+                    requeued.push(id.clone());
+                }
+            }
+        }
+        for id in &emptied {
+            book.shards.remove(id);
+            book.committed += 1;
+        }
+        for id in requeued.iter().rev() {
+            book.queue.push_front(id.clone());
+        }
+        drop(book);
+        tracing::warn!(job_id = %self.id, %worker_id, shards = requeued.len(), "worker lost; its shards are queued again");
+        self.work.notify_waiters();
+        self.changed.notify_waiters();
+    }
+
+    /// Wait until something about this job changed, or `timeout` passed.
+    pub async fn wait_change(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
+    }
+
+    fn outstanding(&self) -> bool {
+        let book = self.book.lock().expect("not poisoned");
+        book.shards.values().any(|s| !matches!(s.state, ShardState::Finished(_)))
+    }
+}
+
+/// The job runner's view: shards go into the book; draining waits until
+/// every shard finished (or the job is stopping).
+#[async_trait]
+impl WorkerLink for ClusterJob {
+    async fn assign_shard(&self, a: pb::ShardAssignment) -> Result<pb::AssignmentAck> {
+        loop {
+            if self.stopping() {
+                return Ok(pb::AssignmentAck { accepted: false, reason: "job is stopping".into() });
+            }
+            {
+                let mut book = self.book.lock().expect("not poisoned");
+                if book.queue.len() < MAX_QUEUED_SHARDS {
+                    let shard = Shard { files: a.files, generation: a.generation, state: ShardState::Queued, committed: HashSet::new() };
+                    book.shards.insert(a.shard_id.clone(), shard);
+                    book.queue.push_back(a.shard_id);
+                    book.total += 1;
+                    break;
+                }
+            }
+            self.wait_change(Duration::from_millis(200)).await;
+        }
+        self.work.notify_waiters();
+        Ok(pb::AssignmentAck { accepted: true, reason: String::new() })
+    }
+
+    async fn cancel(&self, _job_id: &str) -> Result<()> {
+        // The abort reason is already set; workers learn at their next poll.
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn drain(&self) -> Result<()> {
+        loop {
+            // Stopping: commit what is complete, leave the rest.
+            if self.progress.abort_reason().is_some() || !self.outstanding() {
+                return Ok(());
+            }
+            self.wait_change(Duration::from_millis(250)).await;
+        }
+    }
+}

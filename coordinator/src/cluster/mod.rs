@@ -1,0 +1,363 @@
+//! Cluster mode: the coordinator serves the job API and the worker protocol
+//! over gRPC. Workers register, poll for shards (the poll is also their
+//! heartbeat) and publish checkpoints; a worker silent for longer than the
+//! timeout (or whose etcd lease is gone) is declared dead, fenced, and its
+//! shards go to the others. With etcd, coordinators elect a leader and keep
+//! job records there; a new leader resumes running jobs, and the table
+//! (which records every committed file) tells it what is already done.
+
+mod job;
+mod service;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use sluice_common::meta::MetaStore;
+use sluice_common::settings::Settings;
+use sluice_common::storage::{complete_options, TableLocation};
+use sluice_common::{ids, pb, Error, Result};
+use tokio::sync::Notify;
+
+pub use job::{ClusterJob, Phase};
+pub use service::serve;
+
+use crate::embedded::EmbeddedJob;
+use crate::manifest::Inputs;
+use crate::progress::JobStatus;
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// How often workers poll.
+    pub heartbeat: Duration,
+    /// A worker silent this long is dead.
+    pub worker_timeout: Duration,
+    /// etcd endpoints; empty means an in-memory store and no failover.
+    pub etcd: Vec<String>,
+    pub etcd_prefix: String,
+    /// Leadership lease TTL.
+    pub lease_ttl: Duration,
+    /// Address workers and clients reach this coordinator at.
+    pub advertise: String,
+}
+
+struct WorkerEntry {
+    registered: Instant,
+    last_seen: Instant,
+}
+
+pub struct Cluster {
+    cfg: ClusterConfig,
+    store: MetaStore,
+    jobs: Mutex<BTreeMap<String, Arc<ClusterJob>>>,
+    workers: Mutex<HashMap<String, WorkerEntry>>,
+    work: Arc<Notify>,
+    leading: AtomicBool,
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidInput(msg.into())
+}
+
+impl Cluster {
+    pub async fn new(cfg: ClusterConfig) -> Result<Arc<Self>> {
+        let store = MetaStore::connect(&cfg.etcd, &cfg.etcd_prefix).await?;
+        Ok(Arc::new(Self {
+            cfg,
+            store,
+            jobs: Mutex::default(),
+            workers: Mutex::default(),
+            work: Arc::new(Notify::new()),
+            leading: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
+    }
+
+    /// Wait for leadership, resume the jobs the store says are running, and
+    /// watch workers' liveness from then on.
+    pub async fn lead(self: &Arc<Self>) -> Result<()> {
+        self.store.lead(&self.cfg.advertise, self.cfg.lease_ttl).await?;
+        for record in self.store.load_jobs().await? {
+            let running = record.status.as_ref().is_some_and(|s| {
+                matches!(pb::JobState::try_from(s.state), Ok(pb::JobState::Running | pb::JobState::Planning))
+            });
+            if let (true, Some(spec)) = (running, record.spec) {
+                let id = spec.job_id.clone();
+                match self.start(spec).await {
+                    Ok(_) => tracing::info!(job_id = %id, "resumed a running job after taking over"),
+                    Err(e) => tracing::error!(job_id = %id, error = %e, "cannot resume job"),
+                }
+            }
+        }
+        self.leading.store(true, Ordering::SeqCst);
+        let me = self.clone();
+        tokio::spawn(async move { me.watch_workers().await });
+        Ok(())
+    }
+
+    /// Validate a job spec into what the job runner needs.
+    fn plan(&self, spec: &pb::JobSpec) -> Result<EmbeddedJob> {
+        let table = spec.table.as_ref().filter(|t| !t.uri.trim().is_empty()).ok_or_else(|| invalid("spec.table.uri is required"))?;
+        if !table.uri.contains("://") && !table.uri.starts_with('/') {
+            return Err(invalid(format!("table {} must be an absolute path or a URI (s3://, file://)", table.uri)));
+        }
+        let mut options = table.storage_options.clone();
+        complete_options(&table.uri, &mut options);
+        let location = TableLocation::new(&table.uri, options)?;
+        let settings = Settings::try_from(&spec.settings.clone().unwrap_or_default())?;
+        let local = |uri: &str| -> Result<String> {
+            let path = uri.strip_prefix("file://").unwrap_or(uri);
+            if path.contains("://") {
+                return Err(invalid(format!(
+                    "{uri}: only local paths (shared by coordinator and workers) are supported as sources so far"
+                )));
+            }
+            if !path.starts_with('/') {
+                return Err(invalid(format!("{uri}: source paths must be absolute")));
+            }
+            Ok(path.to_string())
+        };
+        use pb::manifest::Source;
+        let inputs = match spec.manifest.as_ref().and_then(|m| m.source.as_ref()) {
+            None => return Err(invalid("spec.manifest is required: inline, prefix or manifest_uri")),
+            Some(Source::Inline(list)) => {
+                if list.uris.is_empty() {
+                    return Err(invalid("spec.manifest.inline.uris is empty"));
+                }
+                Inputs { paths: list.uris.iter().map(|u| local(u)).collect::<Result<_>>()?, manifest: None }
+            }
+            Some(Source::Prefix(p)) => Inputs { paths: vec![local(p)?], manifest: None },
+            Some(Source::ManifestUri(m)) => Inputs { paths: vec![], manifest: Some(local(m)?.into()) },
+        };
+        crate::manifest::validate(&inputs)?;
+        let mut job = EmbeddedJob::new(location, inputs, settings);
+        job.max_errors = spec.max_errors;
+        if spec.shard_files > 0 {
+            job.shard_files = spec.shard_files as usize;
+        }
+        if spec.shard_bytes > 0 {
+            job.shard_bytes = spec.shard_bytes;
+        }
+        Ok(job)
+    }
+
+    /// Accept a job and start it.
+    pub async fn submit(self: &Arc<Self>, mut spec: pb::JobSpec) -> Result<String> {
+        if spec.job_id.is_empty() {
+            spec.job_id = ids::new_job_id();
+        } else if spec.job_id.len() > 128 || !spec.job_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(invalid("job_id may only hold letters, digits, '-', '_' and '.' (128 at most)"));
+        }
+        if self.jobs.lock().expect("not poisoned").get(&spec.job_id).is_some_and(|j| j.is_running()) {
+            return Err(invalid(format!("job {} is already running", spec.job_id)));
+        }
+        let job = self.start(spec).await?;
+        Ok(job.id.clone())
+    }
+
+    async fn start(self: &Arc<Self>, spec: pb::JobSpec) -> Result<Arc<ClusterJob>> {
+        let mut def = self.plan(&spec)?;
+        def.job_id = Some(spec.job_id.clone());
+        let settings = pb::PipelineSettings::from(&def.settings);
+        let job = Arc::new(ClusterJob::new(spec.job_id.clone(), spec, settings, self.work.clone()));
+        self.jobs.lock().expect("not poisoned").insert(job.id.clone(), job.clone());
+        self.save(&job).await;
+        let (me, runner) = (self.clone(), job.clone());
+        tokio::spawn(async move {
+            let observer = {
+                let job = runner.clone();
+                Arc::new(move |cps: &[pb::Checkpoint]| job.committed(cps)) as crate::reconciler::CommitObserver
+            };
+            let attach_job = runner.clone();
+            let result = crate::job::run_job(
+                &def,
+                runner.progress.clone(),
+                move |_, reconciler| {
+                    attach_job.attach(reconciler);
+                    attach_job as Arc<dyn sluice_common::link::WorkerLink>
+                },
+                Some(observer),
+            )
+            .await;
+            let (state, message) = match result {
+                Ok(summary) if runner.is_cancelled() => (pb::JobState::Cancelled, format!("cancelled; {} files ingested", summary.files_ingested)),
+                Ok(summary) => {
+                    let state = match summary.status {
+                        JobStatus::Succeeded => pb::JobState::Succeeded,
+                        JobStatus::CompletedWithErrors => pb::JobState::CompletedWithErrors,
+                        JobStatus::Aborted => pb::JobState::Aborted,
+                    };
+                    let message = summary.abort_reason.clone().unwrap_or_else(|| {
+                        format!("{} files ingested, {} failed, {} skipped", summary.files_ingested, summary.files_failed, summary.files_skipped)
+                    });
+                    (state, message)
+                }
+                Err(e) => (pb::JobState::Failed, e.to_string()),
+            };
+            tracing::info!(job_id = %runner.id, state = ?state, %message, "job ended");
+            runner.set_done(state, message);
+            me.save(&runner).await;
+        });
+        Ok(job)
+    }
+
+    async fn save(&self, job: &ClusterJob) {
+        let record = pb::JobRecord { spec: Some(job.spec.clone()), status: Some(self.status_of(job)) };
+        if let Err(e) = self.store.save_job(&record).await {
+            tracing::warn!(job_id = %job.id, error = %e, "cannot save the job record");
+        }
+    }
+
+    pub fn job(&self, id: &str) -> Option<Arc<ClusterJob>> {
+        self.jobs.lock().expect("not poisoned").get(id).cloned()
+    }
+
+    pub fn jobs(&self) -> Vec<Arc<ClusterJob>> {
+        self.jobs.lock().expect("not poisoned").values().cloned().collect()
+    }
+
+    pub fn status_of(&self, job: &ClusterJob) -> pb::JobStatus {
+        let p = &job.progress;
+        let get = crate::progress::JobProgress::get;
+        let (state, message) = match job.phase() {
+            Phase::Running if job.is_cancelled() => (pb::JobState::Running, "cancelling".to_string()),
+            Phase::Running if !p.planning_done.load(Ordering::Relaxed) => (pb::JobState::Planning, String::new()),
+            Phase::Running => (pb::JobState::Running, String::new()),
+            Phase::Done { state, message } => (state, message),
+        };
+        let (shards_total, shards_done) = job.shard_counts();
+        pb::JobStatus {
+            job_id: job.id.clone(),
+            state: state as i32,
+            progress: Some(pb::JobProgress {
+                files_planned: get(&p.files_planned),
+                files_skipped: get(&p.files_skipped),
+                files_done: get(&p.files_done),
+                files_failed: get(&p.files_failed),
+                rows: get(&p.rows_committed),
+                bytes: get(&p.bytes),
+                table_version: p.version.load(Ordering::Relaxed),
+                planning_done: p.planning_done.load(Ordering::Relaxed),
+                commits: get(&p.commits),
+                shards_total,
+                shards_done,
+                workers: self.workers.lock().expect("not poisoned").len() as u32,
+            }),
+            message,
+            table_uri: job.spec.table.as_ref().map(|t| t.uri.clone()).unwrap_or_default(),
+            submitted_ms: job.submitted.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+            seconds: job.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    pub fn register(&self, worker_id: &str) -> pb::RegisterWorkerResponse {
+        self.workers.lock().expect("not poisoned").insert(worker_id.to_string(), WorkerEntry { registered: Instant::now(), last_seen: Instant::now() });
+        tracing::info!(%worker_id, "worker registered");
+        pb::RegisterWorkerResponse {
+            heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
+            timeout_ms: self.cfg.worker_timeout.as_millis() as u32,
+        }
+    }
+
+    /// Heartbeat and work request. Waits up to one heartbeat for work.
+    pub async fn poll(&self, req: pb::PollRequest) -> pb::PollResponse {
+        let known = self.touch(&req.worker_id);
+        if !known {
+            return pb::PollResponse { reregister: true, ..Default::default() };
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.heartbeat;
+        loop {
+            // Register interest before looking, so no wake-up is missed.
+            let notified = self.work.notified();
+            let jobs = self.jobs();
+            let stop_jobs = jobs.iter().filter(|j| j.stopping()).map(|j| j.id.clone()).collect();
+            let mut assignments = Vec::new();
+            let mut free = req.free_slots as usize;
+            for job in jobs.iter().filter(|j| !j.stopping()) {
+                if free == 0 {
+                    break;
+                }
+                let got = job.take_shards(&req.worker_id, free);
+                free -= got.len();
+                assignments.extend(got);
+            }
+            if !assignments.is_empty() || req.free_slots == 0 || tokio::time::Instant::now() >= deadline {
+                return pb::PollResponse { assignments, stop_jobs, reregister: false };
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+            if !self.touch(&req.worker_id) {
+                return pb::PollResponse { reregister: true, ..Default::default() };
+            }
+        }
+    }
+
+    /// Note that a worker is alive; false if it is not (or no longer) known.
+    fn touch(&self, worker_id: &str) -> bool {
+        match self.workers.lock().expect("not poisoned").get_mut(worker_id) {
+            Some(w) => {
+                w.last_seen = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub async fn publish(&self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
+        let refuse = |reason: String| Ok(pb::CheckpointAck { accepted: false, reason, stop: true });
+        if !self.touch(&cp.worker_id) {
+            return refuse(format!("worker {} is not registered (declared dead?)", cp.worker_id));
+        }
+        let Some(job) = self.job(&cp.job_id) else { return refuse(format!("unknown job {}", cp.job_id)) };
+        if !job.is_running() {
+            return refuse(format!("job {} has ended", cp.job_id));
+        }
+        if let Err(reason) = job.check_generations(&cp) {
+            return refuse(reason);
+        }
+        let ack = job.publish(cp.clone()).await?;
+        if ack.accepted {
+            job.absorbed(&cp);
+        }
+        Ok(ack)
+    }
+
+    /// Declare workers dead when they stop polling (or, with etcd, when
+    /// their membership lease is gone), and requeue their shards.
+    async fn watch_workers(self: Arc<Self>) {
+        let tick = (self.cfg.worker_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            tokio::time::sleep(tick).await;
+            let members = match &self.store {
+                MetaStore::Etcd { client, prefix } => sluice_common::meta::members(client, prefix).await.ok(),
+                MetaStore::Memory => None,
+            };
+            let dead: Vec<String> = {
+                let mut workers = self.workers.lock().expect("not poisoned");
+                let dead: Vec<String> = workers
+                    .iter()
+                    .filter(|(id, w)| {
+                        w.last_seen.elapsed() > self.cfg.worker_timeout
+                            // Its etcd membership lease expired (workers
+                            // register there before they register here).
+                            || members.as_ref().is_some_and(|m| !m.contains(id) && w.registered.elapsed() > self.cfg.worker_timeout)
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in &dead {
+                    workers.remove(id);
+                }
+                dead
+            };
+            for worker_id in dead {
+                tracing::warn!(%worker_id, "worker declared dead");
+                for job in self.jobs() {
+                    job.worker_lost(&worker_id).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The coordinator's gRPC endpoint: `sluice.v1.JobService` (users),
+//! `sluice.v1.CoordinatorService` (workers), `grpc.health.v1` and server
+//! reflection (v1 and v1alpha, so grpcurl 1.8 can list and call).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use sluice_common::{pb, Error};
+use tonic::{Request, Response, Status};
+
+use super::Cluster;
+use pb::coordinator_service_server::{CoordinatorService, CoordinatorServiceServer};
+use pb::job_service_server::{JobService, JobServiceServer};
+
+/// Largest request accepted (a job spec with a long inline list).
+const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+fn status(e: Error) -> Status {
+    match e {
+        Error::InvalidInput(m) => Status::invalid_argument(m),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[derive(Clone)]
+struct Api(Arc<Cluster>);
+
+impl Api {
+    fn lead(&self) -> Result<(), Status> {
+        if self.0.is_leader() {
+            Ok(())
+        } else {
+            Err(Status::unavailable("this coordinator is a standby; the leader serves the API"))
+        }
+    }
+
+    fn job(&self, id: &str) -> Result<Arc<super::ClusterJob>, Status> {
+        if id.is_empty() {
+            return Err(Status::invalid_argument("job_id is required"));
+        }
+        self.0.job(id).ok_or_else(|| Status::not_found(format!("no job {id}")))
+    }
+}
+
+type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::JobStatus, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for Api {
+    async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        self.lead()?;
+        let spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let job_id = self.0.submit(spec).await.map_err(status)?;
+        Ok(Response::new(pb::SubmitJobResponse { job_id }))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
+        self.lead()?;
+        let job = self.job(&req.into_inner().job_id)?;
+        Ok(Response::new(self.0.status_of(&job)))
+    }
+
+    type WatchJobStream = StatusStream;
+
+    async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<StatusStream>, Status> {
+        self.lead()?;
+        let job = self.job(&req.into_inner().job_id)?;
+        let cluster = self.0.clone();
+        let stream = async_stream(move |tx| async move {
+            loop {
+                let status = cluster.status_of(&job);
+                let done = !job.is_running();
+                if tx.send(Ok(status)).await.is_err() || done {
+                    return;
+                }
+                job.wait_change(Duration::from_millis(500)).await;
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.lead()?;
+        let jobs = self.0.jobs().iter().map(|j| self.0.status_of(j)).collect();
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
+        self.lead()?;
+        let job = self.job(&req.into_inner().job_id)?;
+        if job.is_running() {
+            job.request_cancel();
+        }
+        Ok(Response::new(self.0.status_of(&job)))
+    }
+}
+
+/// A stream fed by a task through a small channel.
+fn async_stream<F, Fut>(f: F) -> StatusStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::JobStatus, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl CoordinatorService for Api {
+    async fn register_worker(
+        &self,
+        req: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        self.lead()?;
+        let req = req.into_inner();
+        if req.worker_id.is_empty() {
+            return Err(Status::invalid_argument("worker_id is required"));
+        }
+        Ok(Response::new(self.0.register(&req.worker_id)))
+    }
+
+    async fn poll(&self, req: Request<pb::PollRequest>) -> Result<Response<pb::PollResponse>, Status> {
+        self.lead()?;
+        Ok(Response::new(self.0.poll(req.into_inner()).await))
+    }
+
+    async fn publish_checkpoint(&self, req: Request<pb::Checkpoint>) -> Result<Response<pb::CheckpointAck>, Status> {
+        self.lead()?;
+        self.0.publish(req.into_inner()).await.map(Response::new).map_err(status)
+    }
+}
+
+/// Serve until `shutdown` resolves. Leadership is campaigned for in the
+/// background; until this coordinator leads, the API answers UNAVAILABLE
+/// and health says NOT_SERVING for the sluice services.
+pub async fn serve(
+    cluster: Arc<Cluster>,
+    listen: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> sluice_common::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_not_serving::<JobServiceServer<Api>>().await;
+    health.set_not_serving::<CoordinatorServiceServer<Api>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Link(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Link(format!("reflection: {e}")))?;
+
+    let api = Api(cluster.clone());
+    let leading = {
+        let (cluster, health) = (cluster.clone(), health.clone());
+        tokio::spawn(async move {
+            loop {
+                match cluster.lead().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot campaign for leadership; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            health.set_serving::<JobServiceServer<Api>>().await;
+            health.set_serving::<CoordinatorServiceServer<Api>>().await;
+        })
+    };
+    tracing::info!(%listen, "coordinator listening");
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(JobServiceServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(CoordinatorServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .serve_with_shutdown(listen, shutdown)
+        .await
+        .map_err(|e| Error::Link(format!("gRPC server: {e}")));
+    leading.abort();
+    result
+}

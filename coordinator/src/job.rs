@@ -1,0 +1,228 @@
+//! One job from start to summary, whichever way shards reach workers:
+//! open the table, start the commit reconciler, plan the inputs into shards
+//! and hand them to a [`WorkerLink`], wait for the workers, commit the rest.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_common::ledger::ErrorLedger;
+use sluice_common::link::WorkerLink;
+use sluice_common::table::{committed_files, CommittedFile, TableHandle};
+use sluice_common::{ids, pb, Error, Result};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::embedded::EmbeddedJob;
+use crate::manifest::{self, Planned};
+use crate::planner::ShardPlanner;
+use crate::progress::{peak_rss_bytes, JobProgress, JobStatus, JobSummary};
+use crate::reconciler::{CommitObserver, CommitReconciler, ReconcilerMsg};
+
+/// Failed files listed in a summary; all of them are in the error ledger.
+pub const MAX_SUMMARY_ERRORS: usize = 100;
+
+/// Run `job`. `attach` receives the table and the reconciler's inbox (where
+/// checkpoints go) and returns the link shards are handed to.
+pub async fn run_job(
+    job: &EmbeddedJob,
+    progress: Arc<JobProgress>,
+    attach: impl FnOnce(&TableHandle, mpsc::Sender<ReconcilerMsg>) -> Arc<dyn WorkerLink>,
+    observer: Option<CommitObserver>,
+) -> Result<JobSummary> {
+    let started = Instant::now();
+    job.settings.validate()?;
+    manifest::validate(&job.inputs)?;
+    let job_id = job.job_id.clone().unwrap_or_else(ids::new_job_id);
+    let table = TableHandle::new(job.table.clone(), job.settings.storage_concurrency);
+    let dataset = table.open_or_create().await?;
+    let committed = committed_files(&dataset).await?;
+    tracing::info!(%job_id, table = %job.table.uri, already = committed.len(), "job starting");
+
+    let ledger = ErrorLedger::new(&job.table)?;
+    let (tx, rx) = mpsc::channel(16);
+    let mut reconciler = CommitReconciler::new(
+        table.clone(),
+        dataset.clone(),
+        job_id.clone(),
+        job.settings.commit_every,
+        job.max_errors,
+        ledger.clone(),
+        progress.clone(),
+    );
+    if let Some(observer) = observer {
+        reconciler = reconciler.with_observer(observer);
+    }
+    let reconciling = tokio::spawn(reconciler.run(rx));
+    let link = attach(&table, tx.clone());
+
+    // An abort (max errors, Ctrl-C, cancel) stops the workers' intake at
+    // once, not after the shard being fed.
+    let watcher = {
+        let (link, progress, job_id) = (link.clone(), progress.clone(), job_id.clone());
+        tokio::spawn(async move {
+            while progress.abort_reason().is_none() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let _ = link.cancel(&job_id).await;
+        })
+    };
+    let planned = plan_and_assign(job, &job_id, &table, &committed, link.as_ref(), &tx, &progress).await;
+    if planned.is_err() {
+        let _ = link.cancel(&job_id).await;
+    }
+    let drained = link.drain().await;
+    watcher.abort();
+    let storage = table.limiter.stats();
+    drop(link);
+
+    let (reply, done) = oneshot::channel();
+    let complete = planned.is_ok() && drained.is_ok() && progress.abort_reason().is_none();
+    let finished = match tx.send(ReconcilerMsg::Finish { complete, reply }).await {
+        Ok(()) => done.await.unwrap_or_else(|_| Err(Error::Link("reconciler stopped".into()))),
+        Err(_) => Err(Error::Link("reconciler stopped".into())),
+    };
+    let reconciled = reconciling.await.map_err(|e| Error::Link(e.to_string()))?;
+    planned?;
+    drained?;
+    reconciled?;
+    finished?;
+
+    let p = &progress;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let mut errors = ledger.list(Some(&job_id)).await?;
+    errors.truncate(MAX_SUMMARY_ERRORS);
+    let failed = JobProgress::get(&p.files_failed);
+    let abort_reason = p.abort_reason();
+    let status = match (&abort_reason, failed) {
+        (Some(_), _) => JobStatus::Aborted,
+        (None, 0) => JobStatus::Succeeded,
+        (None, _) => JobStatus::CompletedWithErrors,
+    };
+    let done = JobProgress::get(&p.files_done);
+    let rows = JobProgress::get(&p.rows_committed);
+    let bytes = JobProgress::get(&p.bytes);
+    Ok(JobSummary {
+        job_id,
+        table: job.table.uri.clone(),
+        status,
+        abort_reason,
+        files_planned: JobProgress::get(&p.files_planned),
+        files_skipped: JobProgress::get(&p.files_skipped),
+        files_ingested: done,
+        files_failed: failed,
+        rows,
+        bytes,
+        seconds: secs,
+        files_per_sec: done as f64 / secs,
+        rows_per_sec: rows as f64 / secs,
+        mb_per_sec: bytes as f64 / 1e6 / secs,
+        table_version: p.version.load(std::sync::atomic::Ordering::Relaxed),
+        commits: JobProgress::get(&p.commits),
+        fragments: JobProgress::get(&p.fragments),
+        errors,
+        peak_rss_bytes: peak_rss_bytes(),
+        peak_concurrent_normalizations: 0,
+        storage_requests: storage.requests(),
+        storage_peak_in_flight: storage.peak_in_flight() as u64,
+    })
+}
+
+/// Walk the inputs, skip files the table already has unchanged, and hand
+/// shards to the worker.
+pub(crate) async fn plan_and_assign(
+    job: &crate::EmbeddedJob,
+    job_id: &str,
+    table: &TableHandle,
+    committed: &HashMap<u64, CommittedFile>,
+    worker: &dyn WorkerLink,
+    reconciler: &mpsc::Sender<ReconcilerMsg>,
+    progress: &Arc<JobProgress>,
+) -> Result<()> {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let inputs = job.inputs.clone();
+    let exclude = job.table.is_local().then(|| PathBuf::from(job.table.uri.trim_start_matches("file://")));
+    let walking = tokio::task::spawn_blocking(move || manifest::walk(&inputs, exclude, tx));
+
+    let mut planner = ShardPlanner::new(job_id, job.shard_files, job.shard_bytes);
+    let mut bad = Vec::new();
+    let table_ref = pb::TableRef { uri: job.table.uri.clone(), storage_options: job.table.storage_options.clone() };
+    let settings = pb::PipelineSettings::from(&job.settings);
+    let assign = |shard_id: String, files: Vec<pb::FileRef>| pb::ShardAssignment {
+        job_id: job_id.to_string(),
+        shard_id,
+        generation: 1,
+        table: Some(table_ref.clone()),
+        settings: Some(settings.clone()),
+        files,
+    };
+    let mut shards = Vec::new();
+    while let Some(item) = rx.recv().await {
+        if progress.abort_reason().is_some() {
+            break;
+        }
+        match item {
+            Planned::Bad { uri, reason } => {
+                bad.push(pb::FileFailed { uri, shard_id: String::new(), kind: String::new(), reason });
+                if bad.len() >= 256 {
+                    send_failures(reconciler, std::mem::take(&mut bad)).await?;
+                }
+            }
+            Planned::File(mut file) => {
+                JobProgress::add(&progress.files_planned, 1);
+                match committed.get(&ids::uri_key(&file.uri)) {
+                    Some(c) if c.size == file.size && c.modified_ms == Some(file.modified_ms) => {
+                        JobProgress::add(&progress.files_skipped, 1);
+                        continue;
+                    }
+                    Some(_) => file.replaces_previous = true,
+                    None => {}
+                }
+                if let Some(shard) = planner.push(file) {
+                    shards.push(shard);
+                }
+            }
+        }
+        for (id, files) in shards.drain(..) {
+            dispatch(table, worker, assign(id, files)).await?;
+        }
+    }
+    drop(rx);
+    walking.await.map_err(|e| Error::Link(e.to_string()))??;
+    if !bad.is_empty() {
+        send_failures(reconciler, bad).await?;
+    }
+    for (id, files) in planner.finish() {
+        if progress.abort_reason().is_some() {
+            break;
+        }
+        dispatch(table, worker, assign(id, files)).await?;
+    }
+    progress.planning_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+async fn send_failures(reconciler: &mpsc::Sender<ReconcilerMsg>, failed: Vec<pb::FileFailed>) -> Result<()> {
+    reconciler
+        .send(ReconcilerMsg::PlanningFailed(failed))
+        .await
+        .map_err(|_| Error::Link("reconciler stopped".into()))
+}
+
+/// Remove rows of files that changed since they were ingested, then assign.
+/// If the process dies between the two, the file is simply absent and the
+/// next run ingests it.
+async fn dispatch(table: &TableHandle, worker: &dyn WorkerLink, a: pb::ShardAssignment) -> Result<()> {
+    let replaced: Vec<&str> = a.files.iter().filter(|f| f.replaces_previous).map(|f| f.uri.as_str()).collect();
+    if !replaced.is_empty() {
+        let list = replaced.iter().map(|u| format!("'{}'", u.replace('\'', "''"))).collect::<Vec<_>>().join(", ");
+        let mut ds = table.open().await?;
+        ds.delete(&format!("{} IN ({list})", sluice_common::schema::col::SOURCE_URI)).await?;
+        tracing::info!(files = replaced.len(), "removed rows of changed files");
+    }
+    let ack = worker.assign_shard(a).await?;
+    if !ack.accepted {
+        tracing::warn!(reason = %ack.reason, "shard not accepted");
+    }
+    Ok(())
+}

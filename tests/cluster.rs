@@ -223,3 +223,74 @@ fn leader_killed_mid_job_standby_takes_over() {
     assert!(standby.log_text().contains("resumed a running job"));
     assert_rows_exactly_once(cluster.rows(table), &expected);
 }
+
+/// Upload every file of `dir` to `s3://lake/<prefix>/<relative path>`.
+fn upload(moto: &Moto, dir: &Path, prefix: &str) {
+    let script = format!(
+        "import boto3, os\n\
+         s3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n\
+         root = {:?}\n\
+         for d, _, files in os.walk(root):\n\
+         \x20   for f in files:\n\
+         \x20       p = os.path.join(d, f)\n\
+         \x20       s3.upload_file(p, 'lake', '{prefix}/' + os.path.relpath(p, root))\n",
+        moto.endpoint,
+        dir.to_str().unwrap()
+    );
+    assert!(Command::new(python()).args(["-c", &script]).status().unwrap().success());
+}
+
+fn put_object(moto: &Moto, key: &str, body: &str) {
+    let script = format!(
+        "import boto3, sys; boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', \
+         region_name='us-east-1').put_object(Bucket='lake', Key='{key}', Body=sys.stdin.read().encode())",
+        moto.endpoint
+    );
+    let mut child = Command::new(python()).args(["-c", &script]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), body.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn sources_in_object_storage_by_prefix_and_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    support::corpus(&corpus, 120, true);
+    let cluster = Cluster::new(dir.path());
+    upload(&cluster.moto, &corpus, "src");
+    // The same files, named as the objects they now are.
+    let local = format!("file://{}/", std::path::absolute(&corpus).unwrap().display());
+    let expected: std::collections::HashMap<String, usize> =
+        expected_rows(&corpus).into_iter().map(|(uri, n)| (uri.replace(&local, "s3://lake/src/"), n)).collect();
+
+    let port = free_port();
+    let coordinator = cluster.coordinator(port);
+    wait_leading(port);
+    let _workers: Vec<Proc> = (0..2).map(|i| cluster.worker(&format!("w{i}"))).collect();
+    wait_for("workers", Duration::from_secs(20), || coordinator.log_text().matches("worker registered").count() >= 2);
+
+    // A prefix, listed from the store.
+    let mut cmd = sluice();
+    cmd.args(["submit", "--coordinator", &addr(port), "--table", "s3://lake/t/by-prefix", "--prefix", "s3://lake/src", "--watch"]);
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(2), "the bad files fail, the rest land");
+    assert_rows_exactly_once(cluster.rows("s3://lake/t/by-prefix"), &expected);
+
+    // A CSV manifest in the store, naming objects (and one that is missing).
+    let mut uris: Vec<&String> = expected.keys().collect();
+    uris.sort();
+    let picked: Vec<&String> = uris.iter().step_by(3).copied().collect();
+    let mut csv = String::from("uri,note\n");
+    for u in &picked {
+        csv.push_str(&format!("{u},x\n"));
+    }
+    csv.push_str("s3://lake/src/not-there.txt,x\n");
+    put_object(&cluster.moto, "lists/files.csv", &csv);
+    let mut cmd = sluice();
+    cmd.args(["submit", "--coordinator", &addr(port), "--table", "s3://lake/t/by-manifest"])
+        .args(["--manifest", "s3://lake/lists/files.csv", "--watch"]);
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(2), "the missing object is a failed file");
+    let want: std::collections::HashMap<String, usize> = picked.iter().map(|u| ((*u).clone(), expected[*u])).collect();
+    assert_rows_exactly_once(cluster.rows("s3://lake/t/by-manifest"), &want);
+}

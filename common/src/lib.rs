@@ -11,6 +11,7 @@ pub mod link;
 pub mod meta;
 pub mod schema;
 pub mod settings;
+pub mod sources;
 pub mod storage;
 pub mod table;
 

@@ -142,7 +142,14 @@ pub(crate) async fn plan_and_assign(
     let (tx, mut rx) = mpsc::channel(1024);
     let inputs = job.inputs.clone();
     let exclude = job.table.is_local().then(|| PathBuf::from(job.table.uri.trim_start_matches("file://")));
-    let walking = tokio::task::spawn_blocking(move || manifest::walk(&inputs, exclude, tx));
+    let walking = tokio::spawn(async move {
+        let local = inputs.clone();
+        let local_tx = tx.clone();
+        tokio::task::spawn_blocking(move || manifest::walk(&local, exclude, local_tx))
+            .await
+            .map_err(|e| Error::Link(e.to_string()))??;
+        manifest::walk_remote(&inputs, tx).await
+    });
 
     let mut planner = ShardPlanner::new(job_id, job.shard_files, job.shard_bytes);
     let mut bad = Vec::new();

@@ -5,14 +5,20 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use sluice_common::{pb, Error, Result};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use sluice_common::{pb, sources, Error, Result};
 use tokio::sync::mpsc;
 
-/// What the user asked to ingest.
+/// What the user asked to ingest. Paths may be object-store URIs
+/// (`s3://bucket/key` for an object, or a prefix holding objects).
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
     pub paths: Vec<String>,
     pub manifest: Option<PathBuf>,
+    /// A manifest in object storage: one URI or absolute path per line
+    /// (`.csv`: the first column, with an optional `uri`/`path` header).
+    pub remote_manifest: Option<String>,
 }
 
 /// One entry of the walk: a file to ingest, or an input that cannot be.
@@ -28,10 +34,10 @@ fn is_glob(s: &str) -> bool {
 
 /// Fail fast on inputs that cannot be right (typos), before any work starts.
 pub fn validate(inputs: &Inputs) -> Result<()> {
-    if inputs.paths.is_empty() && inputs.manifest.is_none() {
+    if inputs.paths.is_empty() && inputs.manifest.is_none() && inputs.remote_manifest.is_none() {
         return Err(Error::InvalidInput("nothing to ingest: give paths, globs or --manifest".into()));
     }
-    for p in &inputs.paths {
+    for p in inputs.paths.iter().filter(|p| !sources::is_remote(p)) {
         if !is_glob(p) && std::fs::symlink_metadata(p).is_err() {
             return Err(Error::InvalidInput(format!("input path {p} does not exist")));
         }
@@ -140,7 +146,7 @@ impl Walker<'_> {
 /// Runs on a blocking thread.
 pub fn walk(inputs: &Inputs, exclude: Option<PathBuf>, tx: mpsc::Sender<Planned>) -> Result<()> {
     let mut w = Walker { tx: &tx, exclude, seen: HashSet::new() };
-    for p in &inputs.paths {
+    for p in inputs.paths.iter().filter(|p| !sources::is_remote(p)) {
         if is_glob(p) {
             let paths = glob::glob(p).map_err(|e| Error::InvalidInput(format!("bad glob {p}: {e}")))?;
             for entry in paths {
@@ -178,6 +184,110 @@ pub fn walk(inputs: &Inputs, exclude: Option<PathBuf>, tx: mpsc::Sender<Planned>
     Ok(())
 }
 
+fn remote_file(root: &str, m: &object_store::ObjectMeta) -> Planned {
+    Planned::File(pb::FileRef {
+        uri: format!("{root}{}", m.location),
+        size: m.size,
+        modified_ms: m.last_modified.timestamp_millis(),
+        ..Default::default()
+    })
+}
+
+/// One object-store URI: the object itself, or else every object below it
+/// as a prefix, listed page by page as the store returns them.
+async fn walk_remote_uri(uri: &str, tx: &mpsc::Sender<Planned>, seen: &mut HashSet<u64>) -> Result<bool> {
+    let (store, path) = sources::open(uri)?;
+    let root = sources::root_of(uri)?;
+    let send = |p: Planned, seen: &mut HashSet<u64>| {
+        let fresh = match &p {
+            Planned::File(f) => seen.insert(sluice_common::ids::uri_key(&f.uri)),
+            Planned::Bad { .. } => true,
+        };
+        let tx = tx.clone();
+        async move { !fresh || tx.send(p).await.is_ok() }
+    };
+    if !uri.ends_with('/') {
+        match store.head(&path).await {
+            Ok(m) => return Ok(send(remote_file(&root, &m), seen).await),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Ok(send(Planned::Bad { uri: uri.to_string(), reason: format!("cannot stat: {e}") }, seen).await),
+        }
+    }
+    let mut listed = store.list(Some(&path));
+    let mut any = false;
+    while let Some(item) = listed.next().await {
+        let m = item.map_err(|e| Error::Link(format!("listing {uri}: {e}")))?;
+        any = true;
+        if !send(remote_file(&root, &m), seen).await {
+            return Ok(false);
+        }
+    }
+    if !any {
+        return Ok(send(Planned::Bad { uri: uri.to_string(), reason: "no such object or prefix".into() }, seen).await);
+    }
+    Ok(true)
+}
+
+/// The object-store parts of the inputs: URIs among the paths, and a
+/// manifest kept in object storage (read as a stream, a line at a time).
+pub async fn walk_remote(inputs: &Inputs, tx: mpsc::Sender<Planned>) -> Result<()> {
+    let mut seen = HashSet::new();
+    for uri in inputs.paths.iter().filter(|p| sources::is_remote(p)) {
+        if !walk_remote_uri(uri, &tx, &mut seen).await? {
+            return Ok(());
+        }
+    }
+    let Some(manifest) = &inputs.remote_manifest else { return Ok(()) };
+    let (store, path) = sources::open(manifest)?;
+    let body = store.get(&path).await.map_err(|e| Error::InvalidInput(format!("manifest {manifest}: {e}")))?;
+    let reader = tokio_util::io::StreamReader::new(body.into_stream().map(|r| r.map_err(std::io::Error::other)));
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(reader));
+    let csv = manifest.ends_with(".csv");
+    let mut first = true;
+    while let Some(line) = lines.next_line().await.map_err(|e| Error::Link(format!("reading manifest {manifest}: {e}")))? {
+        let mut entry = line.trim();
+        if csv {
+            entry = entry.split(',').next().unwrap_or_default().trim().trim_matches('"');
+            let header = first && ["uri", "path", "url"].contains(&entry.to_ascii_lowercase().as_str());
+            first = false;
+            if header {
+                continue;
+            }
+        }
+        if entry.is_empty() || entry.starts_with('#') {
+            continue;
+        }
+        let ok = if sources::is_remote(entry) {
+            walk_remote_uri(entry.trim_end_matches('/'), &tx, &mut seen).await?
+        } else {
+            let path = PathBuf::from(entry.strip_prefix("file://").unwrap_or(entry));
+            let planned = match tokio::fs::metadata(&path).await {
+                Ok(m) if m.is_file() => Planned::File(pb::FileRef {
+                    uri: file_uri(&path),
+                    size: m.len(),
+                    modified_ms: m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_millis() as i64),
+                    ..Default::default()
+                }),
+                Ok(_) => Planned::Bad { uri: file_uri(&path), reason: "not a regular file".into() },
+                Err(_) => Planned::Bad { uri: file_uri(&path), reason: "no such file".into() },
+            };
+            let fresh = match &planned {
+                Planned::File(f) => seen.insert(sluice_common::ids::uri_key(&f.uri)),
+                Planned::Bad { .. } => true,
+            };
+            !fresh || tx.send(planned).await.is_ok()
+        };
+        if !ok {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,23 +314,23 @@ mod tests {
         let manifest = d.join("list.txt");
         std::fs::write(&manifest, format!("{}\n# comment\n{}\n{}\n", d.join("a.txt").display(), d.join("nope").display(), d.join("sub").display())).unwrap();
 
-        let got = collect(&Inputs { paths: vec![d.join("sub").display().to_string()], manifest: Some(manifest) });
+        let got = collect(&Inputs { paths: vec![d.join("sub").display().to_string()], manifest: Some(manifest), ..Default::default() });
         let files: Vec<_> = got.iter().filter_map(|p| if let Planned::File(f) = p { Some(f.uri.clone()) } else { None }).collect();
         let bad: Vec<_> = got.iter().filter_map(|p| if let Planned::Bad { reason, .. } = p { Some(reason.clone()) } else { None }).collect();
         assert_eq!(files.len(), 2, "{files:?}");
         assert!(bad.contains(&"no such file".to_string()), "{bad:?}");
         assert!(bad.contains(&"is a directory, not a file".to_string()), "{bad:?}");
 
-        let all = collect(&Inputs { paths: vec![d.display().to_string()], manifest: None });
+        let all = collect(&Inputs { paths: vec![d.display().to_string()], manifest: None, ..Default::default() });
         assert_eq!(all.len(), 3, "hidden files are skipped: {all:?}");
 
-        let globbed = collect(&Inputs { paths: vec![format!("{}/*.txt", d.display())], manifest: None });
+        let globbed = collect(&Inputs { paths: vec![format!("{}/*.txt", d.display())], manifest: None, ..Default::default() });
         assert_eq!(globbed.len(), 2);
     }
 
     #[test]
     fn missing_inputs_fail_before_work() {
-        let e = validate(&Inputs { paths: vec!["/definitely/not/here".into()], manifest: None }).unwrap_err();
+        let e = validate(&Inputs { paths: vec!["/definitely/not/here".into()], manifest: None, ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("does not exist"));
         assert!(validate(&Inputs::default()).is_err());
     }
@@ -232,7 +342,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("d")).unwrap();
         std::os::unix::fs::symlink(dir.path(), dir.path().join("d/loop")).unwrap();
         std::fs::write(dir.path().join("d/f.txt"), "x").unwrap();
-        let got = collect(&Inputs { paths: vec![dir.path().display().to_string()], manifest: None });
+        let got = collect(&Inputs { paths: vec![dir.path().display().to_string()], manifest: None, ..Default::default() });
         assert!(got.iter().any(|p| matches!(p, Planned::Bad { reason, .. } if reason == "symlink loop")), "{got:?}");
     }
 }

@@ -52,6 +52,50 @@ pub async fn probe(uri: &str) -> Result<Probe, String> {
     Ok(Probe { path, size: meta.len(), modified_ms, head })
 }
 
+/// A source object from an object store (`s3://...`), downloaded to a
+/// local temporary file (streamed, never held in memory) so every kind is
+/// normalized the same way as a local file. The temporary file goes away
+/// with the returned guard. Size and modification time are the object's.
+pub async fn probe_remote(uri: &str, max_bytes: u64) -> Result<(Probe, tempfile::TempPath), String> {
+    use futures::StreamExt;
+    use object_store::ObjectStoreExt;
+    use tokio::io::AsyncWriteExt;
+    let (store, path) = sluice_common::sources::open(uri).map_err(|e| e.to_string())?;
+    let describe = |e: object_store::Error| match e {
+        object_store::Error::NotFound { .. } => "no such object".to_string(),
+        other => format!("cannot read: {other}"),
+    };
+    let meta = store.head(&path).await.map_err(describe)?;
+    if meta.size > max_bytes {
+        return Err(format!("object is {} bytes, above the limit of {max_bytes}", meta.size));
+    }
+    let tmp = tempfile::Builder::new().prefix("sluice-fetch-").tempfile().map_err(|e| format!("no temporary space: {e}"))?;
+    let (file, tmp_path) = tmp.into_parts();
+    let mut out = tokio::fs::File::from_std(file);
+    let mut body = store.get(&path).await.map_err(describe)?.into_stream();
+    let mut head = Vec::with_capacity(HEAD_BYTES);
+    let mut size = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(describe)?;
+        size += chunk.len() as u64;
+        if size > max_bytes {
+            return Err(format!("object grew above the limit of {max_bytes} bytes while read"));
+        }
+        if head.len() < HEAD_BYTES {
+            head.extend_from_slice(&chunk[..chunk.len().min(HEAD_BYTES - head.len())]);
+        }
+        out.write_all(&chunk).await.map_err(|e| format!("cannot write a temporary copy: {e}"))?;
+    }
+    out.flush().await.map_err(|e| format!("cannot write a temporary copy: {e}"))?;
+    let probe = Probe {
+        path: tmp_path.to_path_buf(),
+        size,
+        modified_ms: Some(meta.last_modified.timestamp_millis()),
+        head,
+    };
+    Ok((probe, tmp_path))
+}
+
 /// Read a whole file, refusing anything above `max_bytes`.
 pub async fn read_all(probe: &Probe, max_bytes: u64) -> Result<Bytes, String> {
     if probe.size > max_bytes {

@@ -109,15 +109,16 @@ impl Cluster {
         complete_options(&table.uri, &mut options);
         let location = TableLocation::new(&table.uri, options)?;
         let settings = Settings::try_from(&spec.settings.clone().unwrap_or_default())?;
-        let local = |uri: &str| -> Result<String> {
-            let path = uri.strip_prefix("file://").unwrap_or(uri);
-            if path.contains("://") {
-                return Err(invalid(format!(
-                    "{uri}: only local paths (shared by coordinator and workers) are supported as sources so far"
-                )));
+        // Sources: absolute local paths (shared by coordinator and
+        // workers) or object-store URIs.
+        let source = |uri: &str| -> Result<String> {
+            if sluice_common::sources::is_remote(uri) {
+                sluice_common::sources::open(uri)?;
+                return Ok(uri.to_string());
             }
+            let path = uri.strip_prefix("file://").unwrap_or(uri);
             if !path.starts_with('/') {
-                return Err(invalid(format!("{uri}: source paths must be absolute")));
+                return Err(invalid(format!("{uri}: source paths must be absolute (or object-store URIs)")));
             }
             Ok(path.to_string())
         };
@@ -128,10 +129,17 @@ impl Cluster {
                 if list.uris.is_empty() {
                     return Err(invalid("spec.manifest.inline.uris is empty"));
                 }
-                Inputs { paths: list.uris.iter().map(|u| local(u)).collect::<Result<_>>()?, manifest: None }
+                Inputs { paths: list.uris.iter().map(|u| source(u)).collect::<Result<_>>()?, ..Default::default() }
             }
-            Some(Source::Prefix(p)) => Inputs { paths: vec![local(p)?], manifest: None },
-            Some(Source::ManifestUri(m)) => Inputs { paths: vec![], manifest: Some(local(m)?.into()) },
+            Some(Source::Prefix(p)) => {
+                let p = source(p)?;
+                let p = if sluice_common::sources::is_remote(&p) && !p.ends_with('/') { format!("{p}/") } else { p };
+                Inputs { paths: vec![p], ..Default::default() }
+            }
+            Some(Source::ManifestUri(m)) => match source(m)? {
+                m if sluice_common::sources::is_remote(&m) => Inputs { remote_manifest: Some(m), ..Default::default() },
+                m => Inputs { manifest: Some(m.into()), ..Default::default() },
+            },
         };
         crate::manifest::validate(&inputs)?;
         let mut job = EmbeddedJob::new(location, inputs, settings);

@@ -199,8 +199,14 @@ async fn process(
     isolation: Option<&std::path::Path>,
     child: &mut Option<ChildProc>,
 ) -> Result<(), Outcome> {
-    let probe = crate::fetch::probe(&file.uri).await.map_err(|e| failed(None, e))?;
-    let name = probe.path.to_string_lossy().to_string();
+    let (probe, _download) = if sluice_common::sources::is_remote(&file.uri) {
+        let limit = settings.max_file_bytes.max(settings.max_video_bytes);
+        let (probe, tmp) = crate::fetch::probe_remote(&file.uri, limit).await.map_err(|e| failed(None, e))?;
+        (probe, Some(tmp))
+    } else {
+        (crate::fetch::probe(&file.uri).await.map_err(|e| failed(None, e))?, None)
+    };
+    let name = file.uri.clone();
     let (kind, _) = normalize::detect_kind(&name, &probe.head);
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let timed_out = || format!("normalizer timed out after {}s", timeout.as_secs());

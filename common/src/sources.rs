@@ -1,0 +1,43 @@
+//! Source files in object storage (`s3://bucket/key`): stores built from the
+//! URI and the process environment (credentials never travel in job specs),
+//! cached per bucket.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use object_store::path::Path;
+use object_store::ObjectStore;
+
+use crate::storage::complete_options;
+use crate::{Error, Result};
+
+/// Is this a URI of an object store (rather than a local path)?
+pub fn is_remote(uri: &str) -> bool {
+    uri.contains("://") && !uri.starts_with("file://")
+}
+
+/// The store holding `uri` and the object's path in it.
+pub fn open(uri: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let url = url::Url::parse(uri).map_err(|e| Error::InvalidInput(format!("bad URI {uri}: {e}")))?;
+    let root = format!("{}://{}", url.scheme(), url.authority());
+    let path = Path::from_url_path(url.path()).map_err(|e| Error::InvalidInput(format!("bad path in {uri}: {e}")))?;
+    let stores = STORES.get_or_init(Mutex::default);
+    if let Some(store) = stores.lock().expect("not poisoned").get(&root) {
+        return Ok((store.clone(), path));
+    }
+    let mut options = HashMap::new();
+    complete_options(uri, &mut options);
+    let root_url = url::Url::parse(&root).map_err(|e| Error::InvalidInput(format!("bad URI {uri}: {e}")))?;
+    let (store, _) = object_store::parse_url_opts(&root_url, options)
+        .map_err(|e| Error::InvalidInput(format!("cannot use {uri}: {e}")))?;
+    let store: Arc<dyn ObjectStore> = Arc::from(store);
+    stores.lock().expect("not poisoned").insert(root, store.clone());
+    Ok((store, path))
+}
+
+/// `scheme://bucket/` of `uri`, to turn listed object paths back into URIs.
+pub fn root_of(uri: &str) -> Result<String> {
+    let url = url::Url::parse(uri).map_err(|e| Error::InvalidInput(format!("bad URI {uri}: {e}")))?;
+    Ok(format!("{}://{}/", url.scheme(), url.authority()))
+}

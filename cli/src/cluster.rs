@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -36,6 +38,9 @@ pub struct CoordinatorArgs {
     /// Worker poll interval, in milliseconds
     #[arg(long, env = "SLUICE_HEARTBEAT_MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// Serve Prometheus /metrics, /healthz and /readyz (ready = leading) here
+    #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,6 +64,9 @@ pub struct WorkerArgs {
     /// Run video and PDF decoders in this process instead of child processes
     #[arg(long)]
     pub in_process_normalizers: bool,
+    /// Serve Prometheus /metrics, /healthz and /readyz (ready = registered) here
+    #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -131,6 +139,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
         advertise,
     };
     let cluster = Cluster::new(cfg).await?;
+    if let Some(addr) = args.metrics_listen {
+        let c = cluster.clone();
+        sluice_common::telemetry::serve(addr, Arc::new(move || c.is_leader())).await?;
+    }
     sluice_coordinator::cluster::serve(cluster, args.listen, ctrl_c()).await?;
     Ok(0)
 }
@@ -139,6 +151,11 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
     if args.coordinator.is_none() && args.etcd.is_empty() {
         bail!("give --coordinator or --etcd (to find the leading coordinator)");
     }
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = args.metrics_listen {
+        let r = ready.clone();
+        sluice_common::telemetry::serve(addr, Arc::new(move || r.load(Ordering::SeqCst))).await?;
+    }
     let cfg = RemoteConfig {
         coordinator: args.coordinator,
         etcd: args.etcd,
@@ -146,6 +163,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
         name: args.name.unwrap_or_else(hostname),
         normalizer_exe: (!args.in_process_normalizers).then(std::env::current_exe).transpose()?,
         lease_ttl: Duration::from_secs(args.lease_ttl.max(1)),
+        ready,
     };
     run_worker(cfg, ctrl_c()).await?;
     Ok(0)

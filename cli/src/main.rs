@@ -50,13 +50,20 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn,lance=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // Long-running roles log their work; one-shot commands only problems.
+    let default = match cli.command {
+        Command::Coordinator(_) | Command::Worker(_) => "info,lance=warn",
+        _ => "warn,lance=error",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| default.into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // SLUICE_LOG_FORMAT=json: one JSON object per line (job and shard ids as fields).
+    if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     if let Command::NormalizeServer = cli.command {
         // No runtime: a plain loop the parent can kill at any moment.
         let code = match sluice_worker::isolation::serve(std::io::stdin().lock(), std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock())) {

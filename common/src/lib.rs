@@ -14,6 +14,7 @@ pub mod settings;
 pub mod sources;
 pub mod storage;
 pub mod table;
+pub mod telemetry;
 
 pub use error::{Error, Result};
 pub use sluice_proto::v1 as pb;

@@ -104,6 +104,7 @@ impl CommitReconciler {
         }
         self.pending_rows = self.streams.values().flat_map(|s| &s.pending).map(|c| c.rows).sum();
         self.fenced.insert(worker_id);
+        metrics::counter!("sluice_workers_fenced_total").increment(1);
     }
 
     /// Serve messages until `Finish`.
@@ -174,6 +175,8 @@ impl CommitReconciler {
             });
         }
         stream.next_seq += 1;
+        metrics::counter!("sluice_checkpoints_total").increment(1);
+        metrics::counter!("sluice_files_failed_total").increment(cp.failed.len() as u64);
         let p = &self.progress;
         JobProgress::add(&p.files_done, cp.completed.len() as u64);
         JobProgress::add(&p.files_failed, cp.failed.len() as u64);
@@ -247,6 +250,9 @@ impl CommitReconciler {
         self.dataset = committed.dataset;
         let p = &self.progress;
         JobProgress::add(&p.rows_committed, rows);
+        metrics::counter!("sluice_commits_total").increment(1);
+        metrics::counter!("sluice_rows_committed_total").increment(rows);
+        metrics::counter!("sluice_files_committed_total").increment(files);
         JobProgress::add(&p.commits, 1);
         JobProgress::add(&p.fragments, n_fragments);
         p.version.store(committed.version, std::sync::atomic::Ordering::Relaxed);

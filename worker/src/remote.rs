@@ -36,6 +36,8 @@ pub struct RemoteConfig {
     pub normalizer_exe: Option<PathBuf>,
     /// Membership lease TTL in etcd.
     pub lease_ttl: Duration,
+    /// Set while registered with a coordinator (readiness).
+    pub ready: Arc<AtomicBool>,
 }
 
 /// Checkpoints over gRPC. A refused checkpoint ends the incarnation.
@@ -122,6 +124,7 @@ async fn incarnation(cfg: &RemoteConfig, etcd: Option<&sluice_common::meta::Clie
     let heartbeat = Duration::from_millis(u64::from(reg.heartbeat_ms.max(100)));
     let timeout = Duration::from_millis(u64::from(reg.timeout_ms.max(1000)));
     tracing::info!(%worker_id, coordinator = %addr, "registered");
+    cfg.ready.store(true, Ordering::SeqCst);
 
     let refused = Arc::new(AtomicBool::new(false));
     let link = Arc::new(GrpcLink { client: client.clone(), refused: refused.clone() });
@@ -188,6 +191,7 @@ async fn incarnation(cfg: &RemoteConfig, etcd: Option<&sluice_common::meta::Clie
             }
         }
     };
+    cfg.ready.store(false, Ordering::SeqCst);
     feeder.abort();
     for job_id in worker.job_ids().await {
         worker.abandon_job(&job_id).await;

@@ -257,6 +257,7 @@ impl ClusterJob {
         }
         drop(book);
         tracing::warn!(job_id = %self.id, %worker_id, shards = requeued.len(), "worker lost; its shards are queued again");
+        metrics::counter!("sluice_shards_requeued_total").increment(requeued.len() as u64);
         self.work.notify_waiters();
         self.changed.notify_waiters();
     }

@@ -94,6 +94,7 @@ impl Cluster {
             }
         }
         self.leading.store(true, Ordering::SeqCst);
+        metrics::gauge!("sluice_leader").set(1.0);
         let me = self.clone();
         tokio::spawn(async move { me.watch_workers().await });
         Ok(())
@@ -164,6 +165,7 @@ impl Cluster {
             return Err(invalid(format!("job {} is already running", spec.job_id)));
         }
         let job = self.start(spec).await?;
+        metrics::counter!("sluice_jobs_submitted_total").increment(1);
         Ok(job.id.clone())
     }
 
@@ -265,6 +267,7 @@ impl Cluster {
     pub fn register(&self, worker_id: &str) -> pb::RegisterWorkerResponse {
         self.workers.lock().expect("not poisoned").insert(worker_id.to_string(), WorkerEntry { registered: Instant::now(), last_seen: Instant::now() });
         tracing::info!(%worker_id, "worker registered");
+        metrics::gauge!("sluice_workers").set(self.workers.lock().expect("not poisoned").len() as f64);
         pb::RegisterWorkerResponse {
             heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
             timeout_ms: self.cfg.worker_timeout.as_millis() as u32,
@@ -360,8 +363,12 @@ impl Cluster {
                 }
                 dead
             };
+            if !dead.is_empty() {
+                metrics::gauge!("sluice_workers").set(self.workers.lock().expect("not poisoned").len() as f64);
+            }
             for worker_id in dead {
                 tracing::warn!(%worker_id, "worker declared dead");
+                metrics::counter!("sluice_workers_lost_total").increment(1);
                 for job in self.jobs() {
                     job.worker_lost(&worker_id).await;
                 }

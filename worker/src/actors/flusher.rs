@@ -216,10 +216,15 @@ async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: 
     }
     let job = job_id.to_string();
     let now = chrono::Utc::now().timestamp_micros();
+    let rows: usize = files.iter().map(|f| f.rows.len()).sum();
     let batch = tokio::task::spawn_blocking(move || build_batch(&files, &job, now))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    let bytes = batch.get_array_memory_size();
     let fragments = table.write_uncommitted(dataset, batch).await.map_err(|e| e.to_string())?;
+    metrics::counter!("sluice_worker_fragments_written_total").increment(fragments.len() as u64);
+    metrics::counter!("sluice_worker_rows_written_total").increment(rows as u64);
+    metrics::counter!("sluice_worker_bytes_written_total").increment(bytes as u64);
     fragments.iter().map(|f| serde_json::to_string(f).map_err(|e| e.to_string())).collect()
 }

@@ -127,6 +127,12 @@ impl Actor for Normalizer {
         test_delay().await;
         let outcome = process(&task.file, &self.settings, &self.flusher, self.isolation.as_deref(), child).await;
         self.busy.exit();
+        let label = match &outcome {
+            Ok(()) => "ingested",
+            Err(Outcome::Failed(..)) => "failed",
+            Err(Outcome::Fatal(_)) => "fatal",
+        };
+        metrics::counter!("sluice_worker_files_total", "outcome" => label).increment(1);
         match outcome {
             Ok(()) => {}
             Err(Outcome::Failed(kind, reason)) => {

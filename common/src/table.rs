@@ -132,6 +132,32 @@ impl TableHandle {
     }
 }
 
+/// Delete the files of fragments that will never be committed (their
+/// checkpoints were dropped when their worker was fenced): each data file
+/// and the blob sidecar directory beside it. Best effort; returns how many
+/// data files were removed.
+pub async fn discard_fragments(dataset: &Dataset, fragments: &[Fragment]) -> usize {
+    let store = match dataset.object_store(None).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot reach the table's store to discard fragments");
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for file in fragments.iter().flat_map(|f| &f.files) {
+        let name = file.path.rsplit('/').next().unwrap_or(&file.path);
+        if let Some(stem) = name.strip_suffix(".lance") {
+            let _ = store.remove_dir_all(dataset.data_dir().join(stem)).await;
+        }
+        match store.delete(&dataset.data_dir().join(name)).await {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(file = %file.path, error = %e, "cannot discard an orphaned data file"),
+        }
+    }
+    removed
+}
+
 /// Refuse tables that were not written by sluice (or by an incompatible version).
 fn check_schema(ds: &Dataset) -> Result<()> {
     let have: arrow_schema::Schema = ds.schema().into();

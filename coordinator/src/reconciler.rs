@@ -93,6 +93,20 @@ impl CommitReconciler {
 
     fn fence(&mut self, worker_id: String) {
         if let Some(stream) = self.streams.remove(&worker_id) {
+            // Their fragments will never be committed: remove the files.
+            let orphans: Vec<Fragment> = stream
+                .pending
+                .iter()
+                .flat_map(|cp| &cp.fragments_json)
+                .filter_map(|f| serde_json::from_str(f).ok())
+                .collect();
+            if !orphans.is_empty() {
+                let dataset = self.dataset.clone();
+                tokio::spawn(async move {
+                    let removed = sluice_common::table::discard_fragments(&dataset, &orphans).await;
+                    tracing::info!(removed, "discarded the data files of a fenced worker's uncommitted fragments");
+                });
+            }
             let p = &self.progress;
             for cp in &stream.pending {
                 p.files_done.fetch_sub(cp.completed.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -321,5 +335,40 @@ mod tests {
         r.commit_ready(true).await.unwrap();
         assert_eq!(table.open().await.unwrap().count_rows(None).await.unwrap(), 4, "a duplicate adds nothing");
         assert_eq!(JobProgress::get(&progress.commits), 1);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_worker_is_refused_and_its_uncommitted_files_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = TableLocation::new(dir.path().to_str().unwrap(), HashMap::new()).unwrap();
+        let table = TableHandle::new(location.clone(), 4);
+        let ds = table.open_or_create().await.unwrap();
+        let progress = Arc::new(JobProgress::default());
+        let ledger = ErrorLedger::new(&location).unwrap();
+        let mut r = CommitReconciler::new(table.clone(), ds, "job".into(), 1, None, ledger, progress.clone());
+
+        let data_files = || -> Vec<String> {
+            std::fs::read_dir(dir.path().join("data")).map_or(vec![], |d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".lance")).collect())
+        };
+        // An open file: the checkpoint is held, not committed.
+        let cp1 = checkpoint(&table, 1, vec![part("file:///a", 0, 2, false)], false).await;
+        assert!(r.absorb(cp1).await.unwrap().accepted);
+        assert_eq!(data_files().len(), 1);
+        assert_eq!(JobProgress::get(&progress.rows_written), 2);
+
+        r.fence("w".into());
+        let cp2 = checkpoint(&table, 2, vec![part("file:///a", 2, 1, true)], true).await;
+        let ack = r.absorb(cp2).await.unwrap();
+        assert!(!ack.accepted && ack.stop, "a fenced worker is refused");
+        assert_eq!(JobProgress::get(&progress.rows_written), 0, "its uncommitted rows no longer count");
+        r.commit_ready(true).await.unwrap();
+        assert_eq!(table.open().await.unwrap().count_rows(None).await.unwrap(), 0, "nothing of it is committed");
+        // The held checkpoint's file is discarded (in the background); the
+        // refused one's file is the worker's own orphan.
+        let started = std::time::Instant::now();
+        while data_files().len() != 1 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "files left: {:?}", data_files());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }

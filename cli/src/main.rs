@@ -1,6 +1,7 @@
 //! `sluice`: ingest files into a versioned Lance table, on one machine or a cluster.
 
 mod bench;
+mod bench_coordinator;
 mod bench_media;
 mod cluster;
 mod corpus;
@@ -30,6 +31,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Video and PDF throughput against bare ffmpeg/pdfium on the same files.
     BenchMedia(bench_media::BenchMediaArgs),
+    /// The coordinator alone: plan a big manifest, absorb simulated workers' checkpoints.
+    BenchCoordinator(bench_coordinator::BenchCoordinatorArgs),
     /// Run a coordinator: job API, worker protocol, leader election (with etcd).
     Coordinator(cluster::CoordinatorArgs),
     /// Run a worker that takes shards from the leading coordinator.
@@ -80,6 +83,7 @@ fn main() {
             Command::SampleCorpus(a) => corpus::run(a).map(|()| 0),
             Command::Bench(a) => bench::run(a).await.map(|()| 0),
             Command::BenchMedia(a) => bench_media::run(a).map(|()| 0),
+            Command::BenchCoordinator(a) => bench_coordinator::run(a).await.map(|()| 0),
             Command::Coordinator(a) => cluster::coordinator(a).await,
             Command::Worker(a) => cluster::worker(a).await,
             Command::Submit(a) => cluster::submit(a).await,

@@ -244,6 +244,11 @@ fn leader_killed_mid_job_standby_takes_over() {
     wait_for("the standby to campaign", Duration::from_secs(20), || standby.log_text().contains("campaigning"));
     let _workers: Vec<Proc> = (0..2).map(|i| cluster.worker(&format!("w{i}"))).collect();
 
+    // A small job that ends under the first leader.
+    let small = dir.path().join("small");
+    support::corpus(&small, 5, false);
+    let earlier = submit(p0, "s3://lake/cluster/small", &small, &["--watch"]);
+
     let table = "s3://lake/cluster/failover";
     let job = submit(p0, table, &corpus, &["--shard-files", "40", "--flush-every", "50", "--commit-every", "200"]);
     wait_for("a first commit", Duration::from_secs(120), || status(p0, &job).is_some_and(|(_, v)| v >= 2));
@@ -256,6 +261,9 @@ fn leader_killed_mid_job_standby_takes_over() {
     assert_eq!(out.status.code(), Some(0), "the job finishes under the new leader");
     assert!(standby.log_text().contains("resumed a running job"));
     assert_rows_exactly_once(cluster.rows(table), &expected);
+    // The new leader knows the earlier job's outcome from etcd.
+    let earlier = earlier.lines().next().unwrap().to_string();
+    assert_eq!(status(p1, &earlier).map(|(state, _)| state), Some("succeeded".to_string()));
 }
 
 /// Upload every file of `dir` to `s3://lake/<prefix>/<relative path>`.

@@ -64,20 +64,42 @@ impl MetaStore {
     /// Block until this process leads, then keep the lease alive in the
     /// background. Losing it ends the process: a coordinator that may no
     /// longer lead must not commit anything (the standby takes over).
-    pub async fn lead(&self, advertise: &str, ttl: Duration) -> Result<()> {
-        let MetaStore::Etcd { client, prefix } = self else { return Ok(()) };
+    pub async fn lead(&self, advertise: &str, ttl: Duration) -> Result<Option<Leadership>> {
+        let MetaStore::Etcd { client, prefix } = self else { return Ok(None) };
         let mut client = client.clone();
         let ttl_secs = ttl.as_secs().max(1) as i64;
         let lease = client.lease_grant(ttl_secs, None).await.map_err(|e| etcd_err("lease", e))?.id();
         keep_alive(client.clone(), lease, ttl, "leadership");
         tracing::info!(%advertise, "campaigning for leadership");
-        client
+        let won = client
             .campaign(format!("{prefix}/leader"), advertise, lease)
             .await
             .map_err(|e| etcd_err("campaign", e))?;
+        let key = won.leader().map(|k| k.key().to_vec()).unwrap_or_default();
         tracing::info!(%advertise, "leading");
-        Ok(())
+        Ok(Some(Leadership { key, lease }))
     }
+
+    /// Does this process still hold `leadership`? Checked right before
+    /// every table commit, so a leader whose lease ran out (while a standby
+    /// takes over) does not commit.
+    pub async fn still_leading(&self, leadership: &Leadership) -> bool {
+        let MetaStore::Etcd { client, .. } = self else { return true };
+        match client.clone().get(leadership.key.clone(), None).await {
+            Ok(resp) => resp.kvs().first().is_some_and(|kv| kv.lease() == leadership.lease),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot confirm leadership");
+                false
+            }
+        }
+    }
+}
+
+/// The election key this process holds while it leads.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    key: Vec<u8>,
+    lease: i64,
 }
 
 /// Connect to etcd (the endpoints are `http://host:port`, comma-separated or repeated).

@@ -71,7 +71,7 @@ pub async fn run_embedded(job: EmbeddedJob, progress: Arc<JobProgress>) -> Resul
             worker_slot = Some(worker.clone());
             worker
         },
-        None,
+        Default::default(),
     )
     .await?;
     let peak = worker_slot.map_or(0, |w| w.stats().normalizers.peak() as u64);

@@ -17,7 +17,14 @@ use crate::embedded::EmbeddedJob;
 use crate::manifest::{self, Planned};
 use crate::planner::ShardPlanner;
 use crate::progress::{peak_rss_bytes, JobProgress, JobStatus, JobSummary};
-use crate::reconciler::{CommitObserver, CommitReconciler, ReconcilerMsg};
+use crate::reconciler::{CommitGuard, CommitObserver, CommitReconciler, ReconcilerMsg};
+
+/// Optional hooks into a job's commits (cluster mode).
+#[derive(Default)]
+pub struct JobHooks {
+    pub observer: Option<CommitObserver>,
+    pub guard: Option<CommitGuard>,
+}
 
 /// Failed files listed in a summary; all of them are in the error ledger.
 pub const MAX_SUMMARY_ERRORS: usize = 100;
@@ -28,7 +35,7 @@ pub async fn run_job(
     job: &EmbeddedJob,
     progress: Arc<JobProgress>,
     attach: impl FnOnce(&TableHandle, mpsc::Sender<ReconcilerMsg>) -> Arc<dyn WorkerLink>,
-    observer: Option<CommitObserver>,
+    hooks: JobHooks,
 ) -> Result<JobSummary> {
     let started = Instant::now();
     job.settings.validate()?;
@@ -50,8 +57,11 @@ pub async fn run_job(
         ledger.clone(),
         progress.clone(),
     );
-    if let Some(observer) = observer {
+    if let Some(observer) = hooks.observer {
         reconciler = reconciler.with_observer(observer);
+    }
+    if let Some(guard) = hooks.guard {
+        reconciler = reconciler.with_guard(guard);
     }
     let reconciling = tokio::spawn(reconciler.run(rx));
     let link = attach(&table, tx.clone());

@@ -35,6 +35,10 @@ pub enum ReconcilerMsg {
 /// commits that only recorded failures).
 pub type CommitObserver = Arc<dyn Fn(&[pb::Checkpoint]) + Send + Sync>;
 
+/// Asked right before each commit; an error stops the commit (a
+/// coordinator that no longer leads must not commit).
+pub type CommitGuard = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>;
+
 #[derive(Default)]
 struct WorkerStream {
     next_seq: u64,
@@ -55,6 +59,7 @@ pub struct CommitReconciler {
     planner_batches: u64,
     fenced: std::collections::HashSet<String>,
     observer: Option<CommitObserver>,
+    guard: Option<CommitGuard>,
 }
 
 impl CommitReconciler {
@@ -83,7 +88,13 @@ impl CommitReconciler {
             planner_batches: 0,
             fenced: Default::default(),
             observer: None,
+            guard: None,
         }
+    }
+
+    pub fn with_guard(mut self, guard: CommitGuard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     pub fn with_observer(mut self, observer: CommitObserver) -> Self {
@@ -249,6 +260,9 @@ impl CommitReconciler {
             return Ok(());
         }
         let n_fragments = fragments.len() as u64;
+        if let Some(guard) = &self.guard {
+            guard().await?;
+        }
         sluice_common::failpoint::hit("before_commit");
         let props = HashMap::from([
             (prop::JOB_ID.to_string(), self.job_id.clone()),

@@ -54,6 +54,9 @@ pub struct Cluster {
     workers: Mutex<HashMap<String, WorkerEntry>>,
     work: Arc<Notify>,
     leading: AtomicBool,
+    leadership: std::sync::OnceLock<sluice_common::meta::Leadership>,
+    /// Jobs that ended under an earlier leader: their last status.
+    archived: Mutex<BTreeMap<String, pb::JobStatus>>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -70,6 +73,8 @@ impl Cluster {
             workers: Mutex::default(),
             work: Arc::new(Notify::new()),
             leading: AtomicBool::new(false),
+            leadership: std::sync::OnceLock::new(),
+            archived: Mutex::default(),
         }))
     }
 
@@ -80,17 +85,35 @@ impl Cluster {
     /// Wait for leadership, resume the jobs the store says are running, and
     /// watch workers' liveness from then on.
     pub async fn lead(self: &Arc<Self>) -> Result<()> {
-        self.store.lead(&self.cfg.advertise, self.cfg.lease_ttl).await?;
-        for record in self.store.load_jobs().await? {
-            let running = record.status.as_ref().is_some_and(|s| {
-                matches!(pb::JobState::try_from(s.state), Ok(pb::JobState::Running | pb::JobState::Planning))
-            });
-            if let (true, Some(spec)) = (running, record.spec) {
-                let id = spec.job_id.clone();
-                match self.start(spec).await {
-                    Ok(_) => tracing::info!(job_id = %id, "resumed a running job after taking over"),
-                    Err(e) => tracing::error!(job_id = %id, error = %e, "cannot resume job"),
+        if let Some(leadership) = self.store.lead(&self.cfg.advertise, self.cfg.lease_ttl).await? {
+            let _ = self.leadership.set(leadership);
+        }
+        let records = self.store.load_jobs().await?;
+        let resume: Vec<_> = records
+            .into_iter()
+            .filter_map(|record| {
+                let status = record.status?;
+                let running = matches!(pb::JobState::try_from(status.state), Ok(pb::JobState::Running | pb::JobState::Planning));
+                if !running {
+                    self.archived.lock().expect("not poisoned").insert(status.job_id.clone(), status);
+                    return None;
                 }
+                record.spec
+            })
+            .collect();
+        if !resume.is_empty() {
+            // The previous leader may still be finishing one commit it began
+            // before its lease ran out (it checks leadership before each
+            // commit, then exits when its lease is gone). Let it land before
+            // the table is read for what is already done.
+            tracing::info!(jobs = resume.len(), grace = ?self.cfg.lease_ttl, "taking over running jobs");
+            tokio::time::sleep(self.cfg.lease_ttl).await;
+        }
+        for spec in resume {
+            let id = spec.job_id.clone();
+            match self.start(spec).await {
+                Ok(_) => tracing::info!(job_id = %id, "resumed a running job after taking over"),
+                Err(e) => tracing::error!(job_id = %id, error = %e, "cannot resume job"),
             }
         }
         self.leading.store(true, Ordering::SeqCst);
@@ -183,6 +206,20 @@ impl Cluster {
                 Arc::new(move |cps: &[pb::Checkpoint]| job.committed(cps)) as crate::reconciler::CommitObserver
             };
             let attach_job = runner.clone();
+            let guard = {
+                let me = me.clone();
+                Arc::new(move || {
+                    let me = me.clone();
+                    Box::pin(async move {
+                        match me.leadership.get() {
+                            Some(l) if !me.store.still_leading(l).await => {
+                                Err(Error::Link("this coordinator no longer leads; not committing".into()))
+                            }
+                            _ => Ok(()),
+                        }
+                    }) as futures::future::BoxFuture<'static, Result<()>>
+                }) as crate::reconciler::CommitGuard
+            };
             let result = crate::job::run_job(
                 &def,
                 runner.progress.clone(),
@@ -190,7 +227,7 @@ impl Cluster {
                     attach_job.attach(reconciler);
                     attach_job as Arc<dyn sluice_common::link::WorkerLink>
                 },
-                Some(observer),
+                crate::job::JobHooks { observer: Some(observer), guard: Some(guard) },
             )
             .await;
             let (state, message) = match result {
@@ -228,6 +265,19 @@ impl Cluster {
 
     pub fn jobs(&self) -> Vec<Arc<ClusterJob>> {
         self.jobs.lock().expect("not poisoned").values().cloned().collect()
+    }
+
+    /// Status of a job that ended under an earlier leader.
+    pub fn archived(&self, id: &str) -> Option<pb::JobStatus> {
+        self.archived.lock().expect("not poisoned").get(id).cloned()
+    }
+
+    /// Every job's status: those run here, then those archived.
+    pub fn statuses(&self) -> Vec<pb::JobStatus> {
+        let mut out: Vec<pb::JobStatus> = self.jobs().iter().map(|j| self.status_of(j)).collect();
+        let archived = self.archived.lock().expect("not poisoned");
+        out.extend(archived.values().filter(|s| !out.iter().any(|o| o.job_id == s.job_id)).cloned().collect::<Vec<_>>());
+        out
     }
 
     pub fn status_of(&self, job: &ClusterJob) -> pb::JobStatus {

@@ -58,7 +58,11 @@ impl JobService for Api {
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
         self.lead()?;
-        let job = self.job(&req.into_inner().job_id)?;
+        let id = req.into_inner().job_id;
+        if let Some(status) = self.0.job(&id).is_none().then(|| self.0.archived(&id)).flatten() {
+            return Ok(Response::new(status));
+        }
+        let job = self.job(&id)?;
         Ok(Response::new(self.0.status_of(&job)))
     }
 
@@ -66,7 +70,13 @@ impl JobService for Api {
 
     async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<StatusStream>, Status> {
         self.lead()?;
-        let job = self.job(&req.into_inner().job_id)?;
+        let id = req.into_inner().job_id;
+        if let Some(status) = self.0.job(&id).is_none().then(|| self.0.archived(&id)).flatten() {
+            return Ok(Response::new(async_stream(move |tx| async move {
+                let _ = tx.send(Ok(status)).await;
+            })));
+        }
+        let job = self.job(&id)?;
         let cluster = self.0.clone();
         let stream = async_stream(move |tx| async move {
             loop {
@@ -83,8 +93,7 @@ impl JobService for Api {
 
     async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         self.lead()?;
-        let jobs = self.0.jobs().iter().map(|j| self.0.status_of(j)).collect();
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        Ok(Response::new(pb::ListJobsResponse { jobs: self.0.statuses() }))
     }
 
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::JobStatus>, Status> {

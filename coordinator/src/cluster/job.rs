@@ -314,3 +314,50 @@ impl WorkerLink for ClusterJob {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(uri: &str) -> pb::FileRef {
+        pb::FileRef { uri: uri.into(), size: 1, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_lost_workers_shard_is_requeued_without_committed_files_under_a_new_generation() {
+        let job = ClusterJob::new("j".into(), pb::JobSpec::default(), pb::PipelineSettings::default(), Arc::new(Notify::new()));
+        let shard = pb::ShardAssignment {
+            job_id: "j".into(),
+            shard_id: "s1".into(),
+            generation: 1,
+            files: vec![file("a"), file("b"), file("c")],
+            ..Default::default()
+        };
+        assert!(job.assign_shard(shard).await.unwrap().accepted);
+        let got = job.take_shards("w1", 4);
+        assert_eq!(got.len(), 1);
+        assert!(job.take_shards("w2", 4).is_empty(), "a shard goes to one worker");
+
+        // w1 had file a committed, then died.
+        let cp = pb::Checkpoint {
+            job_id: "j".into(),
+            worker_id: "w1".into(),
+            seq: 1,
+            completed: vec![pb::FileCompleted { uri: "a".into(), shard_id: "s1".into(), ..Default::default() }],
+            shard_generations: HashMap::from([("s1".to_string(), 1)]),
+            ..Default::default()
+        };
+        assert!(job.check_generations(&cp).is_ok());
+        job.committed(std::slice::from_ref(&cp));
+        job.worker_lost("w1").await;
+
+        let again = job.take_shards("w2", 4);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].generation, 2);
+        let uris: Vec<&str> = again[0].files.iter().map(|f| f.uri.as_str()).collect();
+        assert_eq!(uris, ["b", "c"], "committed files are not redone");
+        assert!(job.check_generations(&cp).is_err(), "the old generation is fenced");
+        let fresh = pb::Checkpoint { worker_id: "w2".into(), shard_generations: HashMap::from([("s1".to_string(), 2)]), ..cp };
+        assert!(job.check_generations(&fresh).is_ok());
+    }
+}

@@ -155,6 +155,16 @@ fn three_workers_ingest_to_s3_through_grpcurl() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("InvalidArgument") && err.contains("spec.table.uri is required"), "{err}");
+    let invalid = |body: &str, says: &str| {
+        let out = run(grpcurl().args(["-d", body, &target, "sluice.v1.JobService/SubmitJob"]));
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && err.contains("InvalidArgument") && err.contains(says), "{body}: {err}");
+    };
+    invalid(r#"{"spec":{"table":{"uri":"s3://lake/x"},"manifest":{"prefix":"/does/not/exist"}}}"#, "does not exist");
+    invalid(r#"{"spec":{"table":{"uri":"relative/t"},"manifest":{"prefix":"/tmp"}}}"#, "absolute path or a URI");
+    invalid(r#"{"spec":{"table":{"uri":"s3://lake/x"},"manifest":{"inline":{"uris":["a.txt"]}}}}"#, "must be absolute");
+    invalid(r#"{"spec":{"table":{"uri":"s3://lake/x"},"manifest":{"prefix":"/tmp"},"job_id":"../etc"}}"#, "job_id");
+    invalid(r#"{"spec":{"table":{"uri":"s3://lake/x"},"manifest":{"prefix":"/tmp"},"settings":{"chunk_size":100,"chunk_overlap":500}}}"#, "chunk");
 
     // Submit from a JSON file, then watch the stream to the end.
     let job = serde_json::json!({
@@ -335,4 +345,33 @@ fn sources_in_object_storage_by_prefix_and_manifest() {
     assert_eq!(out.status.code(), Some(2), "the missing object is a failed file");
     let want: std::collections::HashMap<String, usize> = picked.iter().map(|u| ((*u).clone(), expected[*u])).collect();
     assert_rows_exactly_once(cluster.rows("s3://lake/t/by-manifest"), &want);
+}
+
+#[test]
+fn cancel_mid_job_commits_only_whole_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    support::corpus(&corpus, 1200, false);
+    let expected = expected_rows(&corpus);
+    let cluster = Cluster::new(dir.path());
+    let port = free_port();
+    let _coordinator = cluster.coordinator(port);
+    wait_leading(port);
+    let _workers: Vec<Proc> = (0..2).map(|i| cluster.worker(&format!("w{i}"))).collect();
+
+    let table = "s3://lake/cluster/cancelled";
+    let job = submit(port, table, &corpus, &["--shard-files", "40", "--flush-every", "50", "--commit-every", "200"]);
+    wait_for("a first commit", Duration::from_secs(120), || status(port, &job).is_some_and(|(_, v)| v >= 2));
+    let out = run(grpcurl().args(["-d", &format!(r#"{{"job_id":"{job}"}}"#), &format!("127.0.0.1:{port}"), "sluice.v1.JobService/CancelJob"]));
+    assert!(out.status.success());
+    let out = run(sluice().args(["watch", "--coordinator", &addr(port), &job]));
+    assert_eq!(out.status.code(), Some(3), "a cancelled job exits like an aborted ingest");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cancelled"));
+
+    // Whatever landed is whole files, each once; the rest is simply absent.
+    let rows = cluster.rows(table);
+    let present: std::collections::HashSet<String> = rows.iter().map(|r| r.uri.clone()).collect();
+    assert!(!present.is_empty() && present.len() < expected.len(), "{} of {} files", present.len(), expected.len());
+    let want = expected.into_iter().filter(|(uri, _)| present.contains(uri)).collect();
+    assert_rows_exactly_once(rows, &want);
 }

@@ -40,7 +40,7 @@ pub struct RemoteConfig {
     pub ready: Arc<AtomicBool>,
 }
 
-/// Checkpoints over gRPC. A refused checkpoint ends the incarnation.
+/// Checkpoints over gRPC. A checkpoint refused with `stop` ends the incarnation.
 struct GrpcLink {
     client: CoordinatorServiceClient<Channel>,
     refused: Arc<AtomicBool>,
@@ -56,7 +56,9 @@ impl CoordinatorLink for GrpcLink {
             match self.client.clone().publish_checkpoint(cp.clone()).await {
                 Ok(ack) => {
                     let ack = ack.into_inner();
-                    if !ack.accepted {
+                    // Refused with `stop`: fenced, or the stream is broken;
+                    // this incarnation is over. Without: the job ended.
+                    if !ack.accepted && ack.stop {
                         self.refused.store(true, Ordering::SeqCst);
                     }
                     return Ok(ack);

@@ -374,7 +374,8 @@ impl Cluster {
         }
         let Some(job) = self.job(&cp.job_id) else { return refuse(format!("unknown job {}", cp.job_id)) };
         if !job.is_running() {
-            return refuse(format!("job {} has ended", cp.job_id));
+            // Not a fault of the worker: it drops the job at its next poll.
+            return Ok(pb::CheckpointAck { accepted: false, reason: format!("job {} has ended", cp.job_id), stop: false });
         }
         if let Err(reason) = job.check_generations(&cp) {
             return refuse(reason);

@@ -21,6 +21,7 @@ const MAX_REQUEST_BYTES: usize = 16 << 20;
 fn status(e: Error) -> Status {
     match e {
         Error::InvalidInput(m) => Status::invalid_argument(m),
+        e @ Error::InvalidSettings(_) => Status::invalid_argument(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }

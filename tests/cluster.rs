@@ -131,7 +131,8 @@ fn three_workers_ingest_to_s3_through_grpcurl() {
     let expected = expected_rows(&corpus);
     let cluster = Cluster::new(dir.path());
     let (port, coordinator_metrics, worker_metrics) = (free_port(), free_port(), free_port());
-    let coordinator = cluster.coordinator_with(port, &["--metrics-listen", &format!("127.0.0.1:{coordinator_metrics}")]);
+    let metrics_at = format!("127.0.0.1:{coordinator_metrics}");
+    let coordinator = cluster.coordinator_with(port, &["--metrics-listen", &metrics_at, "--storage-uri", "s3://lake/cluster"]);
     wait_leading(port);
     let mut workers = vec![cluster.worker_with("w0", &["--metrics-listen", &format!("127.0.0.1:{worker_metrics}")])];
     workers.extend((1..3).map(|i| cluster.worker(&format!("w{i}"))));
@@ -161,15 +162,16 @@ fn three_workers_ingest_to_s3_through_grpcurl() {
         assert!(!out.status.success() && err.contains("InvalidArgument") && err.contains(says), "{body}: {err}");
     };
     invalid(r#"{"spec":{"table":{"uri":"s3://lake/x"},"manifest":{"prefix":"/does/not/exist"}}}"#, "does not exist");
-    invalid(r#"{"spec":{"table":{"uri":"relative/t"},"manifest":{"prefix":"/tmp"}}}"#, "absolute path or a URI");
+    invalid(r#"{"spec":{"table":{"uri":"../t"},"manifest":{"prefix":"/tmp"}}}"#, "table name ../t may only hold");
     invalid(r#"{"spec":{"table":{"uri":"s3://lake/x"},"manifest":{"inline":{"uris":["a.txt"]}}}}"#, "must be absolute");
     invalid(r#"{"spec":{"table":{"uri":"s3://lake/x"},"manifest":{"prefix":"/tmp"},"job_id":"../etc"}}"#, "job_id");
     invalid(r#"{"spec":{"table":{"uri":"s3://lake/x"},"manifest":{"prefix":"/tmp"},"settings":{"chunk_size":100,"chunk_overlap":500}}}"#, "chunk");
 
-    // Submit from a JSON file, then watch the stream to the end.
+    // Submit from a JSON file (the table by name, under --storage-uri), then
+    // watch the stream to the end.
     let job = serde_json::json!({
         "spec": {
-            "table": {"uri": "s3://lake/cluster/t1"},
+            "table": {"uri": "t1"},
             "manifest": {"prefix": corpus.to_str().unwrap()},
             "settings": {"flush_every": 40, "commit_every": 200},
             "shard_files": 20

@@ -108,6 +108,7 @@ pub async fn run(args: BenchCoordinatorArgs) -> Result<()> {
         etcd_prefix: "/sluice".into(),
         lease_ttl: Duration::from_secs(10),
         advertise: addr.clone(),
+        storage_root: None,
     })
     .await?;
     let listen = format!("127.0.0.1:{port}").parse()?;

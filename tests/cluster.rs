@@ -169,14 +169,14 @@ fn three_workers_ingest_to_s3_through_grpcurl() {
 
     // Submit from a JSON file (the table by name, under --storage-uri), then
     // watch the stream to the end.
-    let job = serde_json::json!({
-        "spec": {
-            "table": {"uri": "t1"},
-            "manifest": {"prefix": corpus.to_str().unwrap()},
-            "settings": {"flush_every": 40, "commit_every": 200},
-            "shard_files": 20
-        }
-    });
+    // The shipped example, pointed at this corpus.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/submit.json");
+    let mut job: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+    job["spec"]["table"]["uri"] = "t1".into();
+    job["spec"]["manifest"]["prefix"] = corpus.to_str().unwrap().into();
+    job["spec"]["settings"]["flush_every"] = 40.into();
+    job["spec"]["settings"]["commit_every"] = 200.into();
+    job["spec"]["shard_files"] = 20.into();
     let job_file = dir.path().join("job.json");
     std::fs::write(&job_file, job.to_string()).unwrap();
     let out = run(grpcurl()

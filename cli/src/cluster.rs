@@ -149,6 +149,9 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
         storage_root: args.storage_uri.clone(),
     };
     if let Some(root) = &cfg.storage_root {
+        if !root.contains("://") && !root.starts_with('/') {
+            bail!("--storage-uri {root}: give a URI (s3://bucket/lake) or an absolute path");
+        }
         sluice_common::storage::TableLocation::new(root, Default::default())?;
     }
     if args.check_config {

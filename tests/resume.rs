@@ -102,3 +102,35 @@ fn a_failed_fragment_write_ends_the_job_with_an_error_and_a_rerun_completes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("injected fragment write failure"));
     rerun_and_check(&table, &corpus);
 }
+
+#[test]
+fn gc_removes_the_fragments_a_crash_left_and_keeps_the_table() {
+    let (dir, corpus) = setup(120);
+    let table = dir.path().join("t");
+    ingest_with_failpoint(&table, &corpus, "before_commit=4");
+    let data_files = || {
+        std::fs::read_dir(table.join("data")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".lance")).count()
+    };
+    let referenced = || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let ds = lance::Dataset::open(table.to_str().unwrap()).await.unwrap();
+            ds.get_fragments().iter().map(|f| f.metadata().files.len()).sum::<usize>()
+        })
+    };
+    let rows_before = read_rows(&table).len();
+    assert!(data_files() > referenced(), "the crash left uncommitted fragments");
+
+    // Young orphans are kept by default (they could be a write in progress).
+    let out = run(sluice().args(["gc", "--json"]).arg(&table));
+    assert!(out.status.success());
+    assert!(data_files() > referenced());
+
+    let out = run(sluice().args(["gc", "--orphans-now", "--json"]).arg(&table));
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["data_files_removed"].as_u64().unwrap() > 0);
+    assert_eq!(data_files(), referenced(), "only referenced files remain");
+    assert_eq!(read_rows(&table).len(), rows_before, "no committed row lost");
+    rerun_and_check(&table, &corpus);
+}

@@ -5,6 +5,7 @@ mod bench_coordinator;
 mod bench_media;
 mod cluster;
 mod corpus;
+mod gc;
 mod ingest;
 mod inspect;
 mod knobs;
@@ -25,6 +26,8 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Show a table: schema, versions, rows per kind, samples, failed files.
     Inspect(inspect::InspectArgs),
+    /// Remove unreferenced data files (uncommitted fragments of killed runs) and optionally old versions.
+    Gc(gc::GcArgs),
     /// Generate a sample corpus of mixed files (text, images, binary, bad files).
     SampleCorpus(corpus::CorpusArgs),
     /// Generate a corpus and measure an ingest of it: files/s, rows/s, MB/s, peak RSS.
@@ -80,6 +83,7 @@ fn main() {
         let result = match cli.command {
             Command::Ingest(a) => ingest::run(a).await,
             Command::Inspect(a) => inspect::run(a).await.map(|()| 0),
+            Command::Gc(a) => gc::run(a).await.map(|()| 0),
             Command::SampleCorpus(a) => corpus::run(a).map(|()| 0),
             Command::Bench(a) => bench::run(a).await.map(|()| 0),
             Command::BenchMedia(a) => bench_media::run(a).map(|()| 0),

@@ -62,13 +62,6 @@ impl Worker {
         self
     }
 
-    /// Finish one job: files already queued are normalized, everything is
-    /// flushed and published, and the job's pipeline stops.
-    pub async fn finish_job(&self, job_id: &str) -> Result<()> {
-        let Some(job) = self.jobs.lock().await.remove(job_id) else { return Ok(()) };
-        Self::drain_one(job_id, job).await
-    }
-
     /// Drop one job at once: nothing more is published; what was not yet
     /// committed is redone elsewhere.
     pub async fn abandon_job(&self, job_id: &str) {

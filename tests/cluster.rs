@@ -35,6 +35,8 @@ impl Cluster {
     fn coordinator_with(&self, port: u16, extra: &[&str]) -> Proc {
         let mut cmd = sluice();
         cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--etcd", &self.etcd.endpoint])
+            .arg("--allowed-root")
+            .arg(&self.dir)
             .args(extra)
             .args(["--lease-ttl", "2", "--worker-timeout", "3", "--heartbeat-ms", "200"])
             .envs(self.moto.env());
@@ -376,4 +378,105 @@ fn cancel_mid_job_commits_only_whole_files() {
     assert!(!present.is_empty() && present.len() < expected.len(), "{} of {} files", present.len(), expected.len());
     let want = expected.into_iter().filter(|(uri, _)| present.contains(uri)).collect();
     assert_rows_exactly_once(rows, &want);
+}
+
+#[test]
+fn job_api_needs_a_token_sources_stay_in_allowed_roots_and_secrets_stay_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    support::corpus(&corpus, 30, false);
+    // A symlink out of the allowed root, to a file the machine has.
+    std::os::unix::fs::symlink("/etc/hostname", corpus.join("escape.txt")).unwrap();
+    let expected = expected_rows(&corpus)
+        .into_iter()
+        .filter(|(uri, _)| !uri.ends_with("escape.txt"))
+        .collect::<std::collections::HashMap<_, _>>();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# job API tokens\nalpha-token-1\nbeta-token-2\n").unwrap();
+    let cluster = Cluster::new(dir.path());
+    let port = free_port();
+    let canary = "CANARY-secret-7f3a9";
+    let mut cmd = sluice();
+    cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--etcd", &cluster.etcd.endpoint])
+        .args(["--lease-ttl", "2", "--worker-timeout", "3", "--heartbeat-ms", "200", "--auth-tokens-file"])
+        .arg(&tokens)
+        .arg("--allowed-root")
+        .arg(dir.path())
+        .envs(cluster.moto.env())
+        .env("AWS_SECRET_ACCESS_KEY", canary)
+        .env("SLUICE_LOG", "debug,lance=warn,h2=info,tower=info,hyper=info");
+    let coordinator = Proc::spawn(cmd, &dir.path().join("coordinator.log"));
+    let target = format!("127.0.0.1:{port}");
+    wait_for("the coordinator to lead", Duration::from_secs(30), || coordinator.log_text().contains("leading"));
+    let mut w = sluice();
+    w.args(["worker", "--etcd", &cluster.etcd.endpoint, "--lease-ttl", "2", "--name", "w"])
+        .envs(cluster.moto.env())
+        .env("AWS_SECRET_ACCESS_KEY", canary)
+        .env("SLUICE_LOG", "debug,lance=warn,h2=info,tower=info,hyper=info");
+    let worker = Proc::spawn(w, &dir.path().join("worker.log"));
+
+    // Reflection and health stay open; the job API wants a token.
+    assert!(run(grpcurl().args([&target, "list"])).status.success());
+    let body = format!(r#"{{"spec":{{"table":{{"uri":"s3://lake/sec/t"}},"manifest":{{"prefix":"{}"}}}}}}"#, corpus.display());
+    for auth in [None, Some("Bearer wrong-token")] {
+        let mut g = grpcurl();
+        if let Some(a) = auth {
+            g.args(["-H", &format!("authorization: {a}")]);
+        }
+        let out = run(g.args(["-d", &body, &target, "sluice.v1.JobService/SubmitJob"]));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"), "{auth:?}");
+    }
+    // Sources outside the allowed roots are refused.
+    let outside = r#"{"spec":{"table":{"uri":"s3://lake/sec/x"},"manifest":{"inline":{"uris":["/etc/hostname"]}}}}"#;
+    let out = run(grpcurl().args(["-H", "authorization: Bearer beta-token-2", "-d", outside, &target, "sluice.v1.JobService/SubmitJob"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("InvalidArgument") && err.contains("outside the allowed roots"), "{err}");
+    // Requests are size-limited.
+    let huge: Vec<String> = (0..400_000).map(|i| format!("/data/some/rather/long/path/to/a/file-{i:08}.txt")).collect();
+    let huge_file = dir.path().join("huge.json");
+    std::fs::write(&huge_file, serde_json::json!({"spec": {"table": {"uri": "s3://lake/x"}, "manifest": {"inline": {"uris": huge}}}}).to_string()).unwrap();
+    let out = run(grpcurl()
+        .args(["-H", "authorization: Bearer beta-token-2", "-d", "@", &target, "sluice.v1.JobService/SubmitJob"])
+        .stdin(std::fs::File::open(&huge_file).unwrap()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("OutOfRange") && err.contains("too large"), "{err}");
+
+    // A job with a secret in its storage options, submitted with a token.
+    let job = serde_json::json!({"spec": {
+        "table": {"uri": "s3://lake/sec/t", "storage_options": {"aws_secret_access_key": canary}},
+        "manifest": {"prefix": corpus.to_str().unwrap()}}});
+    let job_file = dir.path().join("job.json");
+    std::fs::write(&job_file, job.to_string()).unwrap();
+    let out = run(grpcurl()
+        .args(["-H", "authorization: Bearer alpha-token-1", "-d", "@", &target, "sluice.v1.JobService/SubmitJob"])
+        .stdin(std::fs::File::open(&job_file).unwrap()));
+    assert!(out.status.success());
+    let job_id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["jobId"].as_str().unwrap().to_string();
+    let token_file = dir.path().join("my-token");
+    std::fs::write(&token_file, "alpha-token-1\n").unwrap();
+    let out = run(sluice().args(["watch", "--coordinator", &addr(port), "--token-file"]).arg(&token_file).arg(&job_id));
+    assert_eq!(out.status.code(), Some(2), "the escaping symlink is a failed file");
+    assert_rows_exactly_once(cluster.rows("s3://lake/sec/t"), &expected);
+    let status = run(sluice().args(["jobs", "--coordinator", &addr(port)]).env("SLUICE_TOKEN", "beta-token-2"));
+    assert!(status.status.success());
+    let inspect = run(sluice().args(["inspect", "s3://lake/sec/t", "--errors"]).args(cluster.moto.flags()));
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("outside the allowed roots"));
+
+    // The secret is nowhere: not in logs, status, the error ledger or etcd.
+    let record = Command::new("etcdctl")
+        .args(["--endpoints", &cluster.etcd.endpoint, "get", "--prefix", "/sluice/jobs/"])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    assert!(record.status.success() && !record.stdout.is_empty(), "the job record is in etcd");
+    for (what, text) in [
+        ("coordinator log", coordinator.log_text()),
+        ("worker log", worker.log_text()),
+        ("status", String::from_utf8_lossy(&status.stdout).to_string()),
+        ("ledger", String::from_utf8_lossy(&inspect.stdout).to_string()),
+        ("etcd", String::from_utf8_lossy(&record.stdout).to_string()),
+    ] {
+        assert!(!text.contains(canary), "the secret leaked into the {what}");
+    }
+    assert!(coordinator.log_text().contains(&job_id), "the logs are real (debug level, with the job id)");
 }

@@ -55,6 +55,9 @@ fn chart_lints_renders_validates_and_matches_the_binary() {
             let printed = String::from_utf8_lossy(&out.stdout);
             if args[0] == "coordinator" {
                 assert!(printed.contains("s3://bucket/lake"), "{name}: the storage root reaches the coordinator");
+                // Authentication and local roots, where the values ask for them.
+                assert_eq!(printed.contains("job API tokens from /etc/sluice/auth/tokens"), name == "hpa", "{name}: {printed}");
+                assert_eq!(printed.contains("\"/data\""), name == "hpa", "{name}: {printed}");
             }
             assert!(printed.contains("etcd"), "{name}: {printed}");
         }

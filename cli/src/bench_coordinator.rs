@@ -109,6 +109,8 @@ pub async fn run(args: BenchCoordinatorArgs) -> Result<()> {
         lease_ttl: Duration::from_secs(10),
         advertise: addr.clone(),
         storage_root: None,
+        allowed_roots: vec![std::fs::canonicalize(&dir)?],
+        tokens: Default::default(),
     })
     .await?;
     let listen = format!("127.0.0.1:{port}").parse()?;

@@ -44,6 +44,14 @@ pub struct CoordinatorArgs {
     /// Where tables given by name live, e.g. s3://bucket/lake
     #[arg(long, env = "SLUICE_STORAGE_URI")]
     pub storage_uri: Option<String>,
+    /// Local directories jobs may read files from (repeatable). Without
+    /// one, jobs may only name object-store sources.
+    #[arg(long = "allowed-root", env = "SLUICE_ALLOWED_ROOTS", value_delimiter = ',')]
+    pub allowed_roots: Vec<PathBuf>,
+    /// File of bearer tokens (one per line) the job API accepts; without
+    /// it the job API is open
+    #[arg(long, env = "SLUICE_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
     /// Check the configuration (flags and environment), print it, and exit
     #[arg(long)]
     pub check_config: bool,
@@ -83,6 +91,9 @@ pub struct ClientArgs {
     /// Coordinator address
     #[arg(long, env = "SLUICE_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     pub coordinator: String,
+    /// File holding the bearer token for the job API [env: SLUICE_TOKEN holds the token itself]
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -147,6 +158,21 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
         lease_ttl: Duration::from_secs(args.lease_ttl.max(1)),
         advertise,
         storage_root: args.storage_uri.clone(),
+        // --check-config checks flags and values, not this machine: roots and
+        // the tokens file are read when the coordinator really starts.
+        allowed_roots: args
+            .allowed_roots
+            .iter()
+            .map(|r| match std::fs::canonicalize(r) {
+                Ok(real) => Ok(real),
+                Err(_) if args.check_config && r.is_absolute() => Ok(r.clone()),
+                Err(e) => Err(anyhow::anyhow!("--allowed-root {}: {e}", r.display())),
+            })
+            .collect::<Result<_>>()?,
+        tokens: sluice_coordinator::cluster::Tokens(match &args.auth_tokens_file {
+            Some(path) if !args.check_config => read_tokens(path)?,
+            _ => Vec::new(),
+        }),
     };
     if let Some(root) = &cfg.storage_root {
         if !root.contains("://") && !root.starts_with('/') {
@@ -156,6 +182,9 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
     }
     if args.check_config {
         println!("{cfg:#?}");
+        if let Some(path) = &args.auth_tokens_file {
+            println!("job API tokens from {}", path.display());
+        }
         return Ok(0);
     }
     let cluster = Cluster::new(cfg).await?;
@@ -193,10 +222,47 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
     Ok(0)
 }
 
-async fn client(args: &ClientArgs) -> Result<pb::job_service_client::JobServiceClient<tonic::transport::Channel>> {
-    pb::job_service_client::JobServiceClient::connect(args.coordinator.clone())
+/// Tokens, one per line; blank lines and `#` comments are skipped.
+fn read_tokens(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("tokens file {}", path.display()))?;
+    let tokens: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+    if tokens.is_empty() {
+        bail!("tokens file {} holds no token", path.display());
+    }
+    Ok(tokens)
+}
+
+type JobClient = pb::job_service_client::JobServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
+/// Adds `authorization: Bearer <token>` to every call, when there is a token.
+#[derive(Clone)]
+struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+async fn client(args: &ClientArgs) -> Result<JobClient> {
+    let token = match (&args.token_file, std::env::var("SLUICE_TOKEN").ok()) {
+        (Some(path), _) => Some(read_tokens(path)?.remove(0)),
+        (None, token) => token.filter(|t| !t.is_empty()),
+    };
+    let header = token
+        .map(|t| format!("Bearer {t}").parse().context("the token is not valid in a header"))
+        .transpose()?;
+    let channel = tonic::transport::Endpoint::from_shared(args.coordinator.clone())?
+        .connect()
         .await
-        .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))
+        .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
+    Ok(pb::job_service_client::JobServiceClient::with_interceptor(channel, BearerToken(header)))
 }
 
 fn absolute(p: &str) -> Result<String> {

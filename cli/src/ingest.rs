@@ -48,7 +48,7 @@ pub struct IngestArgs {
 
 pub async fn run(args: IngestArgs) -> Result<i32> {
     let table = args.storage.location(&args.table)?;
-    let inputs = Inputs { paths: args.inputs.clone(), manifest: args.manifest.clone(), remote_manifest: None };
+    let inputs = Inputs { paths: args.inputs.clone(), manifest: args.manifest.clone(), remote_manifest: None, allowed_roots: None };
     let mut job = EmbeddedJob::new(table, inputs, args.knobs.settings());
     job.job_id = args.job_id.clone();
     job.max_errors = args.max_errors;

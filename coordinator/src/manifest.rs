@@ -19,6 +19,14 @@ pub struct Inputs {
     /// A manifest in object storage: one URI or absolute path per line
     /// (`.csv`: the first column, with an optional `uri`/`path` header).
     pub remote_manifest: Option<String>,
+    /// When set, local files are read only below these directories
+    /// (symlinks resolved): a job cannot reach anything else on the machine.
+    pub allowed_roots: Option<Vec<PathBuf>>,
+}
+
+/// Is `path` (resolved) below one of `roots`? Roots are canonical.
+pub fn within_roots(path: &Path, roots: &[PathBuf]) -> bool {
+    std::fs::canonicalize(path).is_ok_and(|real| roots.iter().any(|r| real.starts_with(r)))
 }
 
 /// One entry of the walk: a file to ingest, or an input that cannot be.
@@ -64,6 +72,7 @@ struct Walker<'a> {
     tx: &'a mpsc::Sender<Planned>,
     exclude: Option<PathBuf>,
     seen: HashSet<u64>,
+    roots: Option<&'a [PathBuf]>,
 }
 
 impl Walker<'_> {
@@ -96,6 +105,9 @@ impl Walker<'_> {
     }
 
     fn file(&mut self, path: &Path, m: &std::fs::Metadata) -> bool {
+        if self.roots.is_some_and(|roots| !within_roots(path, roots)) {
+            return self.bad(path, "outside the allowed roots".into());
+        }
         let modified_ms = m
             .modified()
             .ok()
@@ -145,7 +157,7 @@ impl Walker<'_> {
 /// `exclude` is skipped (the table itself, when it lives under an input).
 /// Runs on a blocking thread.
 pub fn walk(inputs: &Inputs, exclude: Option<PathBuf>, tx: mpsc::Sender<Planned>) -> Result<()> {
-    let mut w = Walker { tx: &tx, exclude, seen: HashSet::new() };
+    let mut w = Walker { tx: &tx, exclude, seen: HashSet::new(), roots: inputs.allowed_roots.as_deref() };
     for p in inputs.paths.iter().filter(|p| !sources::is_remote(p)) {
         if is_glob(p) {
             let paths = glob::glob(p).map_err(|e| Error::InvalidInput(format!("bad glob {p}: {e}")))?;
@@ -261,7 +273,9 @@ pub async fn walk_remote(inputs: &Inputs, tx: mpsc::Sender<Planned>) -> Result<(
             walk_remote_uri(entry.trim_end_matches('/'), &tx, &mut seen).await?
         } else {
             let path = PathBuf::from(entry.strip_prefix("file://").unwrap_or(entry));
+            let outside = inputs.allowed_roots.as_ref().is_some_and(|roots| !within_roots(&path, roots));
             let planned = match tokio::fs::metadata(&path).await {
+                Ok(_) if outside => Planned::Bad { uri: file_uri(&path), reason: "outside the allowed roots".into() },
                 Ok(m) if m.is_file() => Planned::File(pb::FileRef {
                     uri: file_uri(&path),
                     size: m.len(),

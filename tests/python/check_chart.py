@@ -27,6 +27,12 @@ COMBINATIONS = {
     "hpa": {
         "storage": {"uri": "s3://bucket/lake", "accessKeyId": "AKIA", "secretAccessKey": "secret"},
         "worker": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 40}},
+        "auth": {"tokens": ["a-long-enough-token-1"]},
+        "sources": {
+            "allowedRoots": ["/data"],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "shared-data"}}],
+            "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
+        },
     },
     "etcd-3-nodes": {
         "storage": {"uri": "s3://bucket/lake", "endpoint": "http://minio:9000", "allowHttp": True},
@@ -42,6 +48,8 @@ BAD_VALUES = {
     "external etcd without endpoints": {"etcd": {"bundled": False}},
     "storage uri without scheme": {"storage": {"uri": "bucket/lake"}},
     "unknown key": {"wroker": {"replicas": 3}},
+    "short token": {"auth": {"tokens": ["abc"]}},
+    "relative allowed root": {"sources": {"allowedRoots": ["data"]}},
 }
 
 # CRDs have no schema in kubernetes-validate; they are checked by hand.

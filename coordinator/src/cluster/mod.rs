@@ -43,6 +43,21 @@ pub struct ClusterConfig {
     /// Where tables named without a scheme live (`s3://bucket/lake`): a job
     /// for table `videos` writes `s3://bucket/lake/videos`.
     pub storage_root: Option<String>,
+    /// Local directories jobs may read (canonical). Empty: local sources
+    /// are refused, only object-store URIs are accepted.
+    pub allowed_roots: Vec<std::path::PathBuf>,
+    /// Bearer tokens accepted by the job API; empty: no authentication.
+    pub tokens: Tokens,
+}
+
+/// Bearer tokens; never printed.
+#[derive(Clone, Default)]
+pub struct Tokens(pub Vec<String>);
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bearer tokens>", self.0.len())
+    }
 }
 
 struct WorkerEntry {
@@ -79,6 +94,19 @@ impl Cluster {
             leadership: std::sync::OnceLock::new(),
             archived: Mutex::default(),
         }))
+    }
+
+    /// Is this bearer token one of the configured ones (or is there no authentication)?
+    pub fn authorized(&self, token: Option<&str>) -> bool {
+        if self.cfg.tokens.0.is_empty() {
+            return true;
+        }
+        let Some(token) = token else { return false };
+        // Compare every token in full, so timing says nothing about near misses.
+        self.cfg.tokens.0.iter().fold(false, |ok, t| {
+            let same = t.len() == token.len() && t.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            ok | same
+        })
     }
 
     pub fn is_leader(&self) -> bool {
@@ -145,6 +173,16 @@ impl Cluster {
             if !path.starts_with('/') {
                 return Err(invalid(format!("{uri}: source paths must be absolute (or object-store URIs)")));
             }
+            if self.cfg.allowed_roots.is_empty() {
+                return Err(invalid(format!(
+                    "{uri}: local sources are not allowed on this coordinator (start it with --allowed-root DIR)"
+                )));
+            }
+            // Existing paths must resolve below a root; globs are checked file by file.
+            let glob = path.contains(['*', '?', '[']);
+            if !glob && std::path::Path::new(path).exists() && !crate::manifest::within_roots(path.as_ref(), &self.cfg.allowed_roots) {
+                return Err(invalid(format!("{uri}: outside the allowed roots")));
+            }
             Ok(path.to_string())
         };
         use pb::manifest::Source;
@@ -166,6 +204,8 @@ impl Cluster {
                 m => Inputs { manifest: Some(m.into()), ..Default::default() },
             },
         };
+        let mut inputs = inputs;
+        inputs.allowed_roots = Some(self.cfg.allowed_roots.clone());
         crate::manifest::validate(&inputs)?;
         let mut job = EmbeddedJob::new(location, inputs, settings);
         job.max_errors = spec.max_errors;
@@ -274,7 +314,13 @@ impl Cluster {
     }
 
     async fn save(&self, job: &ClusterJob) {
-        let record = pb::JobRecord { spec: Some(job.spec.clone()), status: Some(self.status_of(job)) };
+        // Storage options may hold credentials: they are not stored. A job
+        // resumed by another leader uses that leader's environment.
+        let mut spec = job.spec.clone();
+        if let Some(table) = spec.table.as_mut() {
+            table.storage_options.clear();
+        }
+        let record = pb::JobRecord { spec: Some(spec), status: Some(self.status_of(job)) };
         if let Err(e) = self.store.save_job(&record).await {
             tracing::warn!(job_id = %job.id, error = %e, "cannot save the job record");
         }

@@ -143,6 +143,23 @@ impl CoordinatorService for Api {
     }
 }
 
+/// The job API's authentication: `authorization: Bearer <token>`, one of
+/// the configured tokens (when any are configured).
+fn bearer_auth(cluster: Arc<Cluster>) -> impl tonic::service::Interceptor + Clone {
+    move |req: Request<()>| {
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        if cluster.authorized(token) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("a valid bearer token is required (authorization: Bearer <token>)"))
+        }
+    }
+}
+
 /// Serve until `shutdown` resolves. Leadership is campaigned for in the
 /// background; until this coordinator leads, the API answers UNAVAILABLE
 /// and health says NOT_SERVING for the sluice services.
@@ -187,7 +204,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(JobServiceServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            JobServiceServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
+            bearer_auth(cluster.clone()),
+        ))
         .add_service(CoordinatorServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_shutdown(listen, shutdown)
         .await

@@ -78,3 +78,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "sluice.configChecksum" -}}
 checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- end -}}
+
+{{- define "sluice.authSecretName" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.existingSecret -}}
+{{- else -}}
+{{- printf "%s-auth" (include "sluice.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sluice.authEnabled" -}}
+{{- if or .Values.auth.existingSecret .Values.auth.tokens -}}true{{- end -}}
+{{- end -}}

@@ -50,3 +50,64 @@ fn ingest_to_s3_resume_and_storage_concurrency() {
     let peak = s["storage_peak_in_flight"].as_u64().unwrap();
     assert!((2..=8).contains(&peak), "peak in flight {peak} with storage_concurrency 8");
 }
+
+/// A fault-injecting proxy in front of moto (tests/python/fault_proxy.py).
+struct FaultProxy {
+    child: std::process::Child,
+    endpoint: String,
+    stats: std::path::PathBuf,
+}
+
+impl FaultProxy {
+    fn start(upstream: &str, rate: f64, dir: &std::path::Path) -> Self {
+        let port = support::services::free_port();
+        let upstream_port = upstream.rsplit(':').next().unwrap().to_string();
+        let stats = dir.join("faults.json");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/fault_proxy.py");
+        let child = std::process::Command::new(python())
+            .arg(script)
+            .args([port.to_string(), upstream_port, rate.to_string()])
+            .arg(&stats)
+            .spawn()
+            .unwrap();
+        support::services::wait_port(port, "fault proxy");
+        Self { child, endpoint: format!("http://127.0.0.1:{port}"), stats }
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&self.stats).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ingest_through_ten_percent_storage_faults_is_exact() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c");
+    support::corpus(&corpus, 150, true);
+    let expected = expected_rows(&corpus);
+    let proxy = FaultProxy::start(&moto.endpoint, 0.10, dir.path());
+
+    // Every request to storage goes through the proxy; a tenth of them fail
+    // (503, 500) or are slow. The object-store client retries with backoff.
+    let mut cmd = sluice();
+    cmd.args(["ingest", "--table", "s3://lake/faulty", "--json", "--flush-every", "5", "--commit-every", "20"])
+        .arg(&corpus)
+        .args(["--s3-endpoint", &proxy.endpoint, "--s3-region", "us-east-1", "--s3-access-key-id", "test"])
+        .args(["--s3-secret-access-key", "test", "--s3-allow-http"]);
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(2), "the job completes; only the bad files fail");
+    let stats = proxy.stats();
+    let injected = stats["503"].as_u64().unwrap_or(0) + stats["500"].as_u64().unwrap_or(0);
+    assert!(injected >= 10, "faults were injected: {stats}");
+    eprintln!("faults: {stats}");
+    assert_rows_exactly_once(read_rows_at("s3://lake/faulty", moto.storage_options()), &expected);
+}

@@ -3,12 +3,14 @@ what it holds, as JSON. Blob bytes of image and binary rows are compared with
 the source files on disk."""
 import collections
 import json
+import os
 import sys
 
 import lance
 
 path = sys.argv[1]
-ds = lance.dataset(path)
+# Object-store tables: SLUICE_STORAGE_OPTIONS holds the storage options as JSON.
+ds = lance.dataset(path, storage_options=json.loads(os.environ.get("SLUICE_STORAGE_OPTIONS") or "{}") or None)
 table = ds.to_table(columns=["id", "source_uri", "source_size", "kind", "chunk_index", "text", "width", "height", "metadata"])
 rows = table.to_pylist()
 kinds = collections.Counter(r["kind"] for r in rows)

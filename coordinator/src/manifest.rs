@@ -132,7 +132,8 @@ impl Walker<'_> {
                 Ok(e) if e.file_type().is_dir() => true,
                 Ok(e) => match e.metadata() {
                     Ok(m) if m.is_file() => self.file(e.path(), &m),
-                    Ok(_) => true,
+                    // FIFOs, sockets, devices: reported, never opened.
+                    Ok(_) => self.bad(e.path(), "not a regular file".into()),
                     Err(err) => self.bad(e.path(), err.to_string()),
                 },
                 Err(err) => {

@@ -207,6 +207,7 @@ pub fn normalize_video(
         .and_then(|c| c.decoder().video())
         .map_err(|e| err("no decoder for the video stream", e))?;
     let (width, height) = (decoder.width(), decoder.height());
+    let header_frames = vstream.frames();
     let rate = vstream.avg_frame_rate();
     let fps = if rate.denominator() != 0 { f64::from(rate) } else { 0.0 };
     let rot = rotation(&vstream);
@@ -284,7 +285,13 @@ pub fn normalize_video(
     };
     done.push(close(seg, last_end)?);
 
-    if let Some(d) = header_duration {
+    // What the headers promise: the container's duration, and the video
+    // stream's frame count (AVI: when the index at the end is cut off,
+    // FFmpeg derives the duration from the data it has, but the stream
+    // header still says how many frames there were).
+    let promised_by_frames = (header_frames > 0 && fps > 0.0).then(|| header_frames as f64 / fps);
+    let promised = header_duration.into_iter().chain(promised_by_frames).fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.max(d))));
+    if let Some(d) = promised {
         if last_end + (0.02 * d).max(1.0) < d {
             return Err(NormalizeError::new(format!(
                 "truncated video: data ends at {last_end:.2}s but the header says {d:.2}s"

@@ -574,3 +574,53 @@ fn chaos_rounds_of_kills_lose_and_duplicate_nothing() {
         expected.len() * rounds
     );
 }
+
+#[test]
+fn a_poison_file_that_kills_workers_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    support::corpus(&corpus, 40, false);
+    std::fs::write(corpus.join("poison.txt"), "this file kills every worker that opens it").unwrap();
+    let expected: std::collections::HashMap<String, usize> =
+        expected_rows(&corpus).into_iter().filter(|(u, _)| !u.ends_with("poison.txt")).collect();
+    let cluster = Cluster::new(dir.path());
+    let port = free_port();
+    let coordinator = cluster.coordinator(port);
+    wait_leading(port);
+    // Two workers, restarted whenever they die (as Kubernetes would).
+    let spawn = |n: usize| {
+        let mut cmd = sluice();
+        cmd.args(["worker", "--etcd", &cluster.etcd.endpoint, "--lease-ttl", "2", "--name", &format!("w{n}")])
+            .env("SLUICE_TEST_ABORT_ON", "poison.txt")
+            .envs(cluster.moto.env());
+        Proc::spawn(cmd, &dir.path().join(format!("worker-{n}.log")))
+    };
+    let mut workers: Vec<Proc> = (0..2).map(spawn).collect();
+    let mut next = 2;
+    let table = "s3://lake/cluster/poison";
+    let job = submit(port, table, &corpus, &["--shard-files", "10", "--flush-every", "5", "--commit-every", "10"]);
+    let started = Instant::now();
+    let mut deaths = 0;
+    let state = loop {
+        assert!(started.elapsed() < Duration::from_secs(240), "the job never ended ({deaths} worker deaths)");
+        for w in workers.iter_mut() {
+            if w.child.try_wait().unwrap().is_some() {
+                deaths += 1;
+                *w = spawn(next);
+                next += 1;
+            }
+        }
+        match status(port, &job) {
+            Some((state, _)) if state != "running" && state != "planning" => break state,
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert_eq!(state, "completed_with_errors");
+    eprintln!("poison: {deaths} worker deaths before quarantine");
+    assert!(deaths >= 3, "the poison file killed workers ({deaths})");
+    assert!(coordinator.log_text().contains("poison files quarantined"));
+    assert_rows_exactly_once(cluster.rows(table), &expected);
+    let inspect = run(sluice().args(["inspect", table, "--errors"]).args(cluster.moto.flags()));
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains("poison.txt") && text.contains("quarantined"), "{text}");
+}

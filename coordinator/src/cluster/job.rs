@@ -21,6 +21,13 @@ use crate::reconciler::ReconcilerMsg;
 /// huge manifest is never held in memory.
 const MAX_QUEUED_SHARDS: usize = 64;
 
+/// Poison files: a shard whose workers died this many times is split into
+/// one-file shards, and a one-file shard whose workers died this many times
+/// is quarantined (recorded as failed) instead of being retried forever.
+/// High enough that workers killed for other reasons rarely trip it.
+const LOSSES_BEFORE_SPLIT: u32 = 3;
+const LOSSES_BEFORE_QUARANTINE: u32 = 3;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ShardState {
     Queued,
@@ -36,6 +43,8 @@ struct Shard {
     state: ShardState,
     /// Files of this shard already committed (or recorded as failed).
     committed: HashSet<String>,
+    /// Workers lost while they held this shard.
+    losses: u32,
 }
 
 #[derive(Debug, Default)]
@@ -232,31 +241,67 @@ impl ClusterJob {
                 let _ = done.await;
             }
         }
-        let mut book = self.book.lock().expect("not poisoned");
-        let mut requeued = Vec::new();
-        let mut emptied = Vec::new();
-        for (id, shard) in book.shards.iter_mut() {
-            if matches!(&shard.state, ShardState::Assigned(w) | ShardState::Finished(w) if w == worker_id) {
-                shard.generation += 1;
+        let mut quarantined = Vec::new();
+        let (requeued, split) = {
+            let mut book = self.book.lock().expect("not poisoned");
+            let lost: Vec<String> = book
+                .shards
+                .iter()
+                .filter(|(_, s)| matches!(&s.state, ShardState::Assigned(w) | ShardState::Finished(w) if w == worker_id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            let mut requeued = Vec::new();
+            let mut split = 0;
+            for id in lost {
+                let mut shard = book.shards.remove(&id).expect("listed");
                 let committed = std::mem::take(&mut shard.committed);
                 shard.files.retain(|f| !committed.contains(&f.uri));
+                shard.generation += 1;
+                shard.losses += 1;
+                shard.state = ShardState::Queued;
                 if shard.files.is_empty() {
-                    emptied.push(id.clone());
+                    book.committed += 1;
+                } else if shard.files.len() == 1 && shard.losses >= LOSSES_BEFORE_QUARANTINE {
+                    let file = &shard.files[0];
+                    quarantined.push(pb::FileFailed {
+                        uri: file.uri.clone(),
+                        shard_id: id.clone(),
+                        kind: String::new(),
+                        reason: format!(
+                            "quarantined: {} workers were lost while processing this file (it crashes or hangs them)",
+                            shard.losses
+                        ),
+                    });
+                    book.committed += 1;
+                } else if shard.files.len() > 1 && shard.losses >= LOSSES_BEFORE_SPLIT {
+                    // Find the culprit: one file per shard from now on.
+                    split += 1;
+                    book.committed += 1;
+                    for (i, file) in std::mem::take(&mut shard.files).into_iter().enumerate() {
+                        let single = format!("{id}/{i}");
+                        let one = Shard { files: vec![file], generation: 1, state: ShardState::Queued, committed: HashSet::new(), losses: 0 };
+                        book.shards.insert(single.clone(), one);
+                        book.total += 1;
+                        requeued.push(single);
+                    }
                 } else {
-                    shard.state = ShardState::Queued;
-                    requeued.push(id.clone());
+                    book.shards.insert(id.clone(), shard);
+                    requeued.push(id);
                 }
             }
+            for id in requeued.iter().rev() {
+                book.queue.push_front(id.clone());
+            }
+            (requeued, split)
+        };
+        if !quarantined.is_empty() {
+            tracing::error!(job_id = %self.id, files = ?quarantined.iter().map(|f| &f.uri).collect::<Vec<_>>(), "poison files quarantined");
+            metrics::counter!("sluice_files_quarantined_total").increment(quarantined.len() as u64);
+            if let Some(reconciler) = self.reconciler.get() {
+                let _ = reconciler.send(ReconcilerMsg::PlanningFailed(quarantined)).await;
+            }
         }
-        for id in &emptied {
-            book.shards.remove(id);
-            book.committed += 1;
-        }
-        for id in requeued.iter().rev() {
-            book.queue.push_front(id.clone());
-        }
-        drop(book);
-        tracing::warn!(job_id = %self.id, %worker_id, shards = requeued.len(), "worker lost; its shards are queued again");
+        tracing::warn!(job_id = %self.id, %worker_id, shards = requeued.len(), split, "worker lost; its shards are queued again");
         metrics::counter!("sluice_shards_requeued_total").increment(requeued.len() as u64);
         self.work.notify_waiters();
         self.changed.notify_waiters();
@@ -285,7 +330,13 @@ impl WorkerLink for ClusterJob {
             {
                 let mut book = self.book.lock().expect("not poisoned");
                 if book.queue.len() < MAX_QUEUED_SHARDS {
-                    let shard = Shard { files: a.files, generation: a.generation, state: ShardState::Queued, committed: HashSet::new() };
+                    let shard = Shard {
+                        files: a.files,
+                        generation: a.generation,
+                        state: ShardState::Queued,
+                        committed: HashSet::new(),
+                        losses: 0,
+                    };
                     book.shards.insert(a.shard_id.clone(), shard);
                     book.queue.push_back(a.shard_id);
                     book.total += 1;
@@ -359,5 +410,41 @@ mod tests {
         assert!(job.check_generations(&cp).is_err(), "the old generation is fenced");
         let fresh = pb::Checkpoint { worker_id: "w2".into(), shard_generations: HashMap::from([("s1".to_string(), 2)]), ..cp };
         assert!(job.check_generations(&fresh).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_shard_that_keeps_losing_workers_is_split_and_its_poison_file_quarantined() {
+        let job = ClusterJob::new("j".into(), pb::JobSpec::default(), pb::PipelineSettings::default(), Arc::new(Notify::new()));
+        let shard = pb::ShardAssignment {
+            job_id: "j".into(),
+            shard_id: "s".into(),
+            generation: 1,
+            files: vec![file("a"), file("poison"), file("c")],
+            ..Default::default()
+        };
+        job.assign_shard(shard).await.unwrap();
+        for n in 0..LOSSES_BEFORE_SPLIT {
+            let got = job.take_shards(&format!("w{n}"), 1);
+            assert_eq!(got[0].files.len(), 3, "whole until the split");
+            job.worker_lost(&format!("w{n}")).await;
+        }
+        // Now one file per shard.
+        let singles = job.take_shards("x", 10);
+        assert_eq!(singles.len(), 3);
+        assert!(singles.iter().all(|s| s.files.len() == 1));
+        let poison = singles.iter().find(|s| s.files[0].uri == "poison").unwrap().shard_id.clone();
+        // The innocent files finish and are committed; the poison one kills its worker.
+        let innocent: Vec<String> = singles.iter().map(|s| s.shard_id.clone()).filter(|id| *id != poison).collect();
+        job.committed(&[pb::Checkpoint { shards_finished: innocent, ..Default::default() }]);
+        job.worker_lost("x").await;
+        for n in 1..LOSSES_BEFORE_QUARANTINE {
+            let worker = format!("y{n}");
+            let got = job.take_shards(&worker, 10);
+            assert_eq!(got.len(), 1, "round {n}: {got:?}");
+            assert_eq!(got[0].shard_id, poison);
+            job.worker_lost(&worker).await;
+        }
+        assert!(job.take_shards("z", 10).is_empty(), "quarantined, not retried");
+        assert!(!job.outstanding(), "nothing left: the job can finish");
     }
 }

@@ -124,7 +124,7 @@ impl Actor for Normalizer {
             return Ok(());
         };
         self.busy.enter();
-        test_delay().await;
+        test_hooks(&task.file.uri).await;
         let outcome = process(&task.file, &self.settings, &self.flusher, self.isolation.as_deref(), child).await;
         self.busy.exit();
         let label = match &outcome {
@@ -155,9 +155,14 @@ impl Actor for Normalizer {
 
 }
 
-/// Test hook: `SLUICE_TEST_FILE_DELAY_MS` makes every file take at least
-/// that long, so tests can act while a job is surely still running.
-async fn test_delay() {
+/// Test hooks: `SLUICE_TEST_FILE_DELAY_MS` makes every file take at least
+/// that long, so tests can act while a job is surely still running;
+/// `SLUICE_TEST_ABORT_ON` aborts the whole worker process on files whose
+/// URI contains it, standing in for a poison file that kills workers.
+async fn test_hooks(uri: &str) {
+    if std::env::var("SLUICE_TEST_ABORT_ON").is_ok_and(|s| !s.is_empty() && uri.contains(&s)) {
+        std::process::abort();
+    }
     static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
     let delay = DELAY.get_or_init(|| {
         std::env::var("SLUICE_TEST_FILE_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis)

@@ -624,3 +624,52 @@ fn a_poison_file_that_kills_workers_is_quarantined() {
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(text.contains("poison.txt") && text.contains("quarantined"), "{text}");
 }
+
+#[test]
+fn a_partitioned_worker_is_fenced_and_its_shards_finish_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    support::corpus(&corpus, 1200, false);
+    let expected = expected_rows(&corpus);
+    let cluster = Cluster::new(dir.path());
+    let port = free_port();
+    let coordinator = cluster.coordinator(port);
+    wait_leading(port);
+    // Worker A reaches the coordinator only through a proxy that can cut it off.
+    let (proxy_port, control) = (free_port(), dir.path().join("partition"));
+    let mut proxy = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/partition_proxy.py"))
+        .args([proxy_port.to_string(), port.to_string()])
+        .arg(&control)
+        .spawn()
+        .unwrap();
+    support::services::wait_port(proxy_port, "partition proxy");
+    let mut a = sluice();
+    a.args(["worker", "--coordinator", &addr(proxy_port), "--name", "cutoff"])
+        .env("SLUICE_TEST_FILE_DELAY_MS", FILE_DELAY_MS)
+        .envs(cluster.moto.env());
+    let worker_a = Proc::spawn(a, &dir.path().join("worker-a.log"));
+    let _worker_b = cluster.worker("b");
+
+    let table = "s3://lake/cluster/partition";
+    let job = submit(port, table, &corpus, &["--shard-files", "40", "--flush-every", "50", "--commit-every", "200"]);
+    wait_for("A to take shards and a commit", Duration::from_secs(120), || {
+        worker_a.log_text().contains("pipeline started") && status(port, &job).is_some_and(|(_, v)| v >= 2)
+    });
+    std::fs::write(&control, "cut").unwrap();
+    wait_for("A to be declared dead", Duration::from_secs(60), || coordinator.log_text().contains("worker declared dead"));
+    let (state, _) = status(port, &job).unwrap();
+    assert_eq!(state, "running", "the partition lands mid-job");
+
+    // The job finishes without A; then the network heals and A comes back.
+    let out = run(sluice().args(["watch", "--coordinator", &addr(port), &job]));
+    assert_eq!(out.status.code(), Some(0));
+    std::fs::remove_file(&control).unwrap();
+    wait_for("A to register again, under a new id", Duration::from_secs(60), || {
+        worker_a.log_text().contains("registering again") && coordinator.log_text().matches("worker registered").count() >= 3
+    });
+    // Nothing A wrote before or after the cut was committed twice or lost.
+    assert_rows_exactly_once(cluster.rows(table), &expected);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}

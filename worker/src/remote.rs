@@ -119,7 +119,7 @@ async fn incarnation(cfg: &RemoteConfig, etcd: Option<&sluice_common::meta::Clie
     }
     let reg = client
         .clone()
-        .register_worker(pb::RegisterWorkerRequest { worker_id: worker_id.clone(), ..Default::default() })
+        .register_worker(pb::RegisterWorkerRequest { worker_id: worker_id.clone(), leased: etcd.is_some(), ..Default::default() })
         .await
         .map_err(|s| Error::Link(format!("registering with {addr}: {}", s.message())))?
         .into_inner();

@@ -63,6 +63,8 @@ impl std::fmt::Debug for Tokens {
 struct WorkerEntry {
     registered: Instant,
     last_seen: Instant,
+    /// Holds an etcd membership lease (checked on top of heartbeats).
+    leased: bool,
 }
 
 pub struct Cluster {
@@ -381,8 +383,9 @@ impl Cluster {
         }
     }
 
-    pub fn register(&self, worker_id: &str) -> pb::RegisterWorkerResponse {
-        self.workers.lock().expect("not poisoned").insert(worker_id.to_string(), WorkerEntry { registered: Instant::now(), last_seen: Instant::now() });
+    pub fn register(&self, worker_id: &str, leased: bool) -> pb::RegisterWorkerResponse {
+        let entry = WorkerEntry { registered: Instant::now(), last_seen: Instant::now(), leased };
+        self.workers.lock().expect("not poisoned").insert(worker_id.to_string(), entry);
         tracing::info!(%worker_id, "worker registered");
         metrics::gauge!("sluice_workers").set(self.workers.lock().expect("not poisoned").len() as f64);
         pb::RegisterWorkerResponse {
@@ -472,7 +475,8 @@ impl Cluster {
                         w.last_seen.elapsed() > self.cfg.worker_timeout
                             // Its etcd membership lease expired (workers
                             // register there before they register here).
-                            || members.as_ref().is_some_and(|m| !m.contains(id) && w.registered.elapsed() > self.cfg.worker_timeout)
+                            || (w.leased
+                                && members.as_ref().is_some_and(|m| !m.contains(id) && w.registered.elapsed() > self.cfg.worker_timeout))
                     })
                     .map(|(id, _)| id.clone())
                     .collect();

@@ -129,7 +129,7 @@ impl CoordinatorService for Api {
         if req.worker_id.is_empty() {
             return Err(Status::invalid_argument("worker_id is required"));
         }
-        Ok(Response::new(self.0.register(&req.worker_id)))
+        Ok(Response::new(self.0.register(&req.worker_id, req.leased)))
     }
 
     async fn poll(&self, req: Request<pb::PollRequest>) -> Result<Response<pb::PollResponse>, Status> {

@@ -673,3 +673,35 @@ fn a_partitioned_worker_is_fenced_and_its_shards_finish_elsewhere() {
     let _ = proxy.kill();
     let _ = proxy.wait();
 }
+
+#[test]
+fn etcd_restarted_mid_job_the_cluster_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    support::corpus(&corpus, 1200, false);
+    let expected = expected_rows(&corpus);
+    let mut cluster = Cluster::new(dir.path());
+    let port = free_port();
+    // A leadership lease longer than the outage: the leader need not step down.
+    let mut cmd = sluice();
+    cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--etcd", &cluster.etcd.endpoint])
+        .args(["--lease-ttl", "6", "--worker-timeout", "3", "--heartbeat-ms", "200", "--allowed-root"])
+        .arg(dir.path())
+        .envs(cluster.moto.env());
+    let mut coordinator = Proc::spawn(cmd, &dir.path().join("coordinator.log"));
+    wait_leading(port);
+    let _workers: Vec<Proc> = (0..2).map(|i| cluster.worker(&format!("w{i}"))).collect();
+    let table = "s3://lake/cluster/etcd-restart";
+    let job = submit(port, table, &corpus, &["--shard-files", "40", "--flush-every", "50", "--commit-every", "200"]);
+    wait_for("a first commit", Duration::from_secs(120), || status(port, &job).is_some_and(|(_, v)| v >= 2));
+
+    // etcd dies and comes back a second later. Workers (2 s leases) may lose
+    // their membership and register again; the leader (6 s) keeps leading.
+    assert_eq!(status(port, &job).unwrap().0, "running", "the restart lands mid-job");
+    cluster.etcd.restart(Duration::from_millis(1000));
+    let out = run(sluice().args(["watch", "--coordinator", &addr(port), &job]));
+    assert_eq!(out.status.code(), Some(0), "the job completes across the etcd restart");
+    assert!(coordinator.child.try_wait().unwrap().is_none(), "the leader kept its leadership");
+    assert_rows_exactly_once(cluster.rows(table), &expected);
+    coordinator.kill9();
+}

@@ -77,7 +77,7 @@ impl MetaStore {
             .map_err(|e| etcd_err("campaign", e))?;
         let key = won.leader().map(|k| k.key().to_vec()).unwrap_or_default();
         tracing::info!(%advertise, "leading");
-        Ok(Some(Leadership { key, lease }))
+        Ok(Some(Leadership { key, lease, ttl }))
     }
 
     /// Does this process still hold `leadership`? Checked right before
@@ -85,11 +85,20 @@ impl MetaStore {
     /// takes over) does not commit.
     pub async fn still_leading(&self, leadership: &Leadership) -> bool {
         let MetaStore::Etcd { client, .. } = self else { return true };
-        match client.clone().get(leadership.key.clone(), None).await {
-            Ok(resp) => resp.kvs().first().is_some_and(|kv| kv.lease() == leadership.lease),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot confirm leadership");
-                false
+        // etcd may be briefly away; nobody else can lead before our lease
+        // runs out, so keep asking until then.
+        let deadline = tokio::time::Instant::now() + leadership.ttl;
+        loop {
+            match client.clone().get(leadership.key.clone(), None).await {
+                Ok(resp) => return resp.kvs().first().is_some_and(|kv| kv.lease() == leadership.lease),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "cannot confirm leadership yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot confirm leadership");
+                    return false;
+                }
             }
         }
     }
@@ -100,6 +109,7 @@ impl MetaStore {
 pub struct Leadership {
     key: Vec<u8>,
     lease: i64,
+    ttl: Duration,
 }
 
 /// Connect to etcd (the endpoints are `http://host:port`, comma-separated or repeated).
@@ -144,35 +154,42 @@ pub async fn members(client: &Client, prefix: &str) -> Result<Vec<String>> {
     Ok(resp.kvs().iter().map(|kv| String::from_utf8_lossy(&kv.key()[key.len()..]).into_owned()).collect())
 }
 
-/// Refresh `lease` every third of its TTL. A leadership lease that cannot
-/// be refreshed ends the process; a membership lease just stops (the
-/// worker's next poll tells it to register again).
-fn keep_alive(mut client: Client, lease: i64, ttl: Duration, what: &'static str) {
+/// Refresh `lease` every third of its TTL. An etcd that is briefly away
+/// (restarted, a blip) is retried until the lease would have expired; only
+/// then is the lease lost. A lost leadership lease ends the process; a lost
+/// membership lease just stops (the worker's next poll tells it to
+/// register again).
+fn keep_alive(client: Client, lease: i64, ttl: Duration, what: &'static str) {
     tokio::spawn(async move {
-        let fail = |why: String| {
-            if what == "leadership" {
-                tracing::error!(%why, "lost the leadership lease; exiting so a standby can lead");
-                std::process::exit(75);
-            }
-            tracing::warn!(%why, "membership lease lost");
-        };
-        let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
-            Ok(k) => k,
-            Err(e) => return fail(e.to_string()),
-        };
         let every = (ttl / 3).max(Duration::from_millis(100));
-        loop {
-            if let Err(e) = keeper.keep_alive().await {
-                return fail(e.to_string());
+        let mut renewed = tokio::time::Instant::now();
+        let why = loop {
+            if renewed.elapsed() > ttl {
+                break "could not renew it within its TTL".to_string();
             }
-            match tokio::time::timeout(ttl, stream.message()).await {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
-                Ok(Ok(Some(_))) => return fail("lease expired".into()),
-                Ok(Ok(None)) => return fail("keep-alive stream ended".into()),
-                Ok(Err(e)) => return fail(e.to_string()),
-                Err(_) => return fail("no keep-alive answer within the TTL".into()),
+            match renew_once(&client, lease, every).await {
+                Ok(true) => renewed = tokio::time::Instant::now(),
+                Ok(false) => break "the lease expired".to_string(),
+                Err(e) => tracing::warn!(error = %e, lease = what, "cannot renew the lease yet; retrying"),
             }
             tokio::time::sleep(every).await;
+        };
+        if what == "leadership" {
+            tracing::error!(%why, "lost the leadership lease; exiting so a standby can lead");
+            std::process::exit(75);
         }
+        tracing::warn!(%why, "membership lease lost");
     });
+}
+
+/// One keep-alive round trip: Ok(false) if etcd says the lease is gone.
+async fn renew_once(client: &Client, lease: i64, wait: Duration) -> Result<bool> {
+    let (mut keeper, mut stream) = client.clone().lease_keep_alive(lease).await.map_err(|e| etcd_err("keep-alive", e))?;
+    keeper.keep_alive().await.map_err(|e| etcd_err("keep-alive", e))?;
+    match tokio::time::timeout(wait.max(Duration::from_millis(500)), stream.message()).await {
+        Ok(Ok(Some(resp))) => Ok(resp.ttl() > 0),
+        Ok(Ok(None)) => Err(Error::Link("keep-alive stream ended".into())),
+        Ok(Err(e)) => Err(etcd_err("keep-alive", e)),
+        Err(_) => Err(Error::Link("no keep-alive answer".into())),
+    }
 }

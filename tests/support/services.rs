@@ -92,19 +92,25 @@ impl Drop for Moto {
 pub struct Etcd {
     child: Child,
     pub endpoint: String,
-    _dir: tempfile::TempDir,
+    ports: (u16, u16),
+    dir: tempfile::TempDir,
 }
 
 impl Etcd {
     /// etcd from Debian's etcd-server, tuned to elect itself at once.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
+        let ports = (free_port(), free_port());
+        let child = Self::spawn(dir.path(), ports);
+        Self { child, endpoint: format!("http://127.0.0.1:{}", ports.0), ports, dir }
+    }
+
+    fn spawn(dir: &Path, (client, peer): (u16, u16)) -> Child {
         let c = format!("http://127.0.0.1:{client}");
         let p = format!("http://127.0.0.1:{peer}");
         let child = Command::new("etcd")
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
             .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
             .args(["--initial-cluster", &format!("default={p}")])
@@ -114,7 +120,15 @@ impl Etcd {
             .spawn()
             .expect("etcd must be installed (Debian etcd-server)");
         wait_port(client, "etcd");
-        Self { child, endpoint: c, _dir: dir }
+        child
+    }
+
+    /// `kill -9`, then start again on the same data and ports after `down`.
+    pub fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Self::spawn(self.dir.path(), self.ports);
     }
 }
 

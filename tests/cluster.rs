@@ -705,3 +705,76 @@ fn etcd_restarted_mid_job_the_cluster_recovers() {
     assert_rows_exactly_once(cluster.rows(table), &expected);
     coordinator.kill9();
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made
+/// with the openssl CLI. Returns the directory holding ca.crt, server.{crt,key},
+/// client.{crt,key}.
+fn make_certs(dir: &Path) -> PathBuf {
+    let d = dir.join("certs");
+    std::fs::create_dir_all(&d).unwrap();
+    let sh = |script: &str| {
+        let ok = Command::new("sh").arg("-ec").arg(script).current_dir(&d).status().unwrap();
+        assert!(ok.success(), "{script}");
+    };
+    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt \
+        -subj /CN=sluice-test-ca -days 2 2>/dev/null");
+    for (name, usage, san) in [("server", "serverAuth", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"), ("client", "clientAuth", "")] {
+        std::fs::write(
+            d.join(format!("{name}.ext")),
+            format!("{san}basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n"),
+        )
+        .unwrap();
+        sh(&format!(
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}.key -out {name}.csr \
+             -subj /CN=sluice-{name} 2>/dev/null && \
+             openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out {name}.crt \
+             -extfile {name}.ext 2>/dev/null"
+        ));
+    }
+    d
+}
+
+#[test]
+fn tls_everywhere_and_workers_need_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    support::corpus(&corpus, 60, false);
+    let expected = expected_rows(&corpus);
+    let certs = make_certs(dir.path());
+    let c = |f: &str| certs.join(f).to_str().unwrap().to_string();
+    let cluster = Cluster::new(dir.path());
+    let port = free_port();
+    let tls = ["--tls-cert", &c("server.crt"), "--tls-key", &c("server.key"), "--tls-client-ca", &c("ca.crt")];
+    let coordinator = cluster.coordinator_with(port, &tls);
+    let https = format!("https://127.0.0.1:{port}");
+    wait_for("the TLS coordinator to lead", Duration::from_secs(30), || {
+        sluice().args(["jobs", "--coordinator", &https, "--tls-ca", &c("ca.crt")]).output().is_ok_and(|o| o.status.success())
+    });
+    // Plaintext does not get through.
+    assert!(!sluice().args(["jobs", "--coordinator", &addr(port)]).output().unwrap().status.success());
+    // grpcurl over TLS: reflection lists the services.
+    let bin = Path::new(&python()).with_file_name("grpcurl");
+    let out = run(Command::new(&bin).args(["-cacert", &c("ca.crt"), &format!("127.0.0.1:{port}"), "list"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sluice.v1.JobService"));
+
+    // A worker without a client certificate is refused; one with it works.
+    let mut nocert = sluice();
+    nocert.args(["worker", "--etcd", &cluster.etcd.endpoint, "--lease-ttl", "2", "--name", "nocert", "--tls-ca", &c("ca.crt")]);
+    let nocert = Proc::spawn(nocert, &dir.path().join("worker-nocert.log"));
+    let mut good = sluice();
+    good.args(["worker", "--etcd", &cluster.etcd.endpoint, "--lease-ttl", "2", "--name", "good", "--tls-ca", &c("ca.crt")])
+        .args(["--tls-client-cert", &c("client.crt"), "--tls-client-key", &c("client.key")])
+        .envs(cluster.moto.env());
+    let _good = Proc::spawn(good, &dir.path().join("worker-good.log"));
+    wait_for("the refusal", Duration::from_secs(30), || nocert.log_text().contains("client certificate"));
+
+    let mut cmd = sluice();
+    cmd.args(["submit", "--coordinator", &https, "--tls-ca", &c("ca.crt"), "--table", "s3://lake/cluster/tls"])
+        .arg(&corpus)
+        .arg("--watch");
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(0));
+    assert_rows_exactly_once(cluster.rows("s3://lake/cluster/tls"), &expected);
+    assert!(coordinator.log_text().contains("good-"), "the worker with a certificate joined");
+    assert!(!coordinator.log_text().contains("nocert-"), "the certificate-less worker never joined");
+}

@@ -111,6 +111,7 @@ pub async fn run(args: BenchCoordinatorArgs) -> Result<()> {
         storage_root: None,
         allowed_roots: vec![std::fs::canonicalize(&dir)?],
         tokens: Default::default(),
+        tls: Default::default(),
     })
     .await?;
     let listen = format!("127.0.0.1:{port}").parse()?;

@@ -52,6 +52,15 @@ pub struct CoordinatorArgs {
     /// it the job API is open
     #[arg(long, env = "SLUICE_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
+    /// Serve gRPC over TLS with this certificate (PEM)
+    #[arg(long, env = "SLUICE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM)
+    #[arg(long, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: workers must present a certificate signed by this CA (PEM)
+    #[arg(long, env = "SLUICE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Check the configuration (flags and environment), print it, and exit
     #[arg(long)]
     pub check_config: bool,
@@ -81,6 +90,8 @@ pub struct WorkerArgs {
     /// Serve Prometheus /metrics, /healthz and /readyz (ready = registered) here
     #[arg(long, env = "SLUICE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub tls: ClientTls,
     /// Check the configuration (flags and environment), print it, and exit
     #[arg(long)]
     pub check_config: bool,
@@ -94,6 +105,28 @@ pub struct ClientArgs {
     /// File holding the bearer token for the job API [env: SLUICE_TOKEN holds the token itself]
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: ClientTls,
+}
+
+/// TLS toward a coordinator served over `https://`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClientTls {
+    /// CA certificate (PEM) that signed the coordinator's certificate
+    #[arg(long, env = "SLUICE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for mutual TLS
+    #[arg(long = "tls-client-cert", env = "SLUICE_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// Client certificate's private key (PEM)
+    #[arg(long = "tls-client-key", env = "SLUICE_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    fn files(&self) -> sluice_common::tls::TlsFiles {
+        sluice_common::tls::TlsFiles { cert: self.tls_client_cert.clone(), key: self.tls_client_key.clone(), ca: self.tls_ca.clone() }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -143,11 +176,12 @@ async fn ctrl_c() {
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
     let advertise = args.advertise.clone().unwrap_or_else(|| {
         if args.listen.ip().is_unspecified() {
-            format!("http://{}:{}", hostname(), args.listen.port())
+            format!("{scheme}://{}:{}", hostname(), args.listen.port())
         } else {
-            format!("http://{}", args.listen)
+            format!("{scheme}://{}", args.listen)
         }
     });
     let cfg = ClusterConfig {
@@ -173,7 +207,12 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
             Some(path) if !args.check_config => read_tokens(path)?,
             _ => Vec::new(),
         }),
+        tls: sluice_common::tls::TlsFiles { cert: args.tls_cert.clone(), key: args.tls_key.clone(), ca: args.tls_client_ca.clone() },
     };
+    if !args.check_config {
+        // Unreadable or mismatched files fail here, not at the first client.
+        cfg.tls.server()?;
+    }
     if let Some(root) = &cfg.storage_root {
         if !root.contains("://") && !root.starts_with('/') {
             bail!("--storage-uri {root}: give a URI (s3://bucket/lake) or an absolute path");
@@ -209,6 +248,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
         normalizer_exe: (!args.in_process_normalizers).then(std::env::current_exe).transpose()?,
         lease_ttl: Duration::from_secs(args.lease_ttl.max(1)),
         ready: ready.clone(),
+        tls: args.tls.files(),
     };
     if args.check_config {
         println!("{cfg:#?}");
@@ -258,7 +298,10 @@ async fn client(args: &ClientArgs) -> Result<JobClient> {
     let header = token
         .map(|t| format!("Bearer {t}").parse().context("the token is not valid in a header"))
         .transpose()?;
-    let channel = tonic::transport::Endpoint::from_shared(args.coordinator.clone())?
+    let channel = args
+        .tls
+        .files()
+        .endpoint(&args.coordinator)?
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;

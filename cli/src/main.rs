@@ -78,6 +78,7 @@ fn main() {
         };
         std::process::exit(code);
     }
+    sluice_common::tls::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = runtime.block_on(async {
         let result = match cli.command {

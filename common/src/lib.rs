@@ -15,6 +15,7 @@ pub mod sources;
 pub mod storage;
 pub mod table;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::{Error, Result};
 pub use sluice_proto::v1 as pb;

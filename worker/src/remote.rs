@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use sluice_common::link::{CoordinatorLink, WorkerLink};
 use sluice_common::{pb, Error, Result};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::Worker;
 use pb::coordinator_service_client::CoordinatorServiceClient;
@@ -38,6 +38,9 @@ pub struct RemoteConfig {
     pub lease_ttl: Duration,
     /// Set while registered with a coordinator (readiness).
     pub ready: Arc<AtomicBool>,
+    /// TLS to the coordinator (`https://` addresses): the CA to trust, and
+    /// this worker's certificate for mutual TLS.
+    pub tls: sluice_common::tls::TlsFiles,
 }
 
 /// Checkpoints over gRPC. A checkpoint refused with `stop` ends the incarnation.
@@ -108,10 +111,7 @@ async fn coordinator_address(cfg: &RemoteConfig, etcd: Option<&sluice_common::me
 /// or cannot be reached for longer than the timeout.
 async fn incarnation(cfg: &RemoteConfig, etcd: Option<&sluice_common::meta::Client>) -> Result<()> {
     let addr = coordinator_address(cfg, etcd).await?;
-    let channel = Endpoint::from_shared(addr.clone())
-        .map_err(|e| Error::InvalidInput(format!("coordinator address {addr}: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect_lazy();
+    let channel = cfg.tls.endpoint(&addr)?.connect_timeout(Duration::from_secs(3)).connect_lazy();
     let client = CoordinatorServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let worker_id = format!("{}-{}", cfg.name, &uuid::Uuid::new_v4().simple().to_string()[..8]);
     if let Some(etcd) = etcd {

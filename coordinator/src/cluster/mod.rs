@@ -48,6 +48,9 @@ pub struct ClusterConfig {
     pub allowed_roots: Vec<std::path::PathBuf>,
     /// Bearer tokens accepted by the job API; empty: no authentication.
     pub tokens: Tokens,
+    /// TLS for the gRPC endpoint; with a client CA, workers must present a
+    /// certificate it signed (mutual TLS).
+    pub tls: sluice_common::tls::TlsFiles,
 }
 
 /// Bearer tokens; never printed.
@@ -109,6 +112,15 @@ impl Cluster {
             let same = t.len() == token.len() && t.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
             ok | same
         })
+    }
+
+    /// Must workers present a client certificate?
+    pub fn requires_worker_certs(&self) -> bool {
+        self.cfg.tls.ca.is_some()
+    }
+
+    pub fn tls(&self) -> &sluice_common::tls::TlsFiles {
+        &self.cfg.tls
     }
 
     pub fn is_leader(&self) -> bool {

@@ -30,6 +30,14 @@ fn status(e: Error) -> Status {
 struct Api(Arc<Cluster>);
 
 impl Api {
+    /// The worker protocol under mutual TLS: a verified client certificate.
+    fn worker<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.0.requires_worker_certs() && req.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(Status::unauthenticated("workers must present a client certificate signed by the cluster CA"));
+        }
+        self.lead()
+    }
+
     fn lead(&self) -> Result<(), Status> {
         if self.0.is_leader() {
             Ok(())
@@ -124,7 +132,7 @@ impl CoordinatorService for Api {
         &self,
         req: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
-        self.lead()?;
+        self.worker(&req)?;
         let req = req.into_inner();
         if req.worker_id.is_empty() {
             return Err(Status::invalid_argument("worker_id is required"));
@@ -133,12 +141,12 @@ impl CoordinatorService for Api {
     }
 
     async fn poll(&self, req: Request<pb::PollRequest>) -> Result<Response<pb::PollResponse>, Status> {
-        self.lead()?;
+        self.worker(&req)?;
         Ok(Response::new(self.0.poll(req.into_inner()).await))
     }
 
     async fn publish_checkpoint(&self, req: Request<pb::Checkpoint>) -> Result<Response<pb::CheckpointAck>, Status> {
-        self.lead()?;
+        self.worker(&req)?;
         self.0.publish(req.into_inner()).await.map(Response::new).map_err(status)
     }
 }
@@ -200,7 +208,11 @@ pub async fn serve(
         })
     };
     tracing::info!(%listen, "coordinator listening");
-    let result = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = cluster.tls().server()? {
+        server = server.tls_config(tls).map_err(|e| Error::InvalidInput(format!("TLS: {e}")))?;
+    }
+    let result = server
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

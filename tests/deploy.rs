@@ -58,6 +58,7 @@ fn chart_lints_renders_validates_and_matches_the_binary() {
                 // Authentication and local roots, where the values ask for them.
                 assert_eq!(printed.contains("job API tokens from /etc/sluice/auth/tokens"), name == "hpa", "{name}: {printed}");
                 assert_eq!(printed.contains("\"/data\""), name == "hpa", "{name}: {printed}");
+                assert_eq!(printed.contains("/etc/sluice/tls/ca.crt"), name == "external-etcd", "{name}: mutual TLS");
             }
             assert!(printed.contains("etcd"), "{name}: {printed}");
         }

@@ -23,6 +23,7 @@ COMBINATIONS = {
     "external-etcd": {
         "storage": {"uri": "s3://bucket/lake", "existingSecret": "lake-credentials"},
         "etcd": {"bundled": False, "external": {"endpoints": ["http://etcd-0.etcd:2379", "http://etcd-1.etcd:2379"]}},
+        "tls": {"enabled": True, "existingSecret": "sluice-tls"},
     },
     "hpa": {
         "storage": {"uri": "s3://bucket/lake", "accessKeyId": "AKIA", "secretAccessKey": "secret"},
@@ -50,6 +51,7 @@ BAD_VALUES = {
     "unknown key": {"wroker": {"replicas": 3}},
     "short token": {"auth": {"tokens": ["abc"]}},
     "relative allowed root": {"sources": {"allowedRoots": ["data"]}},
+    "tls without a secret": {"tls": {"enabled": True}},
 }
 
 # CRDs have no schema in kubernetes-validate; they are checked by hand.

@@ -90,3 +90,32 @@ checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sh
 {{- define "sluice.authEnabled" -}}
 {{- if or .Values.auth.existingSecret .Values.auth.tokens -}}true{{- end -}}
 {{- end -}}
+
+{{- define "sluice.scheme" -}}
+{{- if .Values.tls.enabled -}}https{{- else -}}http{{- end -}}
+{{- end -}}
+
+{{/* TLS environment: the coordinator serves with the certificate; workers trust the CA and, under mutual TLS, present the certificate. */}}
+{{- define "sluice.tlsEnv" -}}
+{{- if .root.Values.tls.enabled }}
+{{- if eq .role "coordinator" }}
+- name: SLUICE_TLS_CERT
+  value: /etc/sluice/tls/tls.crt
+- name: SLUICE_TLS_KEY
+  value: /etc/sluice/tls/tls.key
+{{- if .root.Values.tls.mutual }}
+- name: SLUICE_TLS_CLIENT_CA
+  value: /etc/sluice/tls/ca.crt
+{{- end }}
+{{- else }}
+- name: SLUICE_TLS_CA
+  value: /etc/sluice/tls/ca.crt
+{{- if .root.Values.tls.mutual }}
+- name: SLUICE_TLS_CLIENT_CERT
+  value: /etc/sluice/tls/tls.crt
+- name: SLUICE_TLS_CLIENT_KEY
+  value: /etc/sluice/tls/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -97,12 +97,15 @@ fn ingest_through_ten_percent_storage_faults_is_exact() {
     let proxy = FaultProxy::start(&moto.endpoint, 0.10, dir.path());
 
     // Every request to storage goes through the proxy; a tenth of them fail
-    // (503, 500) or are slow. The object-store client retries with backoff.
+    // (503, 500), are slow, or hang. The object-store client times out and
+    // retries with exponential backoff and jitter.
     let mut cmd = sluice();
     cmd.args(["ingest", "--table", "s3://lake/faulty", "--json", "--flush-every", "5", "--commit-every", "20"])
         .arg(&corpus)
         .args(["--s3-endpoint", &proxy.endpoint, "--s3-region", "us-east-1", "--s3-access-key-id", "test"])
-        .args(["--s3-secret-access-key", "test", "--s3-allow-http"]);
+        .args(["--s3-secret-access-key", "test", "--s3-allow-http"])
+        // A hung request is abandoned after 2 s and retried.
+        .args(["--storage-option", "timeout=2s"]);
     let out = run(&mut cmd);
     assert_eq!(out.status.code(), Some(2), "the job completes; only the bad files fail");
     let stats = proxy.stats();

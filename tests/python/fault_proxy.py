@@ -2,9 +2,10 @@
 
 Usage: fault_proxy.py LISTEN_PORT UPSTREAM_PORT FAULT_RATE STATS_FILE
 
-A FAULT_RATE share of requests fail: half answered 503 SlowDown, a quarter
-500 InternalError (both before reaching the server), a quarter answered
-slowly (1 s delay, then forwarded). Counts go to STATS_FILE as JSON after
+A FAULT_RATE share of requests fail: 40 % of them answered 503 SlowDown,
+20 % 500 InternalError (both before reaching the server), 20 % answered
+slowly (1 s delay, then forwarded), 20 % never answered (the connection
+hangs for 30 s: the client's timeout has to fire). Counts go to STATS_FILE as JSON after
 every request. Loopback only.
 """
 
@@ -18,7 +19,7 @@ import time
 
 LISTEN, UPSTREAM, RATE, STATS = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 lock = threading.Lock()
-stats = {"requests": 0, "503": 0, "500": 0, "slow": 0}
+stats = {"requests": 0, "503": 0, "500": 0, "slow": 0, "hang": 0}
 
 
 def count(kind):
@@ -47,15 +48,20 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else None
         count("requests")
         roll = random.random()
-        if roll < RATE / 2:
+        if roll < RATE * 0.4:
             count("503")
             return self.fail(503, "SlowDown")
-        if roll < RATE * 3 / 4:
+        if roll < RATE * 0.6:
             count("500")
             return self.fail(500, "InternalError")
-        if roll < RATE:
+        if roll < RATE * 0.8:
             count("slow")
             time.sleep(1.0)
+        elif roll < RATE:
+            count("hang")
+            time.sleep(30)
+            self.close_connection = True
+            return
         conn = http.client.HTTPConnection("127.0.0.1", UPSTREAM, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "transfer-encoding")}
         conn.request(self.command, self.path, body=body, headers=headers)

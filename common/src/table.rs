@@ -98,6 +98,26 @@ impl TableHandle {
 
     /// Open the table, creating it empty with the sluice schema if absent.
     pub async fn open_or_create(&self) -> Result<Dataset> {
+        // Creating is a conditional write the object-store client does not
+        // retry when it times out: retry here (a retry finds the table if
+        // the first attempt landed).
+        let mut delay = std::time::Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match self.open_or_create_once().await {
+                Err(e @ (Error::InvalidInput(_) | Error::InvalidSettings(_))) => return Err(e),
+                Err(e) if attempt < COMMIT_ATTEMPTS => {
+                    tracing::warn!(table = %self.location.uri, attempt, error = %e, "cannot open or create the table; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn open_or_create_once(&self) -> Result<Dataset> {
         match self.open().await {
             Ok(ds) => {
                 check_schema(&ds)?;
@@ -205,6 +225,42 @@ pub struct Committed {
 /// `known_version` is a version the caller knows to precede any earlier
 /// attempt of this commit; only newer versions are searched.
 pub async fn commit_append(
+    handle: &TableHandle,
+    ds: &Dataset,
+    commit_id: &str,
+    known_version: u64,
+    fragments: Vec<Fragment>,
+    properties: HashMap<String, String>,
+) -> Result<Committed> {
+    // Storage faults the object-store client does not retry (a conditional
+    // put that timed out is ambiguous) are retried here: each attempt first
+    // checks whether an earlier one landed, so the commit happens once.
+    let mut delay = std::time::Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match commit_once(handle, ds, commit_id, known_version, fragments.clone(), properties.clone()).await {
+            Ok(done) => return Ok(done),
+            Err(e @ (Error::InvalidInput(_) | Error::InvalidSettings(_))) => return Err(e),
+            Err(e) if attempt >= COMMIT_ATTEMPTS => return Err(e),
+            Err(e) => {
+                tracing::warn!(%commit_id, attempt, error = %e, "commit failed; checking and retrying");
+                let jitter = std::time::Duration::from_millis(u64::from(rand_jitter()) % 100);
+                tokio::time::sleep(delay + jitter).await;
+                delay *= 2;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Attempts of one commit before its error is final.
+const COMMIT_ATTEMPTS: u32 = 6;
+
+fn rand_jitter() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+}
+
+async fn commit_once(
     handle: &TableHandle,
     ds: &Dataset,
     commit_id: &str,

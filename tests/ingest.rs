@@ -202,3 +202,41 @@ fn pylance_reads_what_the_cli_wrote() {
     assert!(r["blob_checks"].as_u64().unwrap() >= 20);
     assert_eq!(r["blob_mismatches"].as_array().unwrap().len(), 0, "blob bytes equal the source files");
 }
+
+#[test]
+fn sql_queries_over_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    support::corpus(&corpus, 60, true);
+    let table = dir.path().join("lake");
+    let (code, _) = ingest_json(&table, &[&corpus], &[]);
+    assert_eq!(code, 2);
+    let truth = rows_per_kind(&read_rows(&table));
+
+    let query = |sql: &str, extra: &[&str]| {
+        let out = run(sluice().args(["query", "--json", "--table"]).arg(&table).args(extra).arg(sql));
+        let rows: Vec<serde_json::Value> =
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (out.status.code(), rows, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, rows, _) = query("SELECT kind, count(*) AS n FROM lake GROUP BY kind", &[]);
+    assert_eq!(code, Some(0));
+    let counted: std::collections::HashMap<String, usize> =
+        rows.iter().map(|r| (r["kind"].as_str().unwrap().to_string(), r["n"].as_u64().unwrap() as usize)).collect();
+    assert_eq!(counted, truth, "SQL counts match the rows read through the Lance API");
+
+    // Blob bytes only when asked for; rows capped by --limit.
+    let (_, rows, _) = query("SELECT data FROM lake WHERE kind = 'image'", &["--limit", "3"]);
+    assert_eq!(rows.len(), 3);
+    assert!(rows[0]["data"].is_object(), "a description, not the bytes: {}", rows[0]);
+    let (_, rows, _) = query("SELECT data FROM lake WHERE kind = 'image'", &["--limit", "1", "--blobs"]);
+    assert!(!rows[0]["data"].is_object(), "the bytes: {}", rows[0]);
+
+    // Bad SQL and unknown columns are clear errors.
+    let (code, _, err) = query("SELEC 1", &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("SQL error"), "{err}");
+    let (code, _, err) = query("SELECT nope FROM lake", &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("No field named nope"), "{err}");
+}

@@ -9,6 +9,7 @@ mod gc;
 mod ingest;
 mod inspect;
 mod knobs;
+mod query;
 mod storage_args;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Show a table: schema, versions, rows per kind, samples, failed files.
     Inspect(inspect::InspectArgs),
+    /// SQL over a table: `sluice query --table ./lake "SELECT kind, count(*) FROM lake GROUP BY kind"`.
+    Query(query::QueryArgs),
     /// Remove unreferenced data files (uncommitted fragments of killed runs) and optionally old versions.
     Gc(gc::GcArgs),
     /// Generate a sample corpus of mixed files (text, images, binary, bad files).
@@ -84,6 +87,7 @@ fn main() {
         let result = match cli.command {
             Command::Ingest(a) => ingest::run(a).await,
             Command::Inspect(a) => inspect::run(a).await.map(|()| 0),
+            Command::Query(a) => query::run(a).await,
             Command::Gc(a) => gc::run(a).await.map(|()| 0),
             Command::SampleCorpus(a) => corpus::run(a).map(|()| 0),
             Command::Bench(a) => bench::run(a).await.map(|()| 0),

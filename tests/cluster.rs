@@ -201,6 +201,27 @@ fn three_workers_ingest_to_s3_through_grpcurl() {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["progress"]["filesFailed"], "4", "the bad files are recorded: {status}");
 
+    // SQL over the table through TableService, by its name.
+    let q = r#"{"table":"t1","sql":"SELECT kind, count(*) AS n FROM t1 GROUP BY kind","page_rows":1}"#;
+    let out = run(grpcurl().args(["-d", q, &target, "sluice.v1.TableService/Query"]));
+    assert!(out.status.success());
+    let mut counted = std::collections::HashMap::new();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut pages = 0;
+    for page in serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>() {
+        pages += 1;
+        for row in page.unwrap()["rows"].as_array().unwrap() {
+            let row: serde_json::Value = serde_json::from_str(row.as_str().unwrap()).unwrap();
+            counted.insert(row["kind"].as_str().unwrap().to_string(), row["n"].as_u64().unwrap() as usize);
+        }
+    }
+    assert_eq!(counted, rows_per_kind(&cluster.rows("s3://lake/cluster/t1")), "SQL counts match the table");
+    assert_eq!(pages, counted.len(), "one row per page, as asked");
+    let bad = r#"{"table":"t1","sql":"SELECT nope FROM t1"}"#;
+    let out = run(grpcurl().args(["-d", bad, &target, "sluice.v1.TableService/Query"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("InvalidArgument") && err.contains("nope"), "{err}");
+
     // Prometheus metrics and health on the coordinator and a worker.
     let (code, metrics) = http_get(coordinator_metrics, "/metrics");
     assert_eq!(code, 200);
@@ -426,6 +447,8 @@ fn job_api_needs_a_token_sources_stay_in_allowed_roots_and_secrets_stay_out() {
         let out = run(g.args(["-d", &body, &target, "sluice.v1.JobService/SubmitJob"]));
         assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"), "{auth:?}");
     }
+    let out = run(grpcurl().args(["-d", r#"{"table":"s3://lake/sec/t","sql":"SELECT 1"}"#, &target, "sluice.v1.TableService/Query"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"), "the table API wants a token too");
     // Sources outside the allowed roots are refused.
     let outside = r#"{"spec":{"table":{"uri":"s3://lake/sec/x"},"manifest":{"inline":{"uris":["/etc/hostname"]}}}}"#;
     let out = run(grpcurl().args(["-H", "authorization: Bearer beta-token-2", "-d", outside, &target, "sluice.v1.JobService/SubmitJob"]));

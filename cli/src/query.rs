@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use futures::TryStreamExt;
-use lance_core::datatypes::BlobHandling;
+use anyhow::{Context, Result};
 
 use crate::storage_args::StorageArgs;
 
@@ -38,40 +36,18 @@ pub struct QueryArgs {
     pub storage: StorageArgs,
 }
 
-/// The table's name in SQL: the location's last path segment, as an identifier.
-fn default_name(uri: &str) -> String {
-    let last = uri.trim_end_matches('/').rsplit('/').next().unwrap_or("t");
-    let name: String = last.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
-    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) { format!("t_{name}") } else { name }
-}
-
 pub async fn run(args: QueryArgs) -> Result<i32> {
     let location = args.storage.location(&args.table)?;
-    let name = args.name.clone().unwrap_or_else(|| default_name(&location.uri));
+    let name = args.name.clone().unwrap_or_else(|| sluice_common::query::table_name(&location.uri));
     let table = sluice_common::table::TableHandle::new(location, 32);
     let dataset = table.open().await.with_context(|| format!("cannot open table {}", args.table))?;
-    let blobs = if args.blobs { BlobHandling::AllBinary } else { BlobHandling::AllDescriptions };
-    let run = async {
-        let query = dataset
-            .sql(&args.sql)
-            .table_name(&name)
-            .blob_handling(blobs)
-            .build()
-            .await
-            .map_err(sluice_common::Error::from)?;
-        let frame = query.into_dataframe().limit(0, Some(args.limit))?;
-        let batches: Vec<arrow_array::RecordBatch> = frame.execute_stream().await?.try_collect().await?;
-        Ok::<_, anyhow::Error>(batches)
-    };
-    let batches = match tokio::time::timeout(args.timeout, run).await {
-        Err(_) => bail!("query timed out after {:?}", args.timeout),
-        Ok(r) => r.context("query failed")?,
-    };
+    let batches = sluice_common::query::run_sql(&dataset, &args.sql, &name, args.limit, args.blobs, args.timeout)
+        .await
+        .context("query failed")?;
     if args.json {
-        let mut out = arrow_json::LineDelimitedWriter::new(std::io::stdout().lock());
-        let refs: Vec<&arrow_array::RecordBatch> = batches.iter().collect();
-        out.write_batches(&refs)?;
-        out.finish()?;
+        for row in sluice_common::query::json_rows(&batches)? {
+            println!("{row}");
+        }
     } else {
         println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
     }

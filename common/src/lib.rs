@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod ids;
 pub mod ledger;
 pub mod link;
+pub mod query;
 pub mod meta;
 pub mod schema;
 pub mod settings;

@@ -233,7 +233,7 @@ impl Cluster {
     }
 
     /// A job's table: a URI, an absolute path, or a name under the storage root.
-    fn table_uri(&self, given: &str) -> Result<String> {
+    pub fn table_uri(&self, given: &str) -> Result<String> {
         if given.contains("://") || given.starts_with('/') {
             return Ok(given.to_string());
         }

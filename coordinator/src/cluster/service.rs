@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::Cluster;
 use pb::coordinator_service_server::{CoordinatorService, CoordinatorServiceServer};
 use pb::job_service_server::{JobService, JobServiceServer};
+use pb::table_service_server::{TableService, TableServiceServer};
 
 /// Largest request accepted (a job spec with a long inline list).
 const MAX_REQUEST_BYTES: usize = 16 << 20;
@@ -115,6 +116,41 @@ impl JobService for Api {
     }
 }
 
+type PageStream = Pin<Box<dyn Stream<Item = Result<pb::QueryPage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TableService for Api {
+    type QueryStream = PageStream;
+
+    async fn query(&self, req: Request<pb::QueryRequest>) -> Result<Response<PageStream>, Status> {
+        self.lead()?;
+        let req = req.into_inner();
+        if req.sql.trim().is_empty() {
+            return Err(Status::invalid_argument("sql is required"));
+        }
+        let uri = self.0.table_uri(&req.table).map_err(status)?;
+        let mut options = std::collections::HashMap::new();
+        sluice_common::storage::complete_options(&uri, &mut options);
+        let location = sluice_common::storage::TableLocation::new(&uri, options).map_err(status)?;
+        let table = sluice_common::table::TableHandle::new(location, 32);
+        let dataset = table.open().await.map_err(|e| Status::not_found(format!("table {}: {e}", req.table)))?;
+        let limit = match req.limit {
+            0 => 1000,
+            n => n.min(100_000) as usize,
+        };
+        let name = sluice_common::query::table_name(&uri);
+        let batches =
+            sluice_common::query::run_sql(&dataset, &req.sql, &name, limit, req.include_blobs, Duration::from_secs(60))
+                .await
+                .map_err(status)?;
+        let rows = sluice_common::query::json_rows(&batches).map_err(status)?;
+        let page = if req.page_rows == 0 { 500 } else { req.page_rows as usize };
+        let pages: Vec<Result<pb::QueryPage, Status>> =
+            rows.chunks(page).map(|c| Ok(pb::QueryPage { rows: c.to_vec() })).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
+    }
+}
+
 /// A stream fed by a task through a small channel.
 fn async_stream<F, Fut>(f: F) -> StatusStream
 where
@@ -179,6 +215,7 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<JobServiceServer<Api>>().await;
     health.set_not_serving::<CoordinatorServiceServer<Api>>().await;
+    health.set_not_serving::<TableServiceServer<Api>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -205,6 +242,7 @@ pub async fn serve(
             }
             health.set_serving::<JobServiceServer<Api>>().await;
             health.set_serving::<CoordinatorServiceServer<Api>>().await;
+            health.set_serving::<TableServiceServer<Api>>().await;
         })
     };
     tracing::info!(%listen, "coordinator listening");
@@ -218,6 +256,10 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             JobServiceServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
+            bearer_auth(cluster.clone()),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            TableServiceServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
             bearer_auth(cluster.clone()),
         ))
         .add_service(CoordinatorServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))

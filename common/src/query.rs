@@ -1,0 +1,59 @@
+//! SQL over a sluice table (DataFusion, through Lance), shared by
+//! `sluice query` and the coordinator's `TableService`.
+
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use futures::TryStreamExt;
+use lance::Dataset;
+use lance_core::datatypes::BlobHandling;
+
+use crate::{Error, Result};
+
+/// The table's name in SQL: a location's last path segment, as an identifier.
+pub fn table_name(uri: &str) -> String {
+    let last = uri.trim_end_matches('/').rsplit('/').next().unwrap_or("t");
+    let name: String = last.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) { format!("t_{name}") } else { name }
+}
+
+/// Run `sql` against `ds` (named `name`), returning at most `limit` rows
+/// within `timeout`. Blob columns come back as descriptions unless `blobs`.
+/// Mistakes in the statement are `InvalidInput`.
+pub async fn run_sql(
+    ds: &Dataset,
+    sql: &str,
+    name: &str,
+    limit: usize,
+    blobs: bool,
+    timeout: Duration,
+) -> Result<Vec<RecordBatch>> {
+    let handling = if blobs { BlobHandling::AllBinary } else { BlobHandling::AllDescriptions };
+    let run = async {
+        let query = ds.sql(sql).table_name(name).blob_handling(handling).build().await.map_err(user_error)?;
+        let frame = query.into_dataframe().limit(0, Some(limit)).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let stream = frame.execute_stream().await.map_err(|e| Error::InvalidInput(e.to_string()))?;
+        stream.try_collect::<Vec<_>>().await.map_err(|e| Error::Link(format!("query failed: {e}")))
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| Error::InvalidInput(format!("query timed out after {timeout:?}")))?
+}
+
+fn user_error(e: lance::Error) -> Error {
+    match e {
+        lance::Error::InvalidInput { .. } => Error::InvalidInput(Error::Lance(e).to_string()),
+        other => Error::Lance(other),
+    }
+}
+
+/// Rows as JSON objects, one string per row.
+pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<String>> {
+    let mut buf = Vec::new();
+    {
+        let mut writer = arrow_json::LineDelimitedWriter::new(&mut buf);
+        writer.write_batches(&batches.iter().collect::<Vec<_>>()).map_err(Error::Arrow)?;
+        writer.finish().map_err(Error::Arrow)?;
+    }
+    Ok(String::from_utf8_lossy(&buf).lines().map(String::from).collect())
+}

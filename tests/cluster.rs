@@ -33,14 +33,20 @@ impl Cluster {
     }
 
     fn coordinator_with(&self, port: u16, extra: &[&str]) -> Proc {
+        let mut cmd = self.coordinator_command(port, "2");
+        cmd.args(extra);
+        Proc::spawn(cmd, &self.dir.join(format!("coordinator-{port}.log")))
+    }
+
+    /// A coordinator's command line, for tests that add flags or environment.
+    fn coordinator_command(&self, port: u16, lease_ttl: &str) -> Command {
         let mut cmd = sluice();
         cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--etcd", &self.etcd.endpoint])
             .arg("--allowed-root")
             .arg(&self.dir)
-            .args(extra)
-            .args(["--lease-ttl", "2", "--worker-timeout", "3", "--heartbeat-ms", "200"])
+            .args(["--lease-ttl", lease_ttl, "--worker-timeout", "3", "--heartbeat-ms", "200"])
             .envs(self.moto.env());
-        Proc::spawn(cmd, &self.dir.join(format!("coordinator-{port}.log")))
+        cmd
     }
 
     fn worker(&self, name: &str) -> Proc {
@@ -96,6 +102,22 @@ fn status(port: u16, job: &str) -> Option<(String, u64)> {
     let state = line.split_whitespace().nth(1)?.to_string();
     let version = line.split_whitespace().find_map(|w| w.strip_prefix('v').and_then(|v| v.parse().ok()))?;
     Some((state, version))
+}
+
+/// Submit a job of small commits and wait until the first one landed, so
+/// whatever the test does next happens mid-job.
+fn submit_and_wait_for_a_commit(port: u16, table: &str, corpus: &Path) -> String {
+    let job = submit(port, table, corpus, &["--shard-files", "40", "--flush-every", "50", "--commit-every", "200"]);
+    wait_for("a first commit", Duration::from_secs(120), || status(port, &job).is_some_and(|(_, v)| v >= 2));
+    job
+}
+
+/// A sample corpus in `dir/corpus` and the rows each of its files must give.
+fn corpus_in(dir: &Path, files: usize, bad: bool) -> (PathBuf, std::collections::HashMap<String, usize>) {
+    let corpus = dir.join("corpus");
+    support::corpus(&corpus, files, bad);
+    let expected = expected_rows(&corpus);
+    (corpus, expected)
 }
 
 fn submit(port: u16, table: &str, corpus: &Path, extra: &[&str]) -> String {
@@ -238,9 +260,7 @@ fn three_workers_ingest_to_s3_through_grpcurl() {
 #[test]
 fn workers_join_and_die_mid_job() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus");
-    support::corpus(&corpus, 1200, false);
-    let expected = expected_rows(&corpus);
+    let (corpus, expected) = corpus_in(dir.path(), 1200, false);
     let cluster = Cluster::new(dir.path());
     let port = free_port();
     let coordinator = cluster.coordinator(port);
@@ -249,8 +269,7 @@ fn workers_join_and_die_mid_job() {
     wait_for("the first worker", Duration::from_secs(20), || coordinator.log_text().contains("worker registered"));
 
     let table = "s3://lake/cluster/scale";
-    let job = submit(port, table, &corpus, &["--shard-files", "40", "--flush-every", "50", "--commit-every", "200"]);
-    wait_for("a first commit", Duration::from_secs(120), || status(port, &job).is_some_and(|(_, v)| v >= 2));
+    let job = submit_and_wait_for_a_commit(port, table, &corpus);
     let joined: Vec<Proc> = (0..2).map(|i| cluster.worker(&format!("joined{i}"))).collect();
     wait_for("the new workers to take shards", Duration::from_secs(60), || {
         joined.iter().all(|w| w.log_text().contains("pipeline started"))
@@ -268,9 +287,7 @@ fn workers_join_and_die_mid_job() {
 #[test]
 fn leader_killed_mid_job_standby_takes_over() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus");
-    support::corpus(&corpus, 1200, false);
-    let expected = expected_rows(&corpus);
+    let (corpus, expected) = corpus_in(dir.path(), 1200, false);
     let cluster = Cluster::new(dir.path());
     let (p0, p1) = (free_port(), free_port());
     let mut leader = cluster.coordinator(p0);
@@ -285,8 +302,7 @@ fn leader_killed_mid_job_standby_takes_over() {
     let earlier = submit(p0, "s3://lake/cluster/small", &small, &["--watch"]);
 
     let table = "s3://lake/cluster/failover";
-    let job = submit(p0, table, &corpus, &["--shard-files", "40", "--flush-every", "50", "--commit-every", "200"]);
-    wait_for("a first commit", Duration::from_secs(120), || status(p0, &job).is_some_and(|(_, v)| v >= 2));
+    let job = submit_and_wait_for_a_commit(p0, table, &corpus);
     let (state, _) = status(p0, &job).unwrap();
     assert_eq!(state, "running", "the kill must land mid-job");
     leader.kill9();
@@ -375,9 +391,7 @@ fn sources_in_object_storage_by_prefix_and_manifest() {
 #[test]
 fn cancel_mid_job_commits_only_whole_files() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus");
-    support::corpus(&corpus, 1200, false);
-    let expected = expected_rows(&corpus);
+    let (corpus, expected) = corpus_in(dir.path(), 1200, false);
     let cluster = Cluster::new(dir.path());
     let port = free_port();
     let _coordinator = cluster.coordinator(port);
@@ -385,8 +399,7 @@ fn cancel_mid_job_commits_only_whole_files() {
     let _workers: Vec<Proc> = (0..2).map(|i| cluster.worker(&format!("w{i}"))).collect();
 
     let table = "s3://lake/cluster/cancelled";
-    let job = submit(port, table, &corpus, &["--shard-files", "40", "--flush-every", "50", "--commit-every", "200"]);
-    wait_for("a first commit", Duration::from_secs(120), || status(port, &job).is_some_and(|(_, v)| v >= 2));
+    let job = submit_and_wait_for_a_commit(port, table, &corpus);
     let out = run(grpcurl().args(["-d", &format!(r#"{{"job_id":"{job}"}}"#), &format!("127.0.0.1:{port}"), "sluice.v1.JobService/CancelJob"]));
     assert!(out.status.success());
     let out = run(sluice().args(["watch", "--coordinator", &addr(port), &job]));
@@ -417,13 +430,9 @@ fn job_api_needs_a_token_sources_stay_in_allowed_roots_and_secrets_stay_out() {
     let cluster = Cluster::new(dir.path());
     let port = free_port();
     let canary = "CANARY-secret-7f3a9";
-    let mut cmd = sluice();
-    cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--etcd", &cluster.etcd.endpoint])
-        .args(["--lease-ttl", "2", "--worker-timeout", "3", "--heartbeat-ms", "200", "--auth-tokens-file"])
+    let mut cmd = cluster.coordinator_command(port, "2");
+    cmd.arg("--auth-tokens-file")
         .arg(&tokens)
-        .arg("--allowed-root")
-        .arg(dir.path())
-        .envs(cluster.moto.env())
         .env("AWS_SECRET_ACCESS_KEY", canary)
         .env("SLUICE_LOG", "debug,lance=warn,h2=info,tower=info,hyper=info");
     let coordinator = Proc::spawn(cmd, &dir.path().join("coordinator.log"));
@@ -651,9 +660,7 @@ fn a_poison_file_that_kills_workers_is_quarantined() {
 #[test]
 fn a_partitioned_worker_is_fenced_and_its_shards_finish_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus");
-    support::corpus(&corpus, 1200, false);
-    let expected = expected_rows(&corpus);
+    let (corpus, expected) = corpus_in(dir.path(), 1200, false);
     let cluster = Cluster::new(dir.path());
     let port = free_port();
     let coordinator = cluster.coordinator(port);
@@ -700,23 +707,15 @@ fn a_partitioned_worker_is_fenced_and_its_shards_finish_elsewhere() {
 #[test]
 fn etcd_restarted_mid_job_the_cluster_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus");
-    support::corpus(&corpus, 1200, false);
-    let expected = expected_rows(&corpus);
+    let (corpus, expected) = corpus_in(dir.path(), 1200, false);
     let mut cluster = Cluster::new(dir.path());
     let port = free_port();
     // A leadership lease longer than the outage: the leader need not step down.
-    let mut cmd = sluice();
-    cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--etcd", &cluster.etcd.endpoint])
-        .args(["--lease-ttl", "6", "--worker-timeout", "3", "--heartbeat-ms", "200", "--allowed-root"])
-        .arg(dir.path())
-        .envs(cluster.moto.env());
-    let mut coordinator = Proc::spawn(cmd, &dir.path().join("coordinator.log"));
+    let mut coordinator = Proc::spawn(cluster.coordinator_command(port, "6"), &dir.path().join("coordinator.log"));
     wait_leading(port);
     let _workers: Vec<Proc> = (0..2).map(|i| cluster.worker(&format!("w{i}"))).collect();
     let table = "s3://lake/cluster/etcd-restart";
-    let job = submit(port, table, &corpus, &["--shard-files", "40", "--flush-every", "50", "--commit-every", "200"]);
-    wait_for("a first commit", Duration::from_secs(120), || status(port, &job).is_some_and(|(_, v)| v >= 2));
+    let job = submit_and_wait_for_a_commit(port, table, &corpus);
 
     // etcd dies and comes back a second later. Workers (2 s leases) may lose
     // their membership and register again; the leader (6 s) keeps leading.

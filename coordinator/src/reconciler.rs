@@ -323,15 +323,21 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn commits_end_only_at_clean_checkpoints_and_keep_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let location = TableLocation::new(dir.path().to_str().unwrap(), HashMap::new()).unwrap();
+    /// A reconciler committing every row, over a new table in `dir`.
+    async fn reconciler(dir: &std::path::Path) -> (TableHandle, CommitReconciler, Arc<JobProgress>) {
+        let location = TableLocation::new(dir.to_str().unwrap(), HashMap::new()).unwrap();
         let table = TableHandle::new(location.clone(), 4);
         let ds = table.open_or_create().await.unwrap();
         let progress = Arc::new(JobProgress::default());
         let ledger = ErrorLedger::new(&location).unwrap();
-        let mut r = CommitReconciler::new(table.clone(), ds, "job".into(), 1, None, ledger, progress.clone());
+        let r = CommitReconciler::new(table.clone(), ds, "job".into(), 1, None, ledger, progress.clone());
+        (table, r, progress)
+    }
+
+    #[tokio::test]
+    async fn commits_end_only_at_clean_checkpoints_and_keep_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (table, mut r, progress) = reconciler(dir.path()).await;
 
         // File A spans two checkpoints: no commit may end between them.
         let cp1 = checkpoint(&table, 1, vec![part("file:///a", 0, 2, false)], false).await;
@@ -354,12 +360,7 @@ mod tests {
     #[tokio::test]
     async fn a_fenced_worker_is_refused_and_its_uncommitted_files_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let location = TableLocation::new(dir.path().to_str().unwrap(), HashMap::new()).unwrap();
-        let table = TableHandle::new(location.clone(), 4);
-        let ds = table.open_or_create().await.unwrap();
-        let progress = Arc::new(JobProgress::default());
-        let ledger = ErrorLedger::new(&location).unwrap();
-        let mut r = CommitReconciler::new(table.clone(), ds, "job".into(), 1, None, ledger, progress.clone());
+        let (table, mut r, progress) = reconciler(dir.path()).await;
 
         let data_files = || -> Vec<String> {
             std::fs::read_dir(dir.path().join("data")).map_or(vec![], |d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".lance")).collect())

@@ -149,7 +149,11 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(mut cmd: Command, log: &Path) -> Self {
         let file = std::fs::File::create(log).unwrap();
-        let child = cmd.env("SLUICE_LOG", "info,lance=warn").stdout(Stdio::null()).stderr(file).spawn().unwrap();
+        // Info logs unless the test asked for another level.
+        if !cmd.get_envs().any(|(k, _)| k == "SLUICE_LOG") {
+            cmd.env("SLUICE_LOG", "info,lance=warn");
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(file).spawn().unwrap();
         Self { child, log: log.to_path_buf() }
     }
 

@@ -73,9 +73,14 @@ fn addr(port: u16) -> String {
 
 /// Wait until `port` serves the job API as leader.
 fn wait_leading(port: u16) {
+    wait_leading_as(port, "")
+}
+
+/// Wait until `port` serves the job API as leader, calling with `token`.
+fn wait_leading_as(port: u16, token: &str) {
     let started = Instant::now();
     loop {
-        let out = sluice().args(["jobs", "--coordinator", &addr(port)]).output().unwrap();
+        let out = sluice().args(["jobs", "--coordinator", &addr(port)]).env("SLUICE_TOKEN", token).output().unwrap();
         if out.status.success() {
             return;
         }
@@ -243,6 +248,33 @@ fn three_workers_ingest_to_s3_through_grpcurl() {
     let out = run(grpcurl().args(["-d", bad, &target, "sluice.v1.TableService/Query"]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("InvalidArgument") && err.contains("nope"), "{err}");
+
+    // What the table holds, its versions with the job that wrote them, and
+    // the job's error ledger.
+    let call = |method: &str, body: &str| -> serde_json::Value {
+        let out = run(grpcurl().args(["-d", body, &target, &format!("sluice.v1.TableService/{method}")]));
+        assert!(out.status.success(), "{method}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let described = call("DescribeTable", &format!(r#"{{"table":"t1","job_id":"{job_id}"}}"#));
+    let per_kind: std::collections::HashMap<String, usize> = described["rowsPerKind"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().parse().unwrap()))
+        .collect();
+    assert_eq!(per_kind, counted, "rows per kind as SQL counted them");
+    assert_eq!(described["failedFiles"], "4", "{described}");
+    assert!(described["errors"].as_array().unwrap().iter().all(|e| e["jobId"] == job_id.as_str() && e["reason"].is_string()));
+    assert!(described["columns"].as_array().unwrap().iter().any(|c| c["name"] == "data" && c["type"] == "blob"));
+    let versions = call("ListVersions", r#"{"table":"t1"}"#);
+    let versions = versions["versions"].as_array().unwrap();
+    let by_job: Vec<_> = versions.iter().filter(|v| v["jobId"] == job_id.as_str()).collect();
+    assert!(!by_job.is_empty() && by_job.iter().all(|v| v["operation"] == "Append"), "{versions:?}");
+    let committed_rows: u64 = by_job.iter().map(|v| v["rows"].as_str().unwrap_or("0").parse::<u64>().unwrap()).sum();
+    assert_eq!(committed_rows as usize, counted.values().sum::<usize>(), "the job's versions add up to the table");
+    let tables = call("ListTables", "{}");
+    assert!(tables["tables"].as_array().unwrap().iter().any(|t| t["name"] == "t1" && t["tableUri"] == "s3://lake/cluster/t1"), "{tables}");
 
     // Prometheus metrics and health on the coordinator and a worker.
     let (code, metrics) = http_get(coordinator_metrics, "/metrics");
@@ -799,4 +831,124 @@ fn tls_everywhere_and_workers_need_a_client_certificate() {
     assert_rows_exactly_once(cluster.rows("s3://lake/cluster/tls"), &expected);
     assert!(coordinator.log_text().contains("good-"), "the worker with a certificate joined");
     assert!(!coordinator.log_text().contains("nocert-"), "the certificate-less worker never joined");
+}
+
+/// `count(*)` of a table through the coordinator's SQL endpoint.
+fn count_rows(target: &str, token: &str, table: &str) -> u64 {
+    let q = format!(r#"{{"table":"{table}","sql":"SELECT count(*) AS n FROM {table}"}}"#);
+    let auth = format!("authorization: Bearer {token}");
+    let out = run(grpcurl().args(["-H", &auth, "-d", &q, target, "sluice.v1.TableService/Query"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row: serde_json::Value = serde_json::from_str(page["rows"][0].as_str().unwrap()).unwrap();
+    row["n"].as_u64().unwrap()
+}
+
+#[test]
+fn table_api_inserts_and_queries_metadata_through_grpcurl_and_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let port = free_port();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "meta-token\n").unwrap();
+    let _coordinator = cluster.coordinator_with(port, &["--storage-uri", "s3://lake/meta", "--auth-tokens-file", tokens.to_str().unwrap()]);
+    wait_leading_as(port, "meta-token");
+    let target = format!("127.0.0.1:{port}");
+    let auth = ["-H", "authorization: Bearer meta-token"];
+    let insert = |body: &str| {
+        let file = dir.path().join("insert.json");
+        std::fs::write(&file, body).unwrap();
+        run(grpcurl().args(auth).args(["-d", "@", &target, "sluice.v1.TableService/InsertRows"]).stdin(std::fs::File::open(&file).unwrap()))
+    };
+
+    // Create the table and insert 3,000 rows in one request, metadata as JSON.
+    let rows: Vec<serde_json::Value> = (0..3000)
+        .map(|i| serde_json::json!({"filename": format!("video_{i:04}.mp4"), "metadata": {"duration": 60 + i % 7, "fps": if i % 3 == 0 { 60 } else { 30 }}}))
+        .collect();
+    let request = serde_json::json!({
+        "table": "massive_video_lake",
+        "create_columns": [{"name": "filename", "type": "text", "required": true}, {"name": "metadata", "type": "jsonb"}],
+        "rows": rows,
+        "idempotency_key": "batch-0001",
+    })
+    .to_string();
+    let out = insert(&request);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((first["rowsInserted"].as_str(), first["created"].as_bool()), (Some("3000"), Some(true)), "{first}");
+
+    // The same request again (a client retry): nothing is inserted twice.
+    let out = insert(&request);
+    assert!(out.status.success());
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(again["version"], first["version"]);
+    assert_eq!(count_rows(&target, "meta-token", "massive_video_lake"), 3000);
+
+    // Filters on metadata fields.
+    let q = r#"{"table":"massive_video_lake","sql":"SELECT json_get_int(metadata, 'fps') AS fps, count(*) AS n FROM massive_video_lake GROUP BY 1 ORDER BY 1"}"#;
+    let out = run(grpcurl().args(auth).args(["-d", q, &target, "sluice.v1.TableService/Query"]));
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page["rows"], serde_json::json!([r#"{"fps":30,"n":2000}"#, r#"{"fps":60,"n":1000}"#]), "{page}");
+    assert_eq!(page["columns"], serde_json::json!(["fps", "n"]));
+
+    // Mistakes get INVALID_ARGUMENT with what is wrong, and insert nothing.
+    let invalid = |out: std::process::Output, says: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && err.contains("InvalidArgument") && err.contains(says), "{says}: {err}");
+    };
+    invalid(insert(r#"{"table":"massive_video_lake","rows":[{"filename":"x.mp4"},{"filename":"y.mp4","colour":"red"}]}"#), "row 1: unknown column `colour`");
+    invalid(insert(r#"{"table":"massive_video_lake","rows":[{"metadata":{}}]}"#), "column `filename` is required");
+    invalid(insert(r#"{"table":"massive_video_lake","rows":[{"filename":"z.mp4"}],"idempotency_key":"batch-0001"}"#), "already used for different rows");
+    invalid(
+        run(grpcurl().args(auth).args(["-d", r#"{"table":"massive_video_lake","sql":"SELEKT 1"}"#, &target, "sluice.v1.TableService/Query"])),
+        "SELEKT",
+    );
+    invalid(
+        run(grpcurl().args(auth).args(["-d", r#"{"table":"massive_video_lake","sql":"SELECT colour FROM massive_video_lake"}"#, &target, "sluice.v1.TableService/Query"])),
+        "colour",
+    );
+    let out = insert(r#"{"table":"nowhere","rows":[{"a":1}]}"#);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"), "an absent table without columns");
+    // The job API's token guards the table API too.
+    let out = run(grpcurl().args(["-d", r#"{"table":"massive_video_lake","sql":"SELECT 1"}"#, &target, "sluice.v1.TableService/Query"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
+    assert_eq!(count_rows(&target, "meta-token", "massive_video_lake"), 3000);
+
+    // The CLI: JSON lines in batches, each an idempotent request; running
+    // the same command again inserts nothing.
+    let lines: String = (0..1000).map(|i| format!("{{\"filename\":\"doc_{i}.pdf\",\"metadata\":\"{{\\\"pages\\\":{}}}\"}}\n", i % 10)).collect();
+    let rows_file = dir.path().join("docs.jsonl");
+    std::fs::write(&rows_file, lines).unwrap();
+    let cli_insert = || {
+        let out = run(sluice()
+            .args(["insert", "--coordinator", &addr(port), "--table", "massive_video_lake", "--batch-rows", "400"])
+            .args(["--idempotency-key", "docs", "--json", "--rows"])
+            .arg(&rows_file)
+            .env("SLUICE_TOKEN", "meta-token"));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(cli_insert()["rows_inserted"], 1000);
+    assert_eq!(cli_insert()["rows_inserted"], 0, "a rerun inserts nothing");
+    assert_eq!(count_rows(&target, "meta-token", "massive_video_lake"), 4000);
+    let out = run(sluice()
+        .args(["query", "--coordinator", &addr(port), "--table", "massive_video_lake", "--json"])
+        .arg("SELECT count(*) AS n FROM massive_video_lake WHERE json_get_int(metadata, 'pages') = 3")
+        .env("SLUICE_TOKEN", "meta-token"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"n":100}"#);
+
+    // Inspect and list through the coordinator.
+    let out = run(sluice().args(["inspect", "massive_video_lake", "--coordinator", &addr(port), "--json"]).env("SLUICE_TOKEN", "meta-token"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rows"], 4000);
+    assert_eq!(report["columns"][1], serde_json::json!({"name": "metadata", "type": "json", "nullable": true}));
+    let keys: Vec<&str> = report["versions"].as_array().unwrap().iter().filter_map(|v| v["idempotency_key"].as_str()).collect();
+    assert_eq!(keys, ["docs#2", "docs#1", "docs#0", "batch-0001", ""], "newest first, each insert once");
+    assert_eq!(report["samples"].as_array().unwrap().len(), 5);
+    let out = run(sluice().args(["tables", "--coordinator", &addr(port), "--json"]).env("SLUICE_TOKEN", "meta-token"));
+    let tables: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tables.as_array().unwrap().len(), 1, "{tables}");
+    assert_eq!(tables[0]["rows"], 4000);
 }

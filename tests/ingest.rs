@@ -45,7 +45,10 @@ fn mixed_directory_lands_with_rows_per_kind_and_a_ledger_of_bad_files() {
     assert_eq!(report["rows"].as_u64().unwrap() as usize, rows.len());
     assert_eq!(report["rows_per_kind"]["other"], 10);
     assert_eq!(report["failed_files"], 4);
-    assert!(report["schema"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().starts_with("data:")));
+    assert!(report["columns"].as_array().unwrap().iter().any(|c| c["name"] == "data" && c["type"] == "blob"));
+    assert_eq!(report["samples"].as_array().unwrap().len(), 5);
+    let versions = report["versions"].as_array().unwrap();
+    assert!(versions.iter().any(|v| v["operation"] == "Append" && !v["job_id"].as_str().unwrap().is_empty()), "{versions:?}");
 }
 
 /// The sample corpus plus files that exercise transcoding and naming.
@@ -239,4 +242,117 @@ fn sql_queries_over_the_table() {
     let (code, _, err) = query("SELECT nope FROM lake", &[]);
     assert_eq!(code, Some(1));
     assert!(err.contains("No field named nope"), "{err}");
+}
+
+#[test]
+fn insert_rows_into_a_local_table_query_and_inspect_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("labels");
+    let rows_file = dir.path().join("labels.jsonl");
+    let lines: String = (0..250)
+        .map(|i| format!("{{\"filename\":\"img_{i}.png\",\"label\":\"{}\",\"score\":{}.5,\"metadata\":{{\"w\":{}}}}}\n", ["cat", "dog"][i % 2], i % 5, 100 + i % 3))
+        .collect();
+    std::fs::write(&rows_file, lines).unwrap();
+    let insert = |extra: &[&str]| {
+        run(sluice()
+            .args(["insert", "--json", "--table"])
+            .arg(&table)
+            .arg("--rows")
+            .arg(&rows_file)
+            .args(["--columns", "filename TEXT NOT NULL, label TEXT, score DOUBLE, metadata JSONB"])
+            .args(extra))
+    };
+    let out = insert(&["--batch-rows", "100", "--idempotency-key", "labels-v1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((done["rows_inserted"].as_u64(), done["created"].as_bool()), (Some(250), Some(true)), "{done}");
+    let again: serde_json::Value = serde_json::from_slice(&insert(&["--batch-rows", "100", "--idempotency-key", "labels-v1"]).stdout).unwrap();
+    assert_eq!((again["rows_inserted"].as_u64(), again["replayed"].as_bool()), (Some(0), Some(true)), "{again}");
+
+    let query = |sql: &str| {
+        let out = run(sluice().args(["query", "--json", "--table"]).arg(&table).arg(sql));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        query("SELECT label, count(*) AS n, max(score) AS top FROM labels WHERE json_get_int(metadata, 'w') = 101 GROUP BY label ORDER BY label"),
+        [r#"{"label":"cat","n":41,"top":4.5}"#, r#"{"label":"dog","n":42,"top":4.5}"#]
+    );
+
+    // A bad row stops its batch only; earlier batches stay, and the error names the row.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"filename\":\"a\"}\n{\"filename\":\"b\",\"score\":\"high\"}\n").unwrap();
+    let out = run(sluice().args(["insert", "--table"]).arg(&table).arg("--rows").arg(&bad));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("row 1") && err.contains("batch 0 (lines 1 to 2)"), "{err}");
+    assert_eq!(query("SELECT count(*) AS n FROM labels"), [r#"{"n":250}"#]);
+
+    let out = run(sluice().args(["inspect", "--json"]).arg(&table));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rows"], 250);
+    assert_eq!(report["versions"].as_array().unwrap().len(), 4, "created, then three batches: {report}");
+    assert_eq!(report["samples"][0]["filename"], "img_0.png");
+    let out = run(sluice().arg("tables").arg(dir.path()).arg("--json"));
+    let tables: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tables[0]["name"], "labels", "{tables}");
+}
+
+/// A plain web server on 127.0.0.1 serving `dir`.
+struct WebServer(std::process::Child, u16);
+
+impl WebServer {
+    fn start(dir: &Path) -> Self {
+        let port = support::services::free_port();
+        let child = std::process::Command::new(python())
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        support::services::wait_port(port, "http.server");
+        Self(child, port)
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sources_on_a_web_server_by_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    support::corpus(&corpus, 30, false);
+    let web = WebServer::start(&corpus);
+    let local = format!("file://{}/", std::path::absolute(&corpus).unwrap().display());
+    let base = format!("http://127.0.0.1:{}/", web.1);
+    let expected: std::collections::HashMap<String, usize> =
+        expected_rows(&corpus).into_iter().map(|(uri, n)| (uri.replace(&local, &base), n)).collect();
+    let mut manifest: String = expected.keys().map(|u| format!("{u}\n")).collect();
+    manifest.push_str(&format!("{base}missing.txt\n"));
+    let manifest_file = dir.path().join("urls.txt");
+    std::fs::write(&manifest_file, manifest).unwrap();
+
+    let table = dir.path().join("web");
+    let out = run(sluice().args(["ingest", "--json", "--table"]).arg(&table).arg("--manifest").arg(&manifest_file));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "the missing URL is a failed file: {summary}");
+    assert_eq!(summary["files_failed"], 1);
+    assert_rows_exactly_once(read_rows(&table), &expected);
+
+    // A second run finds every file unchanged.
+    let out = run(sluice().args(["ingest", "--json", "--table"]).arg(&table).arg("--manifest").arg(&manifest_file));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["files_skipped"].as_u64(), Some(expected.len() as u64), "{again}");
+
+    // A web "prefix" cannot be listed: a clear error, not a hang.
+    let out = run(sluice().args(["ingest", "--table"]).arg(&table).arg(&base));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("WebDAV"), "{err}");
 }

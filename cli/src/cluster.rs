@@ -279,7 +279,7 @@ type JobClient = pb::job_service_client::JobServiceClient<
 
 /// Adds `authorization: Bearer <token>` to every call, when there is a token.
 #[derive(Clone)]
-struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -290,7 +290,8 @@ impl tonic::service::Interceptor for BearerToken {
     }
 }
 
-async fn client(args: &ClientArgs) -> Result<JobClient> {
+/// A channel to the coordinator and the token every call carries.
+async fn connect(args: &ClientArgs) -> Result<(tonic::transport::Channel, BearerToken)> {
     let token = match (&args.token_file, std::env::var("SLUICE_TOKEN").ok()) {
         (Some(path), _) => Some(read_tokens(path)?.remove(0)),
         (None, token) => token.filter(|t| !t.is_empty()),
@@ -305,7 +306,24 @@ async fn client(args: &ClientArgs) -> Result<JobClient> {
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
-    Ok(pb::job_service_client::JobServiceClient::with_interceptor(channel, BearerToken(header)))
+    Ok((channel, BearerToken(header)))
+}
+
+async fn client(args: &ClientArgs) -> Result<JobClient> {
+    let (channel, token) = connect(args).await?;
+    Ok(pb::job_service_client::JobServiceClient::with_interceptor(channel, token))
+}
+
+pub type TableClient = pb::table_service_client::TableServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
+/// A `TableService` client (requests up to 64 MiB: large insert batches).
+pub async fn table_client(args: &ClientArgs) -> Result<TableClient> {
+    let (channel, token) = connect(args).await?;
+    Ok(pb::table_service_client::TableServiceClient::with_interceptor(channel, token)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
 }
 
 fn absolute(p: &str) -> Result<String> {

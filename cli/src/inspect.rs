@@ -1,166 +1,145 @@
-//! `sluice inspect`: what a table holds.
-
-use std::collections::BTreeMap;
+//! `sluice inspect`: what a table holds (columns, rows per kind, versions
+//! with the job or insert that wrote each, samples, failed files), here or
+//! through a coordinator (`--coordinator`).
 
 use anyhow::{Context, Result};
-use arrow_array::{Array, StringArray, UInt32Array};
-use futures::TryStreamExt;
 use serde::Serialize;
-use sluice_common::ledger::{ErrorLedger, ErrorRecord};
+use sluice_common::pb;
 use sluice_common::schema::col;
-use sluice_common::table::{prop, TableHandle};
+use sluice_common::table::TableHandle;
 
 use crate::storage_args::StorageArgs;
+use crate::table::{rpc_error, Remote};
 
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// Table location
+    /// Table location (with --coordinator: also a name under its storage root)
     pub table: String,
     /// Sample rows to show
     #[arg(long, default_value_t = 5)]
     pub samples: usize,
+    /// Versions to show, newest first
+    #[arg(long, default_value_t = 20)]
+    pub versions: usize,
     /// List every failed file
     #[arg(long)]
     pub errors: bool,
+    /// Failed files of this job only
+    #[arg(long)]
+    pub job: Option<String>,
     /// Print as JSON
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub remote: Remote,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
 
 #[derive(Serialize)]
-struct VersionInfo {
-    version: u64,
-    timestamp: String,
-    operation: String,
-    job_id: Option<String>,
-    rows: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Sample {
-    source_uri: String,
-    kind: String,
-    chunk_index: u32,
-    mime_type: String,
-    text: Option<String>,
-}
-
-#[derive(Serialize)]
 struct Report {
-    table: String,
-    version: u64,
-    rows: usize,
-    schema: Vec<String>,
-    rows_per_kind: BTreeMap<String, u64>,
-    versions: Vec<VersionInfo>,
-    samples: Vec<Sample>,
-    failed_files: usize,
-    errors: Vec<ErrorRecord>,
+    #[serde(flatten)]
+    table: pb::TableDescription,
+    versions: Vec<pb::TableVersion>,
+    samples: Vec<serde_json::Value>,
 }
 
 pub async fn run(args: InspectArgs) -> Result<()> {
-    let location = args.storage.location(&args.table)?;
-    let handle = TableHandle::new(location.clone(), 32);
-    let ds = handle.open().await.with_context(|| format!("cannot open table {}", args.table))?;
-
-    let schema = ds.schema().fields.iter().map(|f| format!("{}: {}", f.name, f.data_type())).collect();
-    let mut rows_per_kind = BTreeMap::new();
-    let mut scan = ds.scan();
-    scan.project(&[col::KIND])?;
-    let mut stream = scan.try_into_stream().await?;
-    while let Some(batch) = stream.try_next().await? {
-        let kinds = batch.column(0).as_any().downcast_ref::<StringArray>().context("kind column")?;
-        for k in kinds.iter().flatten() {
-            *rows_per_kind.entry(k.to_string()).or_insert(0) += 1;
+    let max_errors = if args.errors || args.json { u32::MAX } else { 10 };
+    let (table, versions) = match args.remote.client().await? {
+        Some(mut c) => {
+            let request = pb::DescribeTableRequest {
+                table: args.table.clone(),
+                job_id: args.job.clone().unwrap_or_default(),
+                max_errors,
+            };
+            let table = c.describe_table(request).await.map_err(rpc_error)?.into_inner();
+            let request = pb::ListVersionsRequest { table: args.table.clone(), limit: args.versions as u32 };
+            let versions = c.list_versions(request).await.map_err(rpc_error)?.into_inner().versions;
+            (table, versions)
         }
-    }
-
-    let mut versions = Vec::new();
-    for v in ds.versions().await?.iter().rev().take(20) {
-        let txn = ds.read_transaction_by_version(v.version).await.ok().flatten();
-        let props = txn.as_ref().and_then(|t| t.transaction_properties.clone());
-        versions.push(VersionInfo {
-            version: v.version,
-            timestamp: v.timestamp.to_rfc3339(),
-            operation: txn.as_ref().map_or("?".into(), |t| t.operation.to_string()),
-            job_id: props.as_ref().and_then(|p| p.get(prop::JOB_ID).cloned()),
-            rows: props.as_ref().and_then(|p| p.get(prop::ROWS).cloned()),
-        });
-    }
-
-    let mut samples = Vec::new();
-    if args.samples > 0 {
-        let mut scan = ds.scan();
-        scan.project(&[col::SOURCE_URI, col::KIND, col::CHUNK_INDEX, col::MIME_TYPE, col::TEXT])?;
-        scan.limit(Some(args.samples as i64), None)?;
-        let batches: Vec<_> = scan.try_into_stream().await?.try_collect().await?;
-        for b in batches {
-            let s = |i: usize| b.column(i).as_any().downcast_ref::<StringArray>().expect("utf8").clone();
-            let (uri, kind, mime, text) = (s(0), s(1), s(3), s(4));
-            let chunk = b.column(2).as_any().downcast_ref::<UInt32Array>().expect("u32").clone();
-            for i in 0..b.num_rows() {
-                samples.push(Sample {
-                    source_uri: uri.value(i).into(),
-                    kind: kind.value(i).into(),
-                    chunk_index: chunk.value(i),
-                    mime_type: mime.value(i).into(),
-                    text: (!text.is_null(i)).then(|| text.value(i).chars().take(80).collect()),
-                });
-            }
+        None => {
+            let handle = TableHandle::new(args.storage.location(&args.table)?, 32);
+            let table = sluice_common::describe::describe(&handle, args.job.as_deref(), max_errors as usize)
+                .await
+                .with_context(|| format!("cannot inspect table {}", args.table))?;
+            let ds = handle.open().await?;
+            (table, sluice_common::describe::versions(&ds, args.versions).await?)
         }
-    }
-
-    // Files that failed once but are in the table now were fixed and re-ingested.
-    let present = sluice_common::table::committed_files(&ds).await?;
-    let errors: Vec<_> =
-        ErrorLedger::new(&location)?.latest().await?.into_iter().filter(|e| !present.contains_key(&sluice_common::ids::uri_key(&e.uri))).collect();
-    let report = Report {
-        table: location.uri.clone(),
-        version: ds.version().version,
-        rows: ds.count_rows(None).await?,
-        schema,
-        rows_per_kind,
-        versions,
-        samples,
-        failed_files: errors.len(),
-        errors: if args.errors || args.json { errors } else { errors.into_iter().take(10).collect() },
     };
+    let samples = if args.samples == 0 || table.rows == 0 {
+        Vec::new()
+    } else {
+        let sql = sample_sql(&table, args.samples);
+        let rows = crate::query::rows(&args.remote, &args.storage, &args.table, &sql, args.samples).await?;
+        rows.iter().map(|r| serde_json::from_str(r)).collect::<Result<_, _>>()?
+    };
+    let report = Report { table, versions, samples };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("Table {} — version {}, {} rows", report.table, report.version, crate::ingest::thousands(report.rows as u64));
-    println!("\nRows per kind:");
-    for (k, n) in &report.rows_per_kind {
-        println!("  {k:<8} {}", crate::ingest::thousands(*n));
+    print(&report);
+    Ok(())
+}
+
+/// Sample rows: for ingest tables, where each came from and the start of
+/// its text; for others, every column that is not binary.
+fn sample_sql(table: &pb::TableDescription, n: usize) -> String {
+    let has = |name: &str| table.columns.iter().any(|c| c.name == name);
+    let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let select = if [col::SOURCE_URI, col::KIND, col::CHUNK_INDEX, col::MIME_TYPE, col::TEXT].iter().all(|c| has(c)) {
+        format!(
+            "{}, {}, {}, {}, substr({}, 1, 80) AS {}",
+            col::SOURCE_URI,
+            col::KIND,
+            col::CHUNK_INDEX,
+            col::MIME_TYPE,
+            col::TEXT,
+            col::TEXT
+        )
+    } else {
+        let cols: Vec<String> =
+            table.columns.iter().filter(|c| !matches!(c.r#type.as_str(), "binary" | "blob")).map(|c| quoted(&c.name)).collect();
+        if cols.is_empty() { "count(*) AS rows".into() } else { cols.join(", ") }
+    };
+    format!("SELECT {select} FROM {} LIMIT {n}", quoted(&table.name))
+}
+
+fn print(report: &Report) {
+    let t = &report.table;
+    println!("Table {} — version {}, {} rows", t.table_uri, t.version, crate::ingest::thousands(t.rows));
+    if !t.rows_per_kind.is_empty() {
+        println!("\nRows per kind:");
+        let kinds: std::collections::BTreeMap<_, _> = t.rows_per_kind.iter().collect();
+        for (k, n) in kinds {
+            println!("  {k:<8} {}", crate::ingest::thousands(*n));
+        }
     }
-    println!("\nSchema:");
-    for f in &report.schema {
-        println!("  {f}");
+    println!("\nColumns:");
+    for c in &t.columns {
+        println!("  {}: {}{}", c.name, c.r#type, if c.nullable { "" } else { " not null" });
     }
     println!("\nVersions (newest first):");
     for v in &report.versions {
-        println!(
-            "  v{:<5} {}  {:<10} job {}  rows {}",
-            v.version,
-            v.timestamp,
-            v.operation,
-            v.job_id.as_deref().unwrap_or("-"),
-            v.rows.as_deref().unwrap_or("-")
-        );
+        let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+        let by = if !v.job_id.is_empty() {
+            format!("job {}", v.job_id)
+        } else if !v.idempotency_key.is_empty() {
+            format!("insert {}", v.idempotency_key)
+        } else {
+            "-".into()
+        };
+        println!("  v{:<5} {}  {:<10} {}  rows {}", v.version, v.timestamp, dash(&v.operation), by, v.rows);
     }
     if !report.samples.is_empty() {
         println!("\nSamples:");
         for s in &report.samples {
-            let text = s.text.as_deref().map(|t| format!("  {:?}", t)).unwrap_or_default();
-            println!("  [{}#{}] {} ({}){}", s.kind, s.chunk_index, s.source_uri, s.mime_type, text);
+            println!("  {s}");
         }
     }
-    println!("\nFailed files: {}", report.failed_files);
-    for e in &report.errors {
+    println!("\nFailed files: {}", t.failed_files);
+    for e in &t.errors {
         println!("  {}  [{}] {}  (job {})", e.uri, if e.kind.is_empty() { "?" } else { &e.kind }, e.reason, e.job_id);
     }
-    Ok(())
 }

@@ -11,6 +11,7 @@ mod inspect;
 mod knobs;
 mod query;
 mod storage_args;
+mod table;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// SQL over a table: `sluice query --table ./lake "SELECT kind, count(*) FROM lake GROUP BY kind"`.
     Query(query::QueryArgs),
+    /// Append rows (JSON lines, columns by name) to a table, creating it with `--columns` if absent.
+    Insert(table::InsertArgs),
+    /// List the tables under a directory or URI, or a coordinator's.
+    Tables(table::TablesArgs),
     /// Remove unreferenced data files (uncommitted fragments of killed runs) and optionally old versions.
     Gc(gc::GcArgs),
     /// Generate a sample corpus of mixed files (text, images, binary, bad files).
@@ -88,6 +93,8 @@ fn main() {
             Command::Ingest(a) => ingest::run(a).await,
             Command::Inspect(a) => inspect::run(a).await.map(|()| 0),
             Command::Query(a) => query::run(a).await,
+            Command::Insert(a) => table::insert(a).await,
+            Command::Tables(a) => table::tables(a).await,
             Command::Gc(a) => gc::run(a).await.map(|()| 0),
             Command::SampleCorpus(a) => corpus::run(a).map(|()| 0),
             Command::Bench(a) => bench::run(a).await.map(|()| 0),

@@ -18,6 +18,8 @@ pub enum Error {
     InvalidSettings(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("link to peer failed: {0}")]
     Link(String),
 }

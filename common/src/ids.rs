@@ -26,6 +26,16 @@ pub fn commit_id(job_id: &str, worker_id: &str, first_seq: u64, last_seq: u64) -
         .to_string()
 }
 
+/// Id of the commit of an insert into `table_uri` with an idempotency key.
+pub fn insert_commit_id(table_uri: &str, key: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in ["insert", table_uri, key] {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    uuid::Builder::from_random_bytes(h.finalize().as_bytes()[..16].try_into().expect("16 bytes")).into_uuid().to_string()
+}
+
 /// 64-bit key of a URI, for in-memory sets and maps over many files.
 pub fn uri_key(uri: &str) -> u64 {
     let h = blake3::hash(uri.as_bytes());

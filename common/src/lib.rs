@@ -5,7 +5,9 @@
 pub mod error;
 pub mod failpoint;
 pub mod fixtures;
+pub mod describe;
 pub mod ids;
+pub mod insert;
 pub mod ledger;
 pub mod link;
 pub mod query;

@@ -47,6 +47,11 @@ fn user_error(e: lance::Error) -> Error {
     }
 }
 
+/// The result's column names, in order.
+pub fn column_names(batches: &[RecordBatch]) -> Vec<String> {
+    batches.first().map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect()).unwrap_or_default()
+}
+
 /// Rows as JSON objects, one string per row.
 pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<String>> {
     let mut buf = Vec::new();

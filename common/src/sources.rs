@@ -1,6 +1,7 @@
-//! Source files in object storage (`s3://bucket/key`): stores built from the
-//! URI and the process environment (credentials never travel in job specs),
-//! cached per bucket.
+//! Source files in object storage (`s3://`, `gs://`, `az://` URIs) or on
+//! web servers (`https://`, `http://`): stores built from the URI and the
+//! process environment (credentials never travel in job specs), cached per
+//! bucket or host.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -40,4 +41,23 @@ pub fn open(uri: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
 pub fn root_of(uri: &str) -> Result<String> {
     let url = url::Url::parse(uri).map_err(|e| Error::InvalidInput(format!("bad URI {uri}: {e}")))?;
     Ok(format!("{}://{}/", url.scheme(), url.authority()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_scheme_has_a_store() {
+        for uri in ["s3://bucket/a/b.mp4", "gs://bucket/a/b.pdf", "https://example.invalid/files/c.txt", "http://127.0.0.1:1/d"] {
+            let (_, path) = open(uri).unwrap_or_else(|e| panic!("{uri}: {e}"));
+            assert!(uri.ends_with(path.as_ref()), "{uri} -> {path}");
+        }
+        // Azure needs an account: its absence is a clear error, not a panic.
+        if std::env::var("AZURE_STORAGE_ACCOUNT_NAME").is_err() {
+            let err = open("az://container/x").unwrap_err().to_string();
+            assert!(err.contains("cannot use az://container/x"), "{err}");
+        }
+        assert!(open("ftp://host/x").unwrap_err().to_string().contains("cannot use"));
+    }
 }

@@ -251,20 +251,39 @@ impl MultipartUpload for MeteredUpload {
     }
 }
 
-/// Storage options from the usual `AWS_*` environment variables, for keys the
-/// caller did not set.
-/// Fill in what the process environment says about an object store, for a
-/// table at `uri` (S3: credentials, endpoint; path-style and plain HTTP for
-/// S3-compatible servers). Options already set win.
+/// Fill in what the process environment says about the object store of
+/// `uri`, for keys not set already: S3 credentials and endpoint (path-style
+/// and plain HTTP for S3-compatible servers), `GOOGLE_*` for `gs://`,
+/// `AZURE_*` for `az://`, and plain HTTP allowed for `http://` URIs.
 pub fn complete_options(uri: &str, opts: &mut HashMap<String, String>) {
-    if uri.starts_with("s3://") {
-        options_from_env(opts);
-        if opts.get("aws_endpoint").is_some_and(|e| e.starts_with("http://")) {
+    let scheme = uri.split_once("://").map_or("", |(s, _)| s);
+    match scheme {
+        "s3" | "s3a" => {
+            options_from_env(opts);
+            if opts.get("aws_endpoint").is_some_and(|e| e.starts_with("http://")) {
+                opts.entry("allow_http".into()).or_insert_with(|| "true".into());
+            }
+            if opts.contains_key("aws_endpoint") {
+                // S3-compatible servers are addressed path-style.
+                opts.entry("aws_virtual_hosted_style_request".into()).or_insert_with(|| "false".into());
+            }
+        }
+        "gs" => env_with_prefix("GOOGLE_", opts),
+        "az" | "azure" | "abfs" | "abfss" | "adl" => env_with_prefix("AZURE_", opts),
+        "http" => {
             opts.entry("allow_http".into()).or_insert_with(|| "true".into());
         }
-        if opts.contains_key("aws_endpoint") {
-            // S3-compatible servers are addressed path-style.
-            opts.entry("aws_virtual_hosted_style_request".into()).or_insert_with(|| "false".into());
+        _ => {}
+    }
+}
+
+/// Every `PREFIX*` environment variable as a lower-case option key (the
+/// store keeps the keys it knows, e.g. `google_service_account`,
+/// `azure_storage_account_name`).
+fn env_with_prefix(prefix: &str, opts: &mut HashMap<String, String>) {
+    for (k, v) in std::env::vars() {
+        if k.starts_with(prefix) {
+            opts.entry(k.to_ascii_lowercase()).or_insert(v);
         }
     }
 }

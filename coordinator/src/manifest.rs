@@ -188,6 +188,10 @@ pub fn walk(inputs: &Inputs, exclude: Option<PathBuf>, tx: mpsc::Sender<Planned>
             if entry.is_empty() || entry.starts_with('#') {
                 continue;
             }
+            if sources::is_remote(entry) {
+                // Object-store and web URIs are walked by `walk_remote`.
+                continue;
+            }
             let path = base.join(entry.strip_prefix("file://").unwrap_or(entry));
             if !w.named(&path, false) {
                 return Ok(());
@@ -222,6 +226,10 @@ async fn walk_remote_uri(uri: &str, tx: &mpsc::Sender<Planned>, seen: &mut HashS
     if !uri.ends_with('/') {
         match store.head(&path).await {
             Ok(m) => return Ok(send(remote_file(&root, &m), seen).await),
+            // A web server has no prefixes to fall back to.
+            Err(object_store::Error::NotFound { .. }) if uri.starts_with("http://") || uri.starts_with("https://") => {
+                return Ok(send(Planned::Bad { uri: uri.to_string(), reason: "no such file (404)".into() }, seen).await);
+            }
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Ok(send(Planned::Bad { uri: uri.to_string(), reason: format!("cannot stat: {e}") }, seen).await),
         }
@@ -229,7 +237,15 @@ async fn walk_remote_uri(uri: &str, tx: &mpsc::Sender<Planned>, seen: &mut HashS
     let mut listed = store.list(Some(&path));
     let mut any = false;
     while let Some(item) = listed.next().await {
-        let m = item.map_err(|e| Error::Link(format!("listing {uri}: {e}")))?;
+        let m = item.map_err(|e| {
+            if uri.starts_with("http://") || uri.starts_with("https://") {
+                Error::InvalidInput(format!(
+                    "cannot list {uri}: HTTP sources are listed only from WebDAV servers; name the files or use a manifest ({e})"
+                ))
+            } else {
+                Error::Link(format!("listing {uri}: {e}"))
+            }
+        })?;
         any = true;
         if !send(remote_file(&root, &m), seen).await {
             return Ok(false);
@@ -248,6 +264,17 @@ pub async fn walk_remote(inputs: &Inputs, tx: mpsc::Sender<Planned>) -> Result<(
     for uri in inputs.paths.iter().filter(|p| sources::is_remote(p)) {
         if !walk_remote_uri(uri, &tx, &mut seen).await? {
             return Ok(());
+        }
+    }
+    if let Some(local) = &inputs.manifest {
+        // The URIs a local manifest names (its paths were walked by `walk`).
+        let file = tokio::fs::File::open(local).await?;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(file));
+        while let Some(line) = lines.next_line().await? {
+            let entry = line.trim();
+            if sources::is_remote(entry) && !walk_remote_uri(entry, &tx, &mut seen).await? {
+                return Ok(());
+            }
         }
     }
     let Some(manifest) = &inputs.remote_manifest else { return Ok(()) };

@@ -28,7 +28,7 @@ apt_install() {
 
 case "${1:-}" in
   build-deps)
-    apt_install ca-certificates build-essential pkg-config clang libclang-dev protobuf-compiler \
+    apt_install ca-certificates build-essential pkg-config clang libclang-dev protobuf-compiler libprotobuf-dev \
       python3 python3-venv libavcodec-dev libavformat-dev libavutil-dev libswscale-dev \
       libswresample-dev libavfilter-dev libavdevice-dev
     ;;

@@ -249,6 +249,14 @@ impl Cluster {
         }
     }
 
+    /// Where tables given by name live, if configured.
+    pub fn storage_root(&self) -> Result<Option<TableLocation>> {
+        let Some(root) = &self.cfg.storage_root else { return Ok(None) };
+        let mut options = std::collections::HashMap::new();
+        complete_options(root, &mut options);
+        Ok(Some(TableLocation::new(root, options)?))
+    }
+
     /// Accept a job and start it.
     pub async fn submit(self: &Arc<Self>, mut spec: pb::JobSpec) -> Result<String> {
         if spec.job_id.is_empty() {

@@ -22,6 +22,7 @@ const MAX_REQUEST_BYTES: usize = 16 << 20;
 fn status(e: Error) -> Status {
     match e {
         Error::InvalidInput(m) => Status::invalid_argument(m),
+        Error::NotFound(m) => Status::not_found(m),
         e @ Error::InvalidSettings(_) => Status::invalid_argument(e.to_string()),
         other => Status::internal(other.to_string()),
     }
@@ -45,6 +46,18 @@ impl Api {
         } else {
             Err(Status::unavailable("this coordinator is a standby; the leader serves the API"))
         }
+    }
+
+    /// A table named in a request (URI, absolute path, or name under the storage root).
+    fn table(&self, given: &str) -> Result<sluice_common::table::TableHandle, Status> {
+        if given.trim().is_empty() {
+            return Err(Status::invalid_argument("table is required"));
+        }
+        let uri = self.0.table_uri(given).map_err(status)?;
+        let mut options = std::collections::HashMap::new();
+        sluice_common::storage::complete_options(&uri, &mut options);
+        let location = sluice_common::storage::TableLocation::new(&uri, options).map_err(status)?;
+        Ok(sluice_common::table::TableHandle::new(location, 32))
     }
 
     fn job(&self, id: &str) -> Result<Arc<super::ClusterJob>, Status> {
@@ -122,18 +135,70 @@ type PageStream = Pin<Box<dyn Stream<Item = Result<pb::QueryPage, Status>> + Sen
 impl TableService for Api {
     type QueryStream = PageStream;
 
+    async fn insert_rows(
+        &self,
+        req: Request<pb::InsertRowsRequest>,
+    ) -> Result<Response<pb::InsertRowsResponse>, Status> {
+        self.lead()?;
+        let req = req.into_inner();
+        let table = self.table(&req.table)?;
+        let mut rows: Vec<_> = req.rows.into_iter().map(sluice_common::insert::struct_to_json).collect();
+        rows.extend(sluice_common::insert::parse_json_rows(req.json_rows.iter().map(String::as_str)).map_err(status)?);
+        let insert = sluice_common::insert::InsertRequest {
+            rows,
+            create_columns: req.create_columns,
+            idempotency_key: Some(req.idempotency_key),
+        };
+        let done = sluice_common::insert::insert_rows(&table, insert).await.map_err(status)?;
+        tracing::info!(table = %done.table_uri, rows = done.rows_inserted, version = done.version, replayed = done.replayed, "rows inserted");
+        Ok(Response::new(done))
+    }
+
+    async fn describe_table(
+        &self,
+        req: Request<pb::DescribeTableRequest>,
+    ) -> Result<Response<pb::TableDescription>, Status> {
+        self.lead()?;
+        let req = req.into_inner();
+        let table = self.table(&req.table)?;
+        let job = Some(req.job_id.as_str()).filter(|j| !j.is_empty());
+        let max_errors = if req.max_errors == 0 { 100 } else { req.max_errors as usize };
+        let described = sluice_common::describe::describe(&table, job, max_errors).await.map_err(status)?;
+        Ok(Response::new(described))
+    }
+
+    async fn list_versions(
+        &self,
+        req: Request<pb::ListVersionsRequest>,
+    ) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        self.lead()?;
+        let req = req.into_inner();
+        let table = self.table(&req.table)?;
+        let ds = sluice_common::describe::open(&table).await.map_err(status)?;
+        let limit = if req.limit == 0 { 100 } else { req.limit as usize };
+        let versions = sluice_common::describe::versions(&ds, limit).await.map_err(status)?;
+        Ok(Response::new(pb::ListVersionsResponse { table_uri: table.location.uri.clone(), versions }))
+    }
+
+    async fn list_tables(&self, _: Request<pb::ListTablesRequest>) -> Result<Response<pb::ListTablesResponse>, Status> {
+        self.lead()?;
+        let root = self.0.storage_root().map_err(status)?;
+        let mut others: Vec<String> = self.0.statuses().into_iter().map(|s| s.table_uri).filter(|u| !u.is_empty()).collect();
+        others.sort();
+        others.dedup();
+        let tables = sluice_common::describe::list_tables(root.as_ref(), &others).await.map_err(status)?;
+        Ok(Response::new(pb::ListTablesResponse { tables }))
+    }
+
     async fn query(&self, req: Request<pb::QueryRequest>) -> Result<Response<PageStream>, Status> {
         self.lead()?;
         let req = req.into_inner();
         if req.sql.trim().is_empty() {
             return Err(Status::invalid_argument("sql is required"));
         }
-        let uri = self.0.table_uri(&req.table).map_err(status)?;
-        let mut options = std::collections::HashMap::new();
-        sluice_common::storage::complete_options(&uri, &mut options);
-        let location = sluice_common::storage::TableLocation::new(&uri, options).map_err(status)?;
-        let table = sluice_common::table::TableHandle::new(location, 32);
-        let dataset = table.open().await.map_err(|e| Status::not_found(format!("table {}: {e}", req.table)))?;
+        let table = self.table(&req.table)?;
+        let uri = table.location.uri.clone();
+        let dataset = sluice_common::describe::open(&table).await.map_err(status)?;
         let limit = match req.limit {
             0 => 1000,
             n => n.min(100_000) as usize,
@@ -145,8 +210,14 @@ impl TableService for Api {
                 .map_err(status)?;
         let rows = sluice_common::query::json_rows(&batches).map_err(status)?;
         let page = if req.page_rows == 0 { 500 } else { req.page_rows as usize };
-        let pages: Vec<Result<pb::QueryPage, Status>> =
-            rows.chunks(page).map(|c| Ok(pb::QueryPage { rows: c.to_vec() })).collect();
+        let mut columns = sluice_common::query::column_names(&batches);
+        let mut pages: Vec<Result<pb::QueryPage, Status>> = rows
+            .chunks(page)
+            .map(|c| Ok(pb::QueryPage { rows: c.to_vec(), columns: std::mem::take(&mut columns) }))
+            .collect();
+        if pages.is_empty() {
+            pages.push(Ok(pb::QueryPage { rows: Vec::new(), columns }));
+        }
         Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
     }
 }

@@ -891,6 +891,18 @@ fn table_api_inserts_and_queries_metadata_through_grpcurl_and_the_cli() {
     let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(page["rows"], serde_json::json!([r#"{"fps":30,"n":2000}"#, r#"{"fps":60,"n":1000}"#]), "{page}");
     assert_eq!(page["columns"], serde_json::json!(["fps", "n"]));
+    // Results stream in pages (500 rows by default); the columns come first.
+    let q = r#"{"table":"massive_video_lake","sql":"SELECT filename FROM massive_video_lake","limit":5000}"#;
+    let out = run(grpcurl().args(auth).args(["-d", q, &target, "sluice.v1.TableService/Query"]));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let pages: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&text).into_iter().map(Result::unwrap).collect();
+    let names: std::collections::HashSet<String> = pages
+        .iter()
+        .flat_map(|p| p["rows"].as_array().unwrap().iter())
+        .map(|r| serde_json::from_str::<serde_json::Value>(r.as_str().unwrap()).unwrap()["filename"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!((names.len(), pages.len()), (3000, 6));
+    assert!(pages[0]["columns"].is_array() && pages[1].get("columns").is_none());
 
     // Mistakes get INVALID_ARGUMENT with what is wrong, and insert nothing.
     let invalid = |out: std::process::Output, says: &str| {

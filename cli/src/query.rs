@@ -45,7 +45,7 @@ pub struct QueryArgs {
 /// Rows of a query as JSON objects (one string each), here or remotely.
 pub async fn rows(remote: &Remote, storage: &StorageArgs, table: &str, sql: &str, limit: usize) -> Result<Vec<String>> {
     match remote.client().await? {
-        Some(mut client) => Ok(remote_rows(&mut client, table, sql, limit, false).await?.1),
+        Some(mut client) => Ok(remote_rows(&mut client, table, sql, limit, false, Duration::from_secs(60)).await?.1),
         None => {
             let location = storage.location(table)?;
             let name = sluice_common::query::table_name(&location.uri);
@@ -63,6 +63,7 @@ async fn remote_rows(
     sql: &str,
     limit: usize,
     blobs: bool,
+    timeout: Duration,
 ) -> Result<(Vec<String>, Vec<String>)> {
     let request = pb::QueryRequest {
         table: table.to_string(),
@@ -70,6 +71,7 @@ async fn remote_rows(
         limit: limit.min(u32::MAX as usize) as u32,
         include_blobs: blobs,
         page_rows: 0,
+        timeout_seconds: timeout.as_secs().clamp(1, u64::from(u32::MAX)) as u32,
     };
     let pages = client.query(request).await.map_err(rpc_error)?.into_inner();
     let pages: Vec<pb::QueryPage> = pages.try_collect().await.map_err(rpc_error)?;
@@ -80,7 +82,7 @@ async fn remote_rows(
 pub async fn run(args: QueryArgs) -> Result<i32> {
     let (columns, json_rows) = match args.remote.client().await? {
         Some(mut client) => {
-            tokio::time::timeout(args.timeout, remote_rows(&mut client, &args.table, &args.sql, args.limit, args.blobs))
+            tokio::time::timeout(args.timeout, remote_rows(&mut client, &args.table, &args.sql, args.limit, args.blobs, args.timeout))
                 .await
                 .context("query timed out")??
         }

@@ -20,6 +20,8 @@ pub enum Error {
     InvalidInput(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Timeout(String),
     #[error("link to peer failed: {0}")]
     Link(String),
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lance::Dataset;
 use lance_core::datatypes::BlobHandling;
 
@@ -17,9 +17,21 @@ pub fn table_name(uri: &str) -> String {
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) { format!("t_{name}") } else { name }
 }
 
-/// Run `sql` against `ds` (named `name`), returning at most `limit` rows
-/// within `timeout`. Blob columns come back as descriptions unless `blobs`.
+/// Batches of a query's result as they are computed.
+pub type BatchStream = futures::stream::BoxStream<'static, Result<RecordBatch>>;
+
+/// Start `sql` against `ds` (named `name`), returning at most `limit` rows
+/// as a stream. Blob columns come back as descriptions unless `blobs`.
 /// Mistakes in the statement are `InvalidInput`.
+pub async fn sql_stream(ds: &Dataset, sql: &str, name: &str, limit: usize, blobs: bool) -> Result<BatchStream> {
+    let handling = if blobs { BlobHandling::AllBinary } else { BlobHandling::AllDescriptions };
+    let query = ds.sql(sql).table_name(name).blob_handling(handling).build().await.map_err(user_error)?;
+    let frame = query.into_dataframe().limit(0, Some(limit)).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let stream = frame.execute_stream().await.map_err(|e| Error::InvalidInput(e.to_string()))?;
+    Ok(stream.map_err(|e| Error::Link(format!("query failed: {e}"))).boxed())
+}
+
+/// Run `sql` to the end within `timeout` (see [`sql_stream`]).
 pub async fn run_sql(
     ds: &Dataset,
     sql: &str,
@@ -28,16 +40,10 @@ pub async fn run_sql(
     blobs: bool,
     timeout: Duration,
 ) -> Result<Vec<RecordBatch>> {
-    let handling = if blobs { BlobHandling::AllBinary } else { BlobHandling::AllDescriptions };
-    let run = async {
-        let query = ds.sql(sql).table_name(name).blob_handling(handling).build().await.map_err(user_error)?;
-        let frame = query.into_dataframe().limit(0, Some(limit)).map_err(|e| Error::InvalidInput(e.to_string()))?;
-        let stream = frame.execute_stream().await.map_err(|e| Error::InvalidInput(e.to_string()))?;
-        stream.try_collect::<Vec<_>>().await.map_err(|e| Error::Link(format!("query failed: {e}")))
-    };
+    let run = async { sql_stream(ds, sql, name, limit, blobs).await?.try_collect::<Vec<_>>().await };
     tokio::time::timeout(timeout, run)
         .await
-        .map_err(|_| Error::InvalidInput(format!("query timed out after {timeout:?}")))?
+        .map_err(|_| Error::Timeout(format!("query timed out after {timeout:?}")))?
 }
 
 fn user_error(e: lance::Error) -> Error {

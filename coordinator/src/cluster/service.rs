@@ -23,13 +23,21 @@ fn status(e: Error) -> Status {
     match e {
         Error::InvalidInput(m) => Status::invalid_argument(m),
         Error::NotFound(m) => Status::not_found(m),
+        Error::Timeout(m) => Status::deadline_exceeded(m),
         e @ Error::InvalidSettings(_) => Status::invalid_argument(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
 
+/// Queries running at once on a coordinator; more wait for a slot.
+const QUERY_SLOTS: usize = 4;
+/// Longest a query may run.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A page of query results ends at this size (clients' default limit is 4 MiB).
+const PAGE_BYTES: usize = 1 << 20;
+
 #[derive(Clone)]
-struct Api(Arc<Cluster>);
+struct Api(Arc<Cluster>, Arc<tokio::sync::Semaphore>);
 
 impl Api {
     /// The worker protocol under mutual TLS: a verified client certificate.
@@ -198,27 +206,73 @@ impl TableService for Api {
         }
         let table = self.table(&req.table)?;
         let uri = table.location.uri.clone();
+        let timeout = match req.timeout_seconds {
+            0 => QUERY_TIMEOUT,
+            n => Duration::from_secs(n.into()).min(QUERY_TIMEOUT),
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let slot = tokio::time::timeout_at(deadline, self.1.clone().acquire_owned())
+            .await
+            .map_err(|_| Status::resource_exhausted(format!("{QUERY_SLOTS} queries are running; try again later")))?
+            .map_err(|_| Status::unavailable("shutting down"))?;
         let dataset = sluice_common::describe::open(&table).await.map_err(status)?;
         let limit = match req.limit {
             0 => 1000,
             n => n.min(100_000) as usize,
         };
         let name = sluice_common::query::table_name(&uri);
-        let batches =
-            sluice_common::query::run_sql(&dataset, &req.sql, &name, limit, req.include_blobs, Duration::from_secs(60))
-                .await
-                .map_err(status)?;
-        let rows = sluice_common::query::json_rows(&batches).map_err(status)?;
-        let page = if req.page_rows == 0 { 500 } else { req.page_rows as usize };
-        let mut columns = sluice_common::query::column_names(&batches);
-        let mut pages: Vec<Result<pb::QueryPage, Status>> = rows
-            .chunks(page)
-            .map(|c| Ok(pb::QueryPage { rows: c.to_vec(), columns: std::mem::take(&mut columns) }))
-            .collect();
-        if pages.is_empty() {
-            pages.push(Ok(pb::QueryPage { rows: Vec::new(), columns }));
-        }
-        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
+        let timed_out = move || Status::deadline_exceeded(format!("query timed out after {timeout:?}"));
+        let mut batches = tokio::time::timeout_at(
+            deadline,
+            sluice_common::query::sql_stream(&dataset, &req.sql, &name, limit, req.include_blobs),
+        )
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(status)?;
+        let page_rows = if req.page_rows == 0 { 500 } else { req.page_rows as usize };
+        // Pages go out as batches are computed; the small channel holds the
+        // query back while the client is slow, and a client that leaves
+        // ends it.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut page = pb::QueryPage::default();
+            let (mut bytes, mut sent) = (0usize, false);
+            loop {
+                let batch = match tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut batches)).await {
+                    Err(_) => Err(timed_out()),
+                    Ok(None) => break,
+                    Ok(Some(b)) => b.map_err(status),
+                };
+                let rows = batch.and_then(|b| {
+                    if !sent && page.columns.is_empty() {
+                        page.columns = sluice_common::query::column_names(std::slice::from_ref(&b));
+                    }
+                    sluice_common::query::json_rows(&[b]).map_err(status)
+                });
+                let rows = match rows {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                for row in rows {
+                    bytes += row.len();
+                    page.rows.push(row);
+                    if page.rows.len() >= page_rows || bytes >= PAGE_BYTES {
+                        if tx.send(Ok(std::mem::take(&mut page))).await.is_err() {
+                            return;
+                        }
+                        (bytes, sent) = (0, true);
+                    }
+                }
+            }
+            if !page.rows.is_empty() || !sent {
+                let _ = tx.send(Ok(page)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
 
@@ -298,7 +352,7 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| Error::Link(format!("reflection: {e}")))?;
 
-    let api = Api(cluster.clone());
+    let api = Api(cluster.clone(), Arc::new(tokio::sync::Semaphore::new(QUERY_SLOTS)));
     let leading = {
         let (cluster, health) = (cluster.clone(), health.clone());
         tokio::spawn(async move {

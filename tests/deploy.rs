@@ -44,6 +44,8 @@ fn chart_lints_renders_validates_and_matches_the_binary() {
         let containers = combo["containers"].as_array().unwrap();
         assert_eq!(containers.len(), 2, "{name}: coordinator and worker");
         for c in containers {
+            let secrets = if name == "hpa" { serde_json::json!(["source-stores"]) } else { serde_json::json!([]) };
+            assert_eq!(c["env_secrets"], secrets, "{name}: source-store credentials reach every process");
             let args: Vec<String> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
             let mut cmd = sluice();
             cmd.env_clear().env("PATH", std::env::var("PATH").unwrap()).args(&args).arg("--check-config");

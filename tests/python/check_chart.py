@@ -30,6 +30,7 @@ COMBINATIONS = {
         "worker": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 40}},
         "auth": {"tokens": ["a-long-enough-token-1"]},
         "sources": {
+            "credentialsSecret": "source-stores",
             "allowedRoots": ["/data"],
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "shared-data"}}],
             "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
@@ -115,7 +116,12 @@ def check(chart_dir, out_dir, name, values):
             if not c["image"].startswith("ghcr.io/sluice/"):
                 continue
             report["containers"].append(
-                {"workload": doc["metadata"]["name"], "args": c.get("args", []), "env": resolve_env(c, configmaps, secrets)}
+                {
+                    "workload": doc["metadata"]["name"],
+                    "args": c.get("args", []),
+                    "env": resolve_env(c, configmaps, secrets),
+                    "env_secrets": [f["secretRef"]["name"] for f in c.get("envFrom", []) if "secretRef" in f],
+                }
             )
     return report
 

@@ -227,6 +227,9 @@ fn sql_queries_over_the_table() {
     let counted: std::collections::HashMap<String, usize> =
         rows.iter().map(|r| (r["kind"].as_str().unwrap().to_string(), r["n"].as_u64().unwrap() as usize)).collect();
     assert_eq!(counted, truth, "SQL counts match the rows read through the Lance API");
+    // Filters on fields of the JSON metadata column.
+    let (_, rows, err) = query("SELECT count(*) AS n FROM lake WHERE kind = 'other' AND json_get_int(metadata, 'bytes') >= 0", &[]);
+    assert_eq!(rows, [serde_json::json!({"n": truth["other"]})], "{err}");
 
     // Blob bytes only when asked for; rows capped by --limit.
     let (_, rows, _) = query("SELECT data FROM lake WHERE kind = 'image'", &["--limit", "3"]);

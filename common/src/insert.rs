@@ -28,9 +28,6 @@ use serde_json::{Map, Value};
 use crate::table::{commit_append, discard_fragments, prop, TableHandle};
 use crate::{pb, Error, Result};
 
-/// Extension type name of JSON columns (text in Arrow, JSONB in Lance).
-const ARROW_JSON: &str = "arrow.json";
-const EXT_KEY: &str = "ARROW:extension:name";
 
 /// Transaction property holding an insert's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "sluice.idempotency_key";
@@ -84,10 +81,7 @@ pub fn field_of(def: &pb::ColumnDef) -> Result<Field> {
         "timestamp" | "timestamptz" => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
         "date" => DataType::Date32,
         "binary" | "bytes" | "bytea" => DataType::Binary,
-        "json" | "jsonb" => {
-            let field = Field::new(name, DataType::Utf8, !def.required);
-            return Ok(field.with_metadata(HashMap::from([(EXT_KEY.to_string(), ARROW_JSON.to_string())])));
-        }
+        "json" | "jsonb" => return Ok(crate::schema::json_field(name, !def.required)),
         other => {
             return Err(Error::InvalidInput(format!(
                 "column `{name}`: unknown type `{other}` (string, int64, int32, float64, float32, bool, timestamp, date, json, binary)"
@@ -99,8 +93,8 @@ pub fn field_of(def: &pb::ColumnDef) -> Result<Field> {
 
 /// A column's type as users name it.
 pub fn type_name(field: &Field) -> String {
-    let ext = field.metadata().get(EXT_KEY).map(String::as_str);
-    if matches!(ext, Some(ARROW_JSON) | Some(lance_arrow::json::JSON_EXT_NAME)) {
+    let ext = field.metadata().get(crate::schema::ARROW_EXT_KEY).map(String::as_str);
+    if crate::schema::is_arrow_json(field) || lance_arrow::json::is_json_field(field) {
         return "json".into();
     }
     if field.metadata().contains_key(lance_arrow::BLOB_META_KEY) || ext == Some(lance_arrow::BLOB_V2_EXT_NAME) {
@@ -133,10 +127,6 @@ fn insert_schema(ds: &Dataset) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
-fn is_json(field: &Field) -> bool {
-    field.metadata().get(EXT_KEY).is_some_and(|e| e == ARROW_JSON)
-}
-
 /// Rows to a batch of the table's schema, with a clear error naming the
 /// first bad row and column.
 pub fn rows_to_batch(schema: &SchemaRef, rows: &[Map<String, Value>]) -> Result<RecordBatch> {
@@ -151,7 +141,7 @@ pub fn rows_to_batch(schema: &SchemaRef, rows: &[Map<String, Value>]) -> Result<
                     known.join(", ")
                 )));
             };
-            let value = if is_json(field) && !value.is_null() { Value::String(json_text(value)) } else { value.clone() };
+            let value = if crate::schema::is_arrow_json(field) && !value.is_null() { Value::String(json_text(value)) } else { value.clone() };
             out.insert(name.clone(), value);
         }
         for field in schema.fields().iter().filter(|f| !f.is_nullable()) {

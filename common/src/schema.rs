@@ -84,11 +84,27 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new(col::THUMBNAIL, DataType::Binary, true),
         Field::new(col::WIDTH, DataType::UInt32, true),
         Field::new(col::HEIGHT, DataType::UInt32, true),
-        Field::new(col::METADATA, DataType::Utf8, true),
+        json_field(col::METADATA, true),
         Field::new(col::JOB_ID, DataType::Utf8, false),
         Field::new(col::INGESTED_AT, DataType::Timestamp(TimeUnit::Microsecond, utc()), false),
     ]))
 });
+
+/// A JSON column: text in Arrow (extension `arrow.json`), stored by Lance
+/// as JSONB so SQL can filter on fields (`json_get_int(metadata, 'fps')`).
+pub fn json_field(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+        .with_metadata(std::collections::HashMap::from([(ARROW_EXT_KEY.to_string(), ARROW_JSON.to_string())]))
+}
+
+/// Arrow's extension-type metadata key and the JSON extension's name.
+pub const ARROW_EXT_KEY: &str = "ARROW:extension:name";
+pub const ARROW_JSON: &str = "arrow.json";
+
+/// Is `field` a JSON column as Arrow carries it?
+pub fn is_arrow_json(field: &Field) -> bool {
+    field.metadata().get(ARROW_EXT_KEY).is_some_and(|e| e == ARROW_JSON)
+}
 
 /// The table's Arrow schema.
 pub fn table_schema() -> SchemaRef {

@@ -143,6 +143,7 @@ impl TableHandle {
 
     /// Write rows as uncommitted fragments; the coordinator commits them later.
     pub async fn write_uncommitted(&self, dataset: Arc<Dataset>, batch: RecordBatch) -> Result<Vec<Fragment>> {
+        let batch = fit_json_columns(&dataset, batch)?;
         let params = self.write_params(WriteMode::Append);
         let txn = InsertBuilder::new(dataset).with_params(&params).execute_uncommitted(vec![batch]).await?;
         match txn.operation {
@@ -150,6 +151,27 @@ impl TableHandle {
             other => Err(Error::InvalidInput(format!("unexpected write operation {other}"))),
         }
     }
+}
+
+/// Tables created before `metadata` became a JSON column keep it as plain
+/// text: batches for them carry the column without the JSON extension.
+fn fit_json_columns(ds: &Dataset, batch: RecordBatch) -> Result<RecordBatch> {
+    let have: arrow_schema::Schema = ds.schema().into();
+    let as_text = |f: &arrow_schema::Field| {
+        crate::schema::is_arrow_json(f)
+            && have.field_with_name(f.name()).is_ok_and(|h| !lance_arrow::json::is_json_field(h) && !crate::schema::is_arrow_json(h))
+    };
+    let schema = batch.schema();
+    if !schema.fields().iter().any(|f| as_text(f)) {
+        return Ok(batch);
+    }
+    let fields: Vec<arrow_schema::Field> = schema
+        .fields()
+        .iter()
+        .map(|f| if as_text(f) { f.as_ref().clone().with_metadata(HashMap::new()) } else { f.as_ref().clone() })
+        .collect();
+    let schema = Arc::new(arrow_schema::Schema::new_with_metadata(fields, schema.metadata().clone()));
+    Ok(RecordBatch::try_new(schema, batch.columns().to_vec())?)
 }
 
 /// Delete the files of fragments that will never be committed (their
@@ -376,5 +398,32 @@ mod tests {
 
         let files = committed_files(&latest).await.unwrap();
         assert_eq!(files.get(&crate::ids::uri_key("file:///a")), Some(&CommittedFile { size: 1, modified_ms: Some(1) }));
+        let metadata = arrow_schema::Schema::from(latest.schema()).field_with_name(col::METADATA).unwrap().clone();
+        assert_eq!(crate::insert::type_name(&metadata), "json", "new tables hold metadata as JSON");
+    }
+
+    #[tokio::test]
+    async fn tables_with_text_metadata_still_take_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = TableHandle::new(TableLocation::new(dir.path().to_str().unwrap(), HashMap::new()).unwrap(), 4);
+        // The table as earlier versions created it: metadata as plain text.
+        let fields: Vec<arrow_schema::Field> = table_schema()
+            .fields()
+            .iter()
+            .map(|f| if f.name() == col::METADATA { arrow_schema::Field::new(col::METADATA, arrow_schema::DataType::Utf8, true) } else { f.as_ref().clone() })
+            .collect();
+        let old = RecordBatch::new_empty(Arc::new(arrow_schema::Schema::new(fields)));
+        let params = handle.write_params(WriteMode::Create);
+        InsertBuilder::new(handle.location.uri.as_str()).with_params(&params).execute(vec![old]).await.unwrap();
+
+        let ds = handle.open_or_create().await.unwrap();
+        let mut file = rows("file:///b", 2);
+        file.rows[0].metadata = Some(serde_json::json!({"pages": 3}));
+        let batch = build_batch(&[file], "job", 0).unwrap();
+        let fragments = handle.write_uncommitted(Arc::new(ds.clone()), batch).await.unwrap();
+        let done = commit_append(&handle, &ds, "c-old", ds.version().version, fragments, HashMap::new()).await.unwrap();
+        assert_eq!(done.dataset.count_rows(None).await.unwrap(), 2);
+        let metadata = arrow_schema::Schema::from(done.dataset.schema()).field_with_name(col::METADATA).unwrap().clone();
+        assert_eq!(crate::insert::type_name(&metadata), "string", "the table keeps its column type");
     }
 }

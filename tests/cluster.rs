@@ -976,6 +976,10 @@ fn table_api_inserts_and_queries_metadata_through_grpcurl_and_the_cli() {
     };
     assert_eq!(send("InsertRows", "insert-rows.json")["rowsInserted"], "3");
     assert_eq!(send("InsertRows", "insert-rows.json")["replayed"], true);
+    let q = r#"{"table":"video_metadata","sql":"SELECT metadata FROM video_metadata WHERE filename = 'video_002.mp4'"}"#;
+    let out = run(grpcurl().args(auth).args(["-d", q, &target, "sluice.v1.TableService/Query"]));
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page["rows"], serde_json::json!([r#"{"metadata":{"duration":95,"fps":60}}"#]), "JSON comes back as JSON");
     let page = send("Query", "query.json");
     assert_eq!(page["rows"], serde_json::json!([r#"{"filename":"video_001.mp4","seconds":120}"#, r#"{"filename":"video_003.mp4","seconds":200}"#]));
     assert_eq!(send("DescribeTable", "describe.json")["rows"], "3");

@@ -282,6 +282,9 @@ fn insert_rows_into_a_local_table_query_and_inspect_it() {
         [r#"{"label":"cat","n":41,"top":4.5}"#, r#"{"label":"dog","n":42,"top":4.5}"#]
     );
 
+    // JSON columns come back as JSON.
+    assert_eq!(query("SELECT filename, metadata FROM labels LIMIT 1"), [r#"{"filename":"img_0.png","metadata":{"w":100}}"#]);
+
     // A bad row stops its batch only; earlier batches stay, and the error names the row.
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"filename\":\"a\"}\n{\"filename\":\"b\",\"score\":\"high\"}\n").unwrap();

@@ -1,9 +1,13 @@
 //! SQL over a sluice table (DataFusion, through Lance), shared by
 //! `sluice query` and the coordinator's `TableService`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, GenericStringArray, OffsetSizeTrait, RecordBatch};
+use arrow_json::writer::{Encoder, EncoderFactory, EncoderOptions, NullableEncoder};
+use arrow_schema::FieldRef;
 use futures::{StreamExt, TryStreamExt};
 use lance::Dataset;
 use lance_core::datatypes::BlobHandling;
@@ -28,7 +32,13 @@ pub async fn sql_stream(ds: &Dataset, sql: &str, name: &str, limit: usize, blobs
     let query = ds.sql(sql).table_name(name).blob_handling(handling).build().await.map_err(user_error)?;
     let frame = query.into_dataframe().limit(0, Some(limit)).map_err(|e| Error::InvalidInput(e.to_string()))?;
     let stream = frame.execute_stream().await.map_err(|e| Error::InvalidInput(e.to_string()))?;
-    Ok(stream.map_err(|e| Error::Link(format!("query failed: {e}"))).boxed())
+    // JSON columns come out of the scan as JSONB: give them back as JSON text.
+    Ok(stream
+        .map(|b| {
+            let batch = b.map_err(|e| Error::Link(format!("query failed: {e}")))?;
+            Ok(lance_arrow::json::convert_lance_json_to_arrow(&batch)?)
+        })
+        .boxed())
 }
 
 /// Run `sql` to the end within `timeout` (see [`sql_stream`]).
@@ -58,13 +68,49 @@ pub fn column_names(batches: &[RecordBatch]) -> Vec<String> {
     batches.first().map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect()).unwrap_or_default()
 }
 
-/// Rows as JSON objects, one string per row.
+/// Rows as JSON objects, one string per row. JSON columns are nested as
+/// JSON, not quoted as strings.
 pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<String>> {
     let mut buf = Vec::new();
     {
-        let mut writer = arrow_json::LineDelimitedWriter::new(&mut buf);
+        let mut writer = arrow_json::WriterBuilder::new()
+            .with_encoder_factory(Arc::new(RawJson))
+            .build::<_, arrow_json::writer::LineDelimited>(&mut buf);
         writer.write_batches(&batches.iter().collect::<Vec<_>>()).map_err(Error::Arrow)?;
         writer.finish().map_err(Error::Arrow)?;
     }
     Ok(String::from_utf8_lossy(&buf).lines().map(String::from).collect())
+}
+
+/// Writes the text of JSON columns as it is.
+#[derive(Debug)]
+struct RawJson;
+
+impl EncoderFactory for RawJson {
+    fn make_default_encoder<'a>(
+        &self,
+        field: &'a FieldRef,
+        array: &'a dyn Array,
+        _options: &'a EncoderOptions,
+    ) -> std::result::Result<Option<NullableEncoder<'a>>, arrow_schema::ArrowError> {
+        if !crate::schema::is_arrow_json(field) {
+            return Ok(None);
+        }
+        let encoder: Box<dyn Encoder + 'a> = if let Some(text) = array.as_string_opt::<i32>() {
+            Box::new(RawText(text))
+        } else if let Some(text) = array.as_string_opt::<i64>() {
+            Box::new(RawText(text))
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(NullableEncoder::new(encoder, array.logical_nulls())))
+    }
+}
+
+struct RawText<'a, O: OffsetSizeTrait>(&'a GenericStringArray<O>);
+
+impl<O: OffsetSizeTrait> Encoder for RawText<'_, O> {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.0.value(idx).as_bytes());
+    }
 }

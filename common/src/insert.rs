@@ -333,8 +333,8 @@ pub async fn insert_rows(handle: &TableHandle, req: InsertRequest) -> Result<pb:
         None => uuid::Uuid::new_v4().to_string(),
     };
     let mut known_version = ds.version().version;
+    let fingerprint = key.as_ref().map(|_| fingerprint(&req.rows)).unwrap_or_default();
     if let (Some(key), Some(markers)) = (&key, &markers) {
-        let fingerprint = fingerprint(&req.rows);
         match markers.get(key).await? {
             Some(m) if m.fingerprint != fingerprint => {
                 return Err(Error::InvalidInput(format!(
@@ -357,7 +357,7 @@ pub async fn insert_rows(handle: &TableHandle, req: InsertRequest) -> Result<pb:
                 known_version = m.after_version;
             }
             None => {
-                let marker = Marker { key: key.clone(), fingerprint, after_version: known_version, version: None, rows };
+                let marker = Marker { key: key.clone(), fingerprint: fingerprint.clone(), after_version: known_version, version: None, rows };
                 markers.put(&marker).await?;
             }
         }
@@ -387,7 +387,6 @@ pub async fn insert_rows(handle: &TableHandle, req: InsertRequest) -> Result<pb:
     }
     response.version = committed.version;
     if let (Some(key), Some(markers)) = (&key, &markers) {
-        let fingerprint = fingerprint(&req.rows);
         let marker = Marker { key: key.clone(), fingerprint, after_version: known_version, version: Some(committed.version), rows };
         if let Err(e) = markers.put(&marker).await {
             // The commit holds the key too: a retry still finds it.

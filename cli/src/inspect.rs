@@ -60,10 +60,10 @@ pub async fn run(args: InspectArgs) -> Result<()> {
         }
         None => {
             let handle = TableHandle::new(args.storage.location(&args.table)?, 32);
-            let table = sluice_common::describe::describe(&handle, args.job.as_deref(), max_errors as usize)
+            let ds = sluice_common::describe::open(&handle).await.with_context(|| format!("cannot open table {}", args.table))?;
+            let table = sluice_common::describe::describe(&handle, &ds, args.job.as_deref(), max_errors as usize)
                 .await
                 .with_context(|| format!("cannot inspect table {}", args.table))?;
-            let ds = handle.open().await?;
             (table, sluice_common::describe::versions(&ds, args.versions).await?)
         }
     };

@@ -47,13 +47,30 @@ pub async fn rows(remote: &Remote, storage: &StorageArgs, table: &str, sql: &str
     match remote.client().await? {
         Some(mut client) => Ok(remote_rows(&mut client, table, sql, limit, false, Duration::from_secs(60)).await?.1),
         None => {
-            let location = storage.location(table)?;
-            let name = sluice_common::query::table_name(&location.uri);
-            let dataset = sluice_common::table::TableHandle::new(location, 32).open().await?;
-            let batches = sluice_common::query::run_sql(&dataset, sql, &name, limit, false, Duration::from_secs(60)).await?;
+            let batches = local_batches(storage, table, None, sql, limit, false, Duration::from_secs(60)).await?;
             Ok(sluice_common::query::json_rows(&batches)?)
         }
     }
+}
+
+/// A query over a table opened here (named in the SQL by `name`, or else
+/// by its last path segment).
+async fn local_batches(
+    storage: &StorageArgs,
+    table: &str,
+    name: Option<&str>,
+    sql: &str,
+    limit: usize,
+    blobs: bool,
+    timeout: Duration,
+) -> Result<Vec<arrow_array::RecordBatch>> {
+    let location = storage.location(table)?;
+    let name = name.map_or_else(|| sluice_common::query::table_name(&location.uri), str::to_string);
+    let dataset = sluice_common::table::TableHandle::new(location, 32)
+        .open()
+        .await
+        .with_context(|| format!("cannot open table {table}"))?;
+    sluice_common::query::run_sql(&dataset, sql, &name, limit, blobs, timeout).await.context("query failed")
 }
 
 /// The columns and rows of a query run by the coordinator.
@@ -87,13 +104,16 @@ pub async fn run(args: QueryArgs) -> Result<i32> {
                 .context("query timed out")??
         }
         None => {
-            let location = args.storage.location(&args.table)?;
-            let name = args.name.clone().unwrap_or_else(|| sluice_common::query::table_name(&location.uri));
-            let table = sluice_common::table::TableHandle::new(location, 32);
-            let dataset = table.open().await.with_context(|| format!("cannot open table {}", args.table))?;
-            let batches = sluice_common::query::run_sql(&dataset, &args.sql, &name, args.limit, args.blobs, args.timeout)
-                .await
-                .context("query failed")?;
+            let batches = local_batches(
+                &args.storage,
+                &args.table,
+                args.name.as_deref(),
+                &args.sql,
+                args.limit,
+                args.blobs,
+                args.timeout,
+            )
+            .await?;
             if !args.json {
                 println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
                 return Ok(0);

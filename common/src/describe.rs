@@ -35,12 +35,17 @@ pub fn columns(ds: &Dataset) -> Vec<pb::ColumnInfo> {
         .collect()
 }
 
-/// Schema, row counts, rows per kind and failed files of a table. Failed
-/// files are those of `job_id`, or else the latest failure of each file the
-/// table does not hold now; at most `max_errors` are listed.
-pub async fn describe(handle: &TableHandle, job_id: Option<&str>, max_errors: usize) -> Result<pb::TableDescription> {
-    let ds = open(handle).await?;
-    let columns = columns(&ds);
+/// Schema, row counts, rows per kind and failed files of the table `ds`
+/// opened from `handle`. Failed files are those of `job_id`, or else the
+/// latest failure of each file the table does not hold now; at most
+/// `max_errors` are listed.
+pub async fn describe(
+    handle: &TableHandle,
+    ds: &Dataset,
+    job_id: Option<&str>,
+    max_errors: usize,
+) -> Result<pb::TableDescription> {
+    let columns = columns(ds);
     let mut rows_per_kind = HashMap::new();
     if columns.iter().any(|c| c.name == col::KIND && c.r#type == "string") {
         let mut scan = ds.scan();
@@ -66,7 +71,7 @@ pub async fn describe(handle: &TableHandle, job_id: Option<&str>, max_errors: us
                 latest
             } else {
                 // A file that failed once and is in the table now was fixed and re-ingested.
-                let present = crate::table::committed_files(&ds).await?;
+                let present = crate::table::committed_files(ds).await?;
                 latest.into_iter().filter(|e| !present.contains_key(&crate::ids::uri_key(&e.uri))).collect()
             }
         }

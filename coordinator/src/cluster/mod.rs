@@ -171,10 +171,7 @@ impl Cluster {
     /// Validate a job spec into what the job runner needs.
     fn plan(&self, spec: &pb::JobSpec) -> Result<EmbeddedJob> {
         let table = spec.table.as_ref().filter(|t| !t.uri.trim().is_empty()).ok_or_else(|| invalid("spec.table.uri is required"))?;
-        let uri = self.table_uri(&table.uri)?;
-        let mut options = table.storage_options.clone();
-        complete_options(&uri, &mut options);
-        let location = TableLocation::new(&uri, options)?;
+        let location = self.table_location(&table.uri, table.storage_options.clone())?;
         let settings = Settings::try_from(&spec.settings.clone().unwrap_or_default())?;
         // Sources: absolute local paths (shared by coordinator and
         // workers) or object-store URIs.
@@ -247,6 +244,14 @@ impl Cluster {
                 "table {given} must be an absolute path or a URI (s3://, file://); names need the coordinator's --storage-uri"
             ))),
         }
+    }
+
+    /// The location of a table a request names, with `options` completed
+    /// from this process's environment.
+    pub fn table_location(&self, given: &str, mut options: HashMap<String, String>) -> Result<TableLocation> {
+        let uri = self.table_uri(given)?;
+        complete_options(&uri, &mut options);
+        TableLocation::new(&uri, options)
     }
 
     /// Where tables given by name live, if configured.

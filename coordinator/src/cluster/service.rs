@@ -61,10 +61,7 @@ impl Api {
         if given.trim().is_empty() {
             return Err(Status::invalid_argument("table is required"));
         }
-        let uri = self.0.table_uri(given).map_err(status)?;
-        let mut options = std::collections::HashMap::new();
-        sluice_common::storage::complete_options(&uri, &mut options);
-        let location = sluice_common::storage::TableLocation::new(&uri, options).map_err(status)?;
+        let location = self.0.table_location(given, Default::default()).map_err(status)?;
         Ok(sluice_common::table::TableHandle::new(location, 32))
     }
 
@@ -171,7 +168,8 @@ impl TableService for Api {
         let table = self.table(&req.table)?;
         let job = Some(req.job_id.as_str()).filter(|j| !j.is_empty());
         let max_errors = if req.max_errors == 0 { 100 } else { req.max_errors as usize };
-        let described = sluice_common::describe::describe(&table, job, max_errors).await.map_err(status)?;
+        let ds = sluice_common::describe::open(&table).await.map_err(status)?;
+        let described = sluice_common::describe::describe(&table, &ds, job, max_errors).await.map_err(status)?;
         Ok(Response::new(described))
     }
 

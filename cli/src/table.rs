@@ -128,8 +128,10 @@ pub async fn insert(args: InsertArgs) -> Result<i32> {
             },
             (None, None) => unreachable!("no table handle without a coordinator"),
         }
-        .with_context(|| {
-            format!("batch {batch_no} (lines {first_line} to {line_no}) was not inserted; the batches before it were")
+        .with_context(|| match batch_no {
+            0 if line_no == 0 => "nothing was inserted".to_string(),
+            0 => format!("batch 0 (lines {first_line} to {line_no}) was not inserted; nothing was"),
+            _ => format!("batch {batch_no} (lines {first_line} to {line_no}) was not inserted; the batches before it were"),
         })?;
         total.table_uri = done.table_uri;
         total.version = done.version;

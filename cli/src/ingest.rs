@@ -19,9 +19,15 @@ pub struct IngestArgs {
     pub table: String,
     /// Files, directories or globs to ingest
     pub inputs: Vec<String>,
-    /// A file listing one path per line
+    /// A file listing one path per line; a `.csv` with a header (`path,label,...`)
+    /// or `.jsonl` (`{"path": ..., "label": ...}`) also gives per-file values,
+    /// stored in columns of their own
     #[arg(long)]
     pub manifest: Option<PathBuf>,
+    /// Types of the per-file value columns, SQL-style ("label TEXT, score DOUBLE");
+    /// left out: text for CSV columns, inferred from the first JSON line
+    #[arg(long)]
+    pub columns: Option<String>,
     #[command(flatten)]
     pub knobs: Knobs,
     /// Abort once more than N files have failed
@@ -39,6 +45,10 @@ pub struct IngestArgs {
     /// Print the summary as JSON
     #[arg(long)]
     pub json: bool,
+    /// Print progress and then the summary as JSON lines on standard output
+    /// ({"event": "progress", ...} as work advances, {"event": "summary", ...} last)
+    #[arg(long, conflicts_with = "json")]
+    pub events: bool,
     /// No progress bar
     #[arg(long)]
     pub no_progress: bool,
@@ -48,8 +58,9 @@ pub struct IngestArgs {
 
 pub async fn run(args: IngestArgs) -> Result<i32> {
     let table = args.storage.location(&args.table)?;
-    let inputs = Inputs { paths: args.inputs.clone(), manifest: args.manifest.clone(), remote_manifest: None, allowed_roots: None };
+    let inputs = Inputs { paths: args.inputs.clone(), manifest: args.manifest.clone(), ..Default::default() };
     let mut job = EmbeddedJob::new(table, inputs, args.knobs.settings());
+    job.columns = args.columns.as_deref().map(sluice_common::insert::parse_columns).transpose()?.unwrap_or_default();
     job.job_id = args.job_id.clone();
     job.max_errors = args.max_errors;
     job.shard_files = args.shard_files;
@@ -58,7 +69,20 @@ pub async fn run(args: IngestArgs) -> Result<i32> {
     }
 
     let progress = Arc::new(JobProgress::default());
-    let bar = (!args.json && !args.no_progress).then(|| progress_bar(progress.clone()));
+    let bar = (!args.json && !args.events && !args.no_progress).then(|| progress_bar(progress.clone()));
+    let events = args.events.then(|| tokio::spawn(progress_events(progress.clone())));
+    if args.events {
+        // A program drives this run: if it dies, stop as Ctrl-C would.
+        let orphaned = progress.clone();
+        let parent = std::os::unix::process::parent_id();
+        tokio::spawn(async move {
+            while std::os::unix::process::parent_id() == parent {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            eprintln!("the program that started this ingest is gone: finishing files in flight and committing them");
+            orphaned.abort("the program that started the ingest exited");
+        });
+    }
     let interrupt = progress.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -68,18 +92,73 @@ pub async fn run(args: IngestArgs) -> Result<i32> {
             std::process::exit(130);
         }
     });
-    let result = run_embedded(job, progress).await;
+    let result = run_embedded(job, progress.clone()).await;
     if let Some((bar, ticker)) = bar {
         ticker.abort();
         bar.finish_and_clear();
     }
-    let summary = result?;
-    if args.json {
+    if let Some(events) = events {
+        events.abort();
+    }
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) if args.events => {
+            println!("{}", serde_json::json!({ "event": "error", "error": e.message(), "status": e.http_status() }));
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.events {
+        print_event("progress", &progress_view(&progress));
+        // Programs get every failed file (up to a bound), not the summary's first ones.
+        let ledger = sluice_common::ledger::ErrorLedger::new(&args.storage.location(&args.table)?)?;
+        let mut errors = ledger.list(Some(&summary.job_id)).await?;
+        errors.truncate(EVENT_ERRORS);
+        let mut event = serde_json::to_value(&summary)?;
+        event["errors"] = serde_json::to_value(errors)?;
+        event["event"] = "summary".into();
+        println!("{event}");
+    } else if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_summary(&summary);
     }
     Ok(summary.status.exit_code())
+}
+
+/// Failed files listed in the `--events` summary.
+const EVENT_ERRORS: usize = 100_000;
+
+fn progress_view(p: &JobProgress) -> serde_json::Value {
+    serde_json::json!({
+        "files_total": p.files_total(),
+        "files_done": JobProgress::get(&p.files_done),
+        "files_failed": JobProgress::get(&p.files_failed),
+        "files_skipped": JobProgress::get(&p.files_skipped),
+        "rows": JobProgress::get(&p.rows_committed),
+        "bytes": JobProgress::get(&p.bytes),
+        "planning_done": p.planning_done.load(std::sync::atomic::Ordering::Relaxed),
+        "table_version": p.version.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+fn print_event(kind: &str, view: &serde_json::Value) {
+    let mut event = view.clone();
+    event["event"] = kind.into();
+    println!("{event}");
+}
+
+/// A progress line whenever the counters change (at most five a second).
+async fn progress_events(p: Arc<JobProgress>) {
+    let mut last = serde_json::Value::Null;
+    loop {
+        let now = progress_view(&p);
+        if now != last {
+            print_event("progress", &now);
+            last = now;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn progress_bar(p: Arc<JobProgress>) -> (ProgressBar, tokio::task::JoinHandle<()>) {
@@ -96,7 +175,7 @@ fn progress_bar(p: Arc<JobProgress>) -> (ProgressBar, tokio::task::JoinHandle<()
         loop {
             let secs = started.elapsed().as_secs_f64().max(0.001);
             let bytes = JobProgress::get(&p.bytes);
-            b.set_length(JobProgress::get(&p.files_planned));
+            b.set_length(p.files_total());
             b.set_position(p.files_finished());
             b.set_message(format!(
                 "{:.0} files/s, {:.1} MB/s | {} rows, {}, {} failed, v{}",
@@ -117,7 +196,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -118,6 +118,9 @@ pub struct SourceInfo {
     pub size: u64,
     pub modified_ms: Option<i64>,
     pub content_hash: String,
+    /// The file's per-file values (a JSON object, checked against the
+    /// job's columns when the file was planned), for every row of it.
+    pub attributes: Option<Arc<str>>,
 }
 
 /// One row before it is written. `id`, `job_id` and `ingested_at` are filled in
@@ -232,9 +235,79 @@ pub fn build_batch(files: &[FileRows], job_id: &str, ingested_at_us: i64) -> Res
     Ok(RecordBatch::try_new(table_schema(), columns)?)
 }
 
+/// Build a batch for a table whose schema is `table` (as inserts see it:
+/// JSON columns as text): the sluice columns plus the table's attribute
+/// columns, filled from each file's attributes (null where a file has no
+/// value), in the table's column order.
+pub fn build_batch_for(table: &SchemaRef, files: &[FileRows], job_id: &str, ingested_at_us: i64) -> Result<RecordBatch> {
+    let base = build_batch(files, job_id, ingested_at_us)?;
+    let extra: Vec<Field> = table
+        .fields()
+        .iter()
+        .filter(|f| SCHEMA.field_with_name(f.name()).is_err())
+        .map(|f| f.as_ref().clone())
+        .collect();
+    if extra.is_empty() {
+        return Ok(base);
+    }
+    let extra_schema = Arc::new(Schema::new(extra));
+    let mut rows: Vec<serde_json::Map<String, serde_json::Value>> = Vec::with_capacity(base.num_rows());
+    for file in files {
+        let values = match &file.source.attributes {
+            Some(text) => match serde_json::from_str(text)? {
+                serde_json::Value::Object(m) => m,
+                _ => return Err(crate::Error::InvalidInput(format!("attributes of {} are not a JSON object", file.source.uri))),
+            },
+            None => serde_json::Map::new(),
+        };
+        rows.extend(std::iter::repeat_n(values, file.rows.len()));
+    }
+    let mut decoder = arrow_json::ReaderBuilder::new(extra_schema.clone()).build_decoder()?;
+    decoder.serialize(&rows)?;
+    let attributes = decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(extra_schema.clone()));
+    let mut fields = Vec::with_capacity(table.fields().len());
+    let mut columns = Vec::with_capacity(table.fields().len());
+    for field in table.fields() {
+        let (batch, schema) = match base.schema().index_of(field.name()) {
+            Ok(_) => (&base, base.schema()),
+            Err(_) => (&attributes, extra_schema.clone()),
+        };
+        let i = schema.index_of(field.name())?;
+        fields.push(schema.field(i).clone());
+        columns.push(batch.column(i).clone());
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::Array;
+
+    #[test]
+    fn attribute_columns_follow_the_table_and_repeat_per_row() {
+        let mut file = FileRows {
+            source: SourceInfo { uri: "file:///v.mp4".into(), size: 1, modified_ms: None, content_hash: "h".into(), attributes: Some(r#"{"label":"cat","n":3}"#.into()) },
+            shard_id: "s".into(),
+            kind: Kind::Video,
+            rows: vec![Row::default(), Row { chunk_index: 1, ..Default::default() }],
+            last: true,
+        };
+        let mut other = file.clone();
+        other.source.uri = "file:///w.mp4".into();
+        other.source.attributes = None;
+        other.rows.truncate(1);
+        let mut fields: Vec<Field> = table_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("label", DataType::Utf8, true));
+        fields.push(Field::new("n", DataType::Int64, true));
+        let table = Arc::new(Schema::new(fields));
+        file.rows[0].mime_type = "video/mp4".into();
+        let batch = build_batch_for(&table, &[file, other], "job", 0).unwrap();
+        assert_eq!(batch.num_rows(), 3);
+        let labels = batch.column_by_name("label").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        assert_eq!((labels.value(0), labels.value(1), labels.is_null(2)), ("cat", "cat", true));
+        assert_eq!(batch.schema().field(batch.num_columns() - 1).name(), "n");
+    }
 
     #[test]
     fn batch_has_one_row_per_chunk_with_deterministic_ids() {
@@ -244,6 +317,7 @@ mod tests {
                 size: 3,
                 modified_ms: Some(1),
                 content_hash: "h".into(),
+                attributes: None,
             },
             shard_id: "s".into(),
             kind: Kind::Text,

@@ -98,13 +98,21 @@ impl TableHandle {
 
     /// Open the table, creating it empty with the sluice schema if absent.
     pub async fn open_or_create(&self) -> Result<Dataset> {
+        self.open_or_create_with(&[]).await
+    }
+
+    /// Open the table, creating it empty with the sluice schema plus
+    /// `attributes` (per-file columns) if absent. An existing table gains
+    /// the attribute columns it lacks (null in its rows so far); one that
+    /// has a column of that name with another type is refused.
+    pub async fn open_or_create_with(&self, attributes: &[arrow_schema::Field]) -> Result<Dataset> {
         // Creating is a conditional write the object-store client does not
         // retry when it times out: retry here (a retry finds the table if
         // the first attempt landed).
         let mut delay = std::time::Duration::from_millis(200);
         let mut attempt = 1;
         loop {
-            match self.open_or_create_once().await {
+            match self.open_or_create_once(attributes).await {
                 Err(e @ (Error::InvalidInput(_) | Error::InvalidSettings(_))) => return Err(e),
                 Err(e) if attempt < COMMIT_ATTEMPTS => {
                     tracing::warn!(table = %self.location.uri, attempt, error = %e, "cannot open or create the table; retrying");
@@ -117,14 +125,39 @@ impl TableHandle {
         }
     }
 
-    async fn open_or_create_once(&self) -> Result<Dataset> {
+    async fn open_or_create_once(&self, attributes: &[arrow_schema::Field]) -> Result<Dataset> {
         match self.open().await {
-            Ok(ds) => {
+            Ok(mut ds) => {
                 check_schema(&ds)?;
+                let have = crate::insert::insert_schema(&ds);
+                let mut missing = Vec::new();
+                for want in attributes {
+                    match have.field_with_name(want.name()) {
+                        Ok(f) if crate::insert::type_name(f) == crate::insert::type_name(want) => {}
+                        Ok(f) => {
+                            return Err(Error::InvalidInput(format!(
+                                "table {} has column `{}` of type {}; this job gives it as {}",
+                                self.location.uri,
+                                want.name(),
+                                crate::insert::type_name(f),
+                                crate::insert::type_name(want)
+                            )))
+                        }
+                        Err(_) => missing.push(lance_arrow::json::arrow_json_to_lance_json(want)),
+                    }
+                }
+                if !missing.is_empty() {
+                    let names: Vec<String> = missing.iter().map(|f| f.name().clone()).collect();
+                    let schema = Arc::new(arrow_schema::Schema::new(missing));
+                    ds.add_columns(lance::dataset::NewColumnTransform::AllNulls(schema), None, None).await?;
+                    tracing::info!(table = %self.location.uri, columns = ?names, "added attribute columns");
+                }
                 Ok(ds)
             }
             Err(Error::Lance(lance::Error::DatasetNotFound { .. })) => {
-                let empty = RecordBatch::new_empty(table_schema());
+                let mut fields: Vec<arrow_schema::Field> = table_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.extend(attributes.iter().cloned());
+                let empty = RecordBatch::new_empty(Arc::new(arrow_schema::Schema::new(fields)));
                 let params = self.write_params(WriteMode::Create);
                 match InsertBuilder::new(self.location.uri.as_str())
                     .with_params(&params)
@@ -198,6 +231,22 @@ pub async fn discard_fragments(dataset: &Dataset, fragments: &[Fragment]) -> usi
         }
     }
     removed
+}
+
+/// Delete a table: every object under its location.
+pub async fn remove_table(location: &crate::storage::TableLocation) -> Result<()> {
+    use futures::StreamExt;
+    if location.is_local() {
+        let path = location.uri.trim_start_matches("file://");
+        return match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        };
+    }
+    let (store, path) = location.object_store()?;
+    let listed = store.list(Some(&path)).map(|m| m.map(|m| m.location)).boxed();
+    store.delete_stream(listed).try_collect::<Vec<_>>().await?;
+    Ok(())
 }
 
 /// Refuse tables that were not written by sluice (or by an incompatible version).
@@ -368,7 +417,7 @@ mod tests {
 
     pub(crate) fn rows(uri: &str, n: u32) -> FileRows {
         FileRows {
-            source: SourceInfo { uri: uri.into(), size: 1, modified_ms: Some(1), content_hash: "h".into() },
+            source: SourceInfo { uri: uri.into(), size: 1, modified_ms: Some(1), content_hash: "h".into(), attributes: None },
             shard_id: "s".into(),
             kind: Kind::Text,
             rows: (0..n).map(|i| Row { chunk_index: i, mime_type: "text/plain".into(), ..Default::default() }).collect(),

@@ -27,6 +27,8 @@ pub struct EmbeddedJob {
     pub max_errors: Option<u64>,
     pub shard_files: usize,
     pub shard_bytes: u64,
+    /// Columns of per-file values; empty: inferred from the inputs.
+    pub columns: Vec<pb::ColumnDef>,
     /// Executable serving `normalize-server`: media decoders run in child
     /// processes of it. `None` runs them in this process.
     pub normalizer_exe: Option<PathBuf>,
@@ -34,7 +36,7 @@ pub struct EmbeddedJob {
 
 impl EmbeddedJob {
     pub fn new(table: TableLocation, inputs: Inputs, settings: Settings) -> Self {
-        Self { job_id: None, table, inputs, settings, max_errors: None, shard_files: 256, shard_bytes: 1 << 30, normalizer_exe: None }
+        Self { job_id: None, table, inputs, settings, max_errors: None, shard_files: 256, shard_bytes: 1 << 30, columns: Vec::new(), normalizer_exe: None }
     }
 }
 

@@ -41,8 +41,13 @@ pub async fn run_job(
     job.settings.validate()?;
     manifest::validate(&job.inputs)?;
     let job_id = job.job_id.clone().unwrap_or_else(ids::new_job_id);
+    let columns = match job.columns.is_empty() {
+        true => manifest::attribute_columns(&job.inputs).await?,
+        false => job.columns.clone(),
+    };
+    let attributes = sluice_common::attributes::fields(&columns)?;
     let table = TableHandle::new(job.table.clone(), job.settings.storage_concurrency);
-    let dataset = table.open_or_create().await?;
+    let dataset = table.open_or_create_with(&attributes).await?;
     let committed = committed_files(&dataset).await?;
     tracing::info!(%job_id, table = %job.table.uri, already = committed.len(), "job starting");
 
@@ -77,7 +82,7 @@ pub async fn run_job(
             let _ = link.cancel(&job_id).await;
         })
     };
-    let planned = plan_and_assign(job, &job_id, &table, &committed, link.as_ref(), &tx, &progress).await;
+    let planned = plan_and_assign(job, &job_id, &table, &committed, &attributes, link.as_ref(), &tx, &progress).await;
     if planned.is_err() {
         let _ = link.cancel(&job_id).await;
     }
@@ -140,11 +145,13 @@ pub async fn run_job(
 
 /// Walk the inputs, skip files the table already has unchanged, and hand
 /// shards to the worker.
+#[allow(clippy::too_many_arguments)] // the job's parts, until planning owns a job context
 pub(crate) async fn plan_and_assign(
     job: &crate::EmbeddedJob,
     job_id: &str,
     table: &TableHandle,
     committed: &HashMap<u64, CommittedFile>,
+    attributes: &[arrow_schema::Field],
     worker: &dyn WorkerLink,
     reconciler: &mpsc::Sender<ReconcilerMsg>,
     progress: &Arc<JobProgress>,
@@ -170,7 +177,7 @@ pub(crate) async fn plan_and_assign(
         shard_id,
         generation: 1,
         table: Some(table_ref.clone()),
-        settings: Some(settings.clone()),
+        settings: Some(settings),
         files,
     };
     let mut shards = Vec::new();
@@ -178,8 +185,13 @@ pub(crate) async fn plan_and_assign(
         if progress.abort_reason().is_some() {
             break;
         }
+        let item = match item {
+            Planned::File(file) if !file.attributes.is_empty() => checked_attributes(file, attributes),
+            other => other,
+        };
         match item {
             Planned::Bad { uri, reason } => {
+                JobProgress::add(&progress.files_rejected, 1);
                 bad.push(pb::FileFailed { uri, shard_id: String::new(), kind: String::new(), reason });
                 if bad.len() >= 256 {
                     send_failures(reconciler, std::mem::take(&mut bad)).await?;
@@ -217,6 +229,21 @@ pub(crate) async fn plan_and_assign(
     }
     progress.planning_done.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
+}
+
+/// A file whose per-file values fit the job's columns, with the values
+/// normalized; otherwise a failed file saying why.
+fn checked_attributes(mut file: pb::FileRef, columns: &[arrow_schema::Field]) -> Planned {
+    let normalized = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&file.attributes)
+        .map_err(|e| format!("per-file values are not a JSON object: {e}"))
+        .and_then(|values| sluice_common::attributes::normalize(columns, &values));
+    match normalized {
+        Ok(text) => {
+            file.attributes = if text == "{}" { String::new() } else { text };
+            Planned::File(file)
+        }
+        Err(reason) => Planned::Bad { uri: file.uri, reason },
+    }
 }
 
 async fn send_failures(reconciler: &mpsc::Sender<ReconcilerMsg>, failed: Vec<pb::FileFailed>) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Job inputs: directories (walked), globs, single files, and manifest files
-//! (one path per line). Walking streams into a bounded channel, so the whole
-//! file list is never held at once.
+//! (one path per line; CSV with a header, or JSON lines, carrying per-file
+//! values). Walking streams into a bounded channel, so the whole file list
+//! is never held at once.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,184 @@ pub struct Inputs {
     /// When set, local files are read only below these directories
     /// (symlinks resolved): a job cannot reach anything else on the machine.
     pub allowed_roots: Option<Vec<PathBuf>>,
+    /// Per-file values of `paths` (a JSON object each, "" for none), in the
+    /// same order; empty when no path has any. A directory's values go to
+    /// every file below it.
+    pub attributes: Vec<String>,
+    /// `paths` is a list of files (the job API's inline list): one that is
+    /// missing is a failed file with its reason, not a typo that stops the job.
+    pub listed: bool,
 }
+
+impl Inputs {
+    fn attributes_of(&self, index: usize) -> &str {
+        self.attributes.get(index).map_or("", String::as_str)
+    }
+}
+
+/// How a manifest's lines read, known by its name: `.csv` (the first column
+/// is the path; when a header names it `path`, `uri`, `url` or `file`, the
+/// other columns are per-file values), `.jsonl` / `.ndjson` (one object per
+/// line: `path` and per-file values), otherwise one path or URI per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestFormat {
+    Lines,
+    Csv,
+    Jsonl,
+}
+
+impl ManifestFormat {
+    pub fn of(name: &str) -> Self {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".csv") {
+            Self::Csv
+        } else if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") {
+            Self::Jsonl
+        } else {
+            Self::Lines
+        }
+    }
+}
+
+/// One manifest entry: a path or URI and its per-file values (JSON object
+/// text, empty when it has none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub path: String,
+    pub attributes: String,
+}
+
+/// Names a CSV manifest's first column may have in its header.
+const PATH_HEADERS: [&str; 5] = ["path", "uri", "url", "file", "filename"];
+
+/// Reads a manifest's lines into entries, remembering a CSV header.
+#[derive(Debug)]
+pub struct ManifestReader {
+    format: ManifestFormat,
+    header: Option<Vec<String>>,
+    first: bool,
+}
+
+impl ManifestReader {
+    pub fn new(format: ManifestFormat) -> Self {
+        Self { format, header: None, first: true }
+    }
+
+    /// Column names a CSV header gave beyond the path.
+    pub fn header_columns(&self) -> Option<&[String]> {
+        self.header.as_deref().map(|h| &h[1..])
+    }
+
+    /// The entry on `line`: `Ok(None)` for blank lines, comments and a
+    /// header, `Err` with the reason for a line that cannot be read.
+    pub fn entry(&mut self, line: &str) -> std::result::Result<Option<Entry>, String> {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            return Ok(None);
+        }
+        let first = std::mem::replace(&mut self.first, false);
+        match self.format {
+            ManifestFormat::Lines => Ok(Some(Entry { path: trimmed.to_string(), attributes: String::new() })),
+            ManifestFormat::Csv => {
+                let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(trimmed.as_bytes());
+                let record = match reader.records().next() {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => return Err(format!("bad CSV line: {e}")),
+                    None => return Ok(None),
+                };
+                let fields: Vec<&str> = record.iter().map(str::trim).collect();
+                if first && PATH_HEADERS.contains(&fields[0].to_ascii_lowercase().as_str()) {
+                    self.header = Some(fields.iter().map(|f| f.to_string()).collect());
+                    return Ok(None);
+                }
+                let mut values = serde_json::Map::new();
+                if let Some(header) = &self.header {
+                    if fields.len() > header.len() {
+                        return Err(format!("{} fields, but the header names {}", fields.len(), header.len()));
+                    }
+                    for (name, value) in header.iter().zip(&fields).skip(1).filter(|(_, v)| !v.is_empty()) {
+                        values.insert(name.clone(), serde_json::Value::String(value.to_string()));
+                    }
+                }
+                let attributes = if values.is_empty() { String::new() } else { serde_json::Value::Object(values).to_string() };
+                Ok(Some(Entry { path: fields[0].to_string(), attributes }))
+            }
+            ManifestFormat::Jsonl => {
+                let mut object = match serde_json::from_str::<serde_json::Value>(trimmed) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    Ok(_) => return Err("not a JSON object".into()),
+                    Err(e) => return Err(format!("bad JSON: {e}")),
+                };
+                let key = ["path", "uri", "url"].into_iter().find(|k| object.contains_key(*k));
+                let path = match key.and_then(|k| object.remove(k)) {
+                    Some(serde_json::Value::String(p)) if !p.trim().is_empty() => p.trim().to_string(),
+                    _ => return Err("no \"path\" string in the object".into()),
+                };
+                let attributes = if object.is_empty() { String::new() } else { serde_json::Value::Object(object).to_string() };
+                Ok(Some(Entry { path, attributes }))
+            }
+        }
+    }
+}
+
+/// A manifest line that could not be read, as a failed "file".
+fn bad_line(manifest: &str, number: usize, reason: String) -> Planned {
+    Planned::Bad { uri: format!("{manifest}#L{number}"), reason: format!("manifest line {number}: {reason}") }
+}
+
+/// Per-file value columns the inputs imply when the job declares none:
+/// inferred from inline values, from a CSV manifest's header (text), or
+/// from a JSON-lines manifest's first entry.
+pub async fn attribute_columns(inputs: &Inputs) -> Result<Vec<pb::ColumnDef>> {
+    use sluice_common::attributes;
+    if inputs.attributes.iter().any(|a| !a.is_empty()) {
+        let values = inputs
+            .attributes
+            .iter()
+            .filter(|a| !a.is_empty())
+            .map(|a| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(a))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        return Ok(attributes::infer(&values));
+    }
+    let (name, lines): (String, Vec<String>) = if let Some(m) = &inputs.manifest {
+        use std::io::BufRead;
+        let file = std::fs::File::open(m).map_err(|e| Error::InvalidInput(format!("manifest {}: {e}", m.display())))?;
+        let lines = std::io::BufReader::new(file).lines().take(HEAD_LINES).collect::<std::io::Result<_>>()?;
+        (m.display().to_string(), lines)
+    } else if let Some(m) = &inputs.remote_manifest {
+        let (store, path) = sources::open(m)?;
+        let body = store.get(&path).await.map_err(|e| Error::InvalidInput(format!("manifest {m}: {e}")))?;
+        let reader = tokio_util::io::StreamReader::new(body.into_stream().map(|r| r.map_err(std::io::Error::other)));
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(reader));
+        let mut head = Vec::new();
+        while head.len() < HEAD_LINES {
+            match lines.next_line().await.map_err(|e| Error::Link(format!("reading manifest {m}: {e}")))? {
+                Some(l) => head.push(l),
+                None => break,
+            }
+        }
+        (m.clone(), head)
+    } else {
+        return Ok(Vec::new());
+    };
+    let mut reader = ManifestReader::new(ManifestFormat::of(&name));
+    for line in &lines {
+        if let Ok(Some(entry)) = reader.entry(line) {
+            if let Some(header) = reader.header_columns() {
+                return Ok(attributes::text_columns(header));
+            }
+            if entry.attributes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let first: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&entry.attributes)?;
+            return Ok(attributes::infer([&first]));
+        }
+    }
+    Ok(reader.header_columns().map(attributes::text_columns).unwrap_or_default())
+}
+
+/// Lines read from the head of a manifest to find its columns.
+const HEAD_LINES: usize = 1000;
 
 /// Is `path` (resolved) below one of `roots`? Roots are canonical.
 pub fn within_roots(path: &Path, roots: &[PathBuf]) -> bool {
@@ -46,7 +224,7 @@ pub fn validate(inputs: &Inputs) -> Result<()> {
         return Err(Error::InvalidInput("nothing to ingest: give paths, globs or --manifest".into()));
     }
     for p in inputs.paths.iter().filter(|p| !sources::is_remote(p)) {
-        if !is_glob(p) && std::fs::symlink_metadata(p).is_err() {
+        if !is_glob(p) && !inputs.listed && std::fs::symlink_metadata(p).is_err() {
             return Err(Error::InvalidInput(format!("input path {p} does not exist")));
         }
         if is_glob(p) {
@@ -73,6 +251,8 @@ struct Walker<'a> {
     exclude: Option<PathBuf>,
     seen: HashSet<u64>,
     roots: Option<&'a [PathBuf]>,
+    /// Per-file values of the input being walked.
+    attributes: String,
 }
 
 impl Walker<'_> {
@@ -113,7 +293,8 @@ impl Walker<'_> {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as i64);
-        self.emit(Planned::File(pb::FileRef { uri: file_uri(path), size: m.len(), modified_ms, ..Default::default() }))
+        let attributes = self.attributes.clone();
+        self.emit(Planned::File(pb::FileRef { uri: file_uri(path), size: m.len(), modified_ms, attributes, ..Default::default() }))
     }
 
     fn dir(&mut self, root: &Path) -> bool {
@@ -158,8 +339,9 @@ impl Walker<'_> {
 /// `exclude` is skipped (the table itself, when it lives under an input).
 /// Runs on a blocking thread.
 pub fn walk(inputs: &Inputs, exclude: Option<PathBuf>, tx: mpsc::Sender<Planned>) -> Result<()> {
-    let mut w = Walker { tx: &tx, exclude, seen: HashSet::new(), roots: inputs.allowed_roots.as_deref() };
-    for p in inputs.paths.iter().filter(|p| !sources::is_remote(p)) {
+    let mut w = Walker { tx: &tx, exclude, seen: HashSet::new(), roots: inputs.allowed_roots.as_deref(), attributes: String::new() };
+    for (i, p) in inputs.paths.iter().enumerate().filter(|(_, p)| !sources::is_remote(p)) {
+        w.attributes = inputs.attributes_of(i).to_string();
         if is_glob(p) {
             let paths = glob::glob(p).map_err(|e| Error::InvalidInput(format!("bad glob {p}: {e}")))?;
             for entry in paths {
@@ -181,19 +363,23 @@ pub fn walk(inputs: &Inputs, exclude: Option<PathBuf>, tx: mpsc::Sender<Planned>
     if let Some(m) = &inputs.manifest {
         use std::io::BufRead;
         let base = std::env::current_dir()?;
+        let name = file_uri(m);
+        let mut manifest = ManifestReader::new(ManifestFormat::of(&name));
         let reader = std::io::BufReader::new(std::fs::File::open(m)?);
         for line in reader.lines() {
-            let line = line?;
-            let entry = line.trim();
-            if entry.is_empty() || entry.starts_with('#') {
-                continue;
-            }
-            if sources::is_remote(entry) {
+            let ok = match manifest.entry(&line?) {
+                Ok(None) => true,
+                // Reported once, by `walk_remote`, which reads every line too.
+                Err(_) => true,
                 // Object-store and web URIs are walked by `walk_remote`.
-                continue;
-            }
-            let path = base.join(entry.strip_prefix("file://").unwrap_or(entry));
-            if !w.named(&path, false) {
+                Ok(Some(e)) if sources::is_remote(&e.path) => true,
+                Ok(Some(e)) => {
+                    w.attributes = e.attributes;
+                    let path = base.join(e.path.strip_prefix("file://").unwrap_or(&e.path));
+                    w.named(&path, false)
+                }
+            };
+            if !ok {
                 return Ok(());
             }
         }
@@ -201,18 +387,19 @@ pub fn walk(inputs: &Inputs, exclude: Option<PathBuf>, tx: mpsc::Sender<Planned>
     Ok(())
 }
 
-fn remote_file(root: &str, m: &object_store::ObjectMeta) -> Planned {
+fn remote_file(root: &str, m: &object_store::ObjectMeta, attributes: &str) -> Planned {
     Planned::File(pb::FileRef {
         uri: format!("{root}{}", m.location),
         size: m.size,
         modified_ms: m.last_modified.timestamp_millis(),
+        attributes: attributes.to_string(),
         ..Default::default()
     })
 }
 
 /// One object-store URI: the object itself, or else every object below it
 /// as a prefix, listed page by page as the store returns them.
-async fn walk_remote_uri(uri: &str, tx: &mpsc::Sender<Planned>, seen: &mut HashSet<u64>) -> Result<bool> {
+async fn walk_remote_uri(uri: &str, attributes: &str, tx: &mpsc::Sender<Planned>, seen: &mut HashSet<u64>) -> Result<bool> {
     let (store, path) = sources::open(uri)?;
     let root = sources::root_of(uri)?;
     let send = |p: Planned, seen: &mut HashSet<u64>| {
@@ -225,7 +412,7 @@ async fn walk_remote_uri(uri: &str, tx: &mpsc::Sender<Planned>, seen: &mut HashS
     };
     if !uri.ends_with('/') {
         match store.head(&path).await {
-            Ok(m) => return Ok(send(remote_file(&root, &m), seen).await),
+            Ok(m) => return Ok(send(remote_file(&root, &m, attributes), seen).await),
             // A web server has no prefixes to fall back to.
             Err(object_store::Error::NotFound { .. }) if uri.starts_with("http://") || uri.starts_with("https://") => {
                 return Ok(send(Planned::Bad { uri: uri.to_string(), reason: "no such file (404)".into() }, seen).await);
@@ -247,7 +434,7 @@ async fn walk_remote_uri(uri: &str, tx: &mpsc::Sender<Planned>, seen: &mut HashS
             }
         })?;
         any = true;
-        if !send(remote_file(&root, &m), seen).await {
+        if !send(remote_file(&root, &m, attributes), seen).await {
             return Ok(false);
         }
     }
@@ -261,18 +448,27 @@ async fn walk_remote_uri(uri: &str, tx: &mpsc::Sender<Planned>, seen: &mut HashS
 /// manifest kept in object storage (read as a stream, a line at a time).
 pub async fn walk_remote(inputs: &Inputs, tx: mpsc::Sender<Planned>) -> Result<()> {
     let mut seen = HashSet::new();
-    for uri in inputs.paths.iter().filter(|p| sources::is_remote(p)) {
-        if !walk_remote_uri(uri, &tx, &mut seen).await? {
+    for (i, uri) in inputs.paths.iter().enumerate().filter(|(_, p)| sources::is_remote(p)) {
+        if !walk_remote_uri(uri, inputs.attributes_of(i), &tx, &mut seen).await? {
             return Ok(());
         }
     }
     if let Some(local) = &inputs.manifest {
-        // The URIs a local manifest names (its paths were walked by `walk`).
+        // The URIs a local manifest names (its paths were walked by `walk`),
+        // and its lines that cannot be read.
+        let name = file_uri(local);
+        let mut manifest = ManifestReader::new(ManifestFormat::of(&name));
         let file = tokio::fs::File::open(local).await?;
         let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(file));
+        let mut number = 0;
         while let Some(line) = lines.next_line().await? {
-            let entry = line.trim();
-            if sources::is_remote(entry) && !walk_remote_uri(entry, &tx, &mut seen).await? {
+            number += 1;
+            let ok = match manifest.entry(&line) {
+                Err(reason) => tx.send(bad_line(&name, number, reason)).await.is_ok(),
+                Ok(Some(e)) if sources::is_remote(&e.path) => walk_remote_uri(&e.path, &e.attributes, &tx, &mut seen).await?,
+                Ok(_) => true,
+            };
+            if !ok {
                 return Ok(());
             }
         }
@@ -282,25 +478,24 @@ pub async fn walk_remote(inputs: &Inputs, tx: mpsc::Sender<Planned>) -> Result<(
     let body = store.get(&path).await.map_err(|e| Error::InvalidInput(format!("manifest {manifest}: {e}")))?;
     let reader = tokio_util::io::StreamReader::new(body.into_stream().map(|r| r.map_err(std::io::Error::other)));
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(reader));
-    let csv = manifest.ends_with(".csv");
-    let mut first = true;
+    let mut entries = ManifestReader::new(ManifestFormat::of(manifest));
+    let mut number = 0;
     while let Some(line) = lines.next_line().await.map_err(|e| Error::Link(format!("reading manifest {manifest}: {e}")))? {
-        let mut entry = line.trim();
-        if csv {
-            entry = entry.split(',').next().unwrap_or_default().trim().trim_matches('"');
-            let header = first && ["uri", "path", "url"].contains(&entry.to_ascii_lowercase().as_str());
-            first = false;
-            if header {
+        number += 1;
+        let entry = match entries.entry(&line) {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(reason) => {
+                if tx.send(bad_line(manifest, number, reason)).await.is_err() {
+                    return Ok(());
+                }
                 continue;
             }
-        }
-        if entry.is_empty() || entry.starts_with('#') {
-            continue;
-        }
-        let ok = if sources::is_remote(entry) {
-            walk_remote_uri(entry.trim_end_matches('/'), &tx, &mut seen).await?
+        };
+        let ok = if sources::is_remote(&entry.path) {
+            walk_remote_uri(entry.path.trim_end_matches('/'), &entry.attributes, &tx, &mut seen).await?
         } else {
-            let path = PathBuf::from(entry.strip_prefix("file://").unwrap_or(entry));
+            let path = PathBuf::from(entry.path.strip_prefix("file://").unwrap_or(&entry.path));
             let outside = inputs.allowed_roots.as_ref().is_some_and(|roots| !within_roots(&path, roots));
             let planned = match tokio::fs::metadata(&path).await {
                 Ok(_) if outside => Planned::Bad { uri: file_uri(&path), reason: "outside the allowed roots".into() },
@@ -312,6 +507,7 @@ pub async fn walk_remote(inputs: &Inputs, tx: mpsc::Sender<Planned>) -> Result<(
                         .ok()
                         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                         .map_or(0, |d| d.as_millis() as i64),
+                    attributes: entry.attributes,
                     ..Default::default()
                 }),
                 Ok(_) => Planned::Bad { uri: file_uri(&path), reason: "not a regular file".into() },
@@ -371,9 +567,71 @@ mod tests {
     }
 
     #[test]
+    fn manifests_carry_per_file_values() {
+        let mut csv = ManifestReader::new(ManifestFormat::of("files.CSV"));
+        assert_eq!(csv.entry("path,label,split").unwrap(), None);
+        assert_eq!(csv.header_columns().unwrap(), ["label", "split"]);
+        let e = csv.entry("/d/a.mp4,\"cat, black\",").unwrap().unwrap();
+        assert_eq!((e.path.as_str(), e.attributes.as_str()), ("/d/a.mp4", r#"{"label":"cat, black"}"#));
+        assert!(csv.entry("/d/b.mp4,x,y,z").unwrap_err().contains("header names 3"));
+
+        // Without a header, extra CSV columns are ignored (as before).
+        let mut plain = ManifestReader::new(ManifestFormat::Csv);
+        assert_eq!(plain.entry("/d/a.mp4,7").unwrap().unwrap().attributes, "");
+
+        let mut jsonl = ManifestReader::new(ManifestFormat::of("m.jsonl"));
+        let e = jsonl.entry(r#"{"path": "/d/a.pdf", "pages": 3}"#).unwrap().unwrap();
+        assert_eq!((e.path.as_str(), e.attributes.as_str()), ("/d/a.pdf", r#"{"pages":3}"#));
+        assert!(jsonl.entry("[1]").unwrap_err().contains("not a JSON object"));
+        assert!(jsonl.entry(r#"{"label": 1}"#).unwrap_err().contains("no \"path\""));
+        assert_eq!(jsonl.entry("  # comment").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn columns_come_from_header_first_entry_or_inline_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("m.csv");
+        std::fs::write(&csv, "# files\npath,label\n/a,cat\n").unwrap();
+        let cols = attribute_columns(&Inputs { manifest: Some(csv), ..Default::default() }).await.unwrap();
+        assert_eq!(cols.iter().map(|c| (c.name.as_str(), c.r#type.as_str())).collect::<Vec<_>>(), [("label", "string")]);
+        let jsonl = dir.path().join("m.jsonl");
+        std::fs::write(&jsonl, "{\"path\": \"/a\", \"n\": 1, \"ok\": true}\n").unwrap();
+        let cols = attribute_columns(&Inputs { manifest: Some(jsonl), ..Default::default() }).await.unwrap();
+        assert_eq!(cols.iter().map(|c| (c.name.as_str(), c.r#type.as_str())).collect::<Vec<_>>(), [("n", "int64"), ("ok", "bool")]);
+        let inline = Inputs { paths: vec!["/a".into(), "/b".into()], attributes: vec![r#"{"s": 1}"#.into(), r#"{"s": 1.5}"#.into()], ..Default::default() };
+        assert_eq!(attribute_columns(&inline).await.unwrap()[0].r#type, "float64");
+        assert!(attribute_columns(&Inputs { paths: vec!["/a".into()], ..Default::default() }).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn walked_files_carry_their_input_values() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/a.txt"), "a").unwrap();
+        std::fs::write(dir.path().join("b.txt"), "b").unwrap();
+        let manifest = dir.path().join("m.jsonl");
+        std::fs::write(&manifest, format!("{{\"path\": \"{}\", \"label\": \"bee\"}}\n", dir.path().join("b.txt").display())).unwrap();
+        let inputs = Inputs {
+            paths: vec![dir.path().join("d").display().to_string()],
+            attributes: vec![r#"{"label":"dir"}"#.into()],
+            manifest: Some(manifest),
+            ..Default::default()
+        };
+        let got: Vec<(String, String)> = collect(&inputs)
+            .into_iter()
+            .filter_map(|p| if let Planned::File(f) = p { Some((f.uri.rsplit('/').next().unwrap().to_string(), f.attributes)) } else { None })
+            .collect();
+        assert_eq!(got, [("a.txt".to_string(), r#"{"label":"dir"}"#.to_string()), ("b.txt".to_string(), r#"{"label":"bee"}"#.to_string())]);
+    }
+
+    #[test]
     fn missing_inputs_fail_before_work() {
         let e = validate(&Inputs { paths: vec!["/definitely/not/here".into()], manifest: None, ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("does not exist"));
+        // In a list of files, a missing one fails alone, when it is walked.
+        let listed = Inputs { paths: vec!["/definitely/not/here".into()], listed: true, ..Default::default() };
+        validate(&listed).unwrap();
+        assert!(matches!(&collect(&listed)[..], [Planned::Bad { reason, .. }] if reason == "no such file"));
         assert!(validate(&Inputs::default()).is_err());
     }
 

@@ -10,6 +10,9 @@ use sluice_common::ledger::ErrorRecord;
 #[derive(Debug, Default)]
 pub struct JobProgress {
     pub files_planned: AtomicU64,
+    /// Inputs refused while planning (missing, unreadable, bad per-file
+    /// values): failed files that were never planned.
+    pub files_rejected: AtomicU64,
     pub files_skipped: AtomicU64,
     pub files_done: AtomicU64,
     pub files_failed: AtomicU64,
@@ -36,6 +39,10 @@ impl JobProgress {
     }
     pub fn abort_reason(&self) -> Option<String> {
         self.abort.lock().expect("not poisoned").clone()
+    }
+    /// Every input file the job has seen so far: planned or refused.
+    pub fn files_total(&self) -> u64 {
+        Self::get(&self.files_planned) + Self::get(&self.files_rejected)
     }
     /// Files finished one way or another.
     pub fn files_finished(&self) -> u64 {

@@ -299,7 +299,7 @@ mod tests {
 
     fn part(uri: &str, first: u32, n: u32, last: bool) -> FileRows {
         FileRows {
-            source: SourceInfo { uri: uri.into(), size: 1, modified_ms: Some(1), content_hash: "h".into() },
+            source: SourceInfo { uri: uri.into(), size: 1, modified_ms: Some(1), content_hash: "h".into(), attributes: None },
             shard_id: "s".into(),
             kind: Kind::Text,
             rows: (first..first + n).map(|i| Row { chunk_index: i, mime_type: "text/plain".into(), ..Default::default() }).collect(),

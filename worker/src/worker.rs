@@ -107,7 +107,7 @@ impl Worker {
 
 
     async fn start_job(&self, a: &pb::ShardAssignment) -> Result<RunningJob> {
-        let settings = Settings::try_from(&a.settings.clone().unwrap_or_default())?;
+        let settings = Settings::try_from(&a.settings.unwrap_or_default())?;
         let table_ref = a.table.clone().ok_or_else(|| Error::InvalidInput("assignment without a table".into()))?;
         let mut options = table_ref.storage_options;
         sluice_common::storage::complete_options(&table_ref.uri, &mut options);

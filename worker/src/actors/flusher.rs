@@ -10,7 +10,7 @@ use std::sync::Arc;
 use lance::Dataset;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sluice_common::pb;
-use sluice_common::schema::{build_batch, FileRows};
+use sluice_common::schema::{build_batch_for, FileRows};
 use sluice_common::settings::Settings;
 use sluice_common::table::TableHandle;
 use tokio::sync::Semaphore;
@@ -217,7 +217,8 @@ async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: 
     let job = job_id.to_string();
     let now = chrono::Utc::now().timestamp_micros();
     let rows: usize = files.iter().map(|f| f.rows.len()).sum();
-    let batch = tokio::task::spawn_blocking(move || build_batch(&files, &job, now))
+    let schema = sluice_common::insert::insert_schema(&dataset);
+    let batch = tokio::task::spawn_blocking(move || build_batch_for(&schema, &files, &job, now))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;

@@ -230,6 +230,7 @@ async fn process(
         size: bytes.len() as u64,
         modified_ms: probe.modified_ms,
         content_hash: sluice_common::ids::content_hash(&bytes),
+        attributes: file_attributes(file),
     };
     let s = settings.clone();
     let work = tokio::task::spawn_blocking(move || normalize::normalize(&name, bytes, &s));
@@ -241,6 +242,11 @@ async fn process(
     };
     let rows = FileRows { source, shard_id: file.shard_id.clone(), kind: normalized.kind, rows: normalized.rows, last: true };
     append(flusher, rows).await
+}
+
+/// A file's per-file values, shared by all its rows.
+fn file_attributes(file: &pb::FileRef) -> Option<Arc<str>> {
+    (!file.attributes.is_empty()).then(|| Arc::from(file.attributes.as_str()))
 }
 
 /// A streamed file's progress: its hash, and one batch held back so the
@@ -290,6 +296,7 @@ async fn process_streamed(
     };
     let file_kind = kind;
     let kind = Some(kind);
+    let attributes = file_attributes(file);
     if probe.size > limit {
         return Err(failed(kind, format!("file is {} bytes, above the limit of {limit} ({limit_name})", probe.size)));
     }
@@ -360,7 +367,13 @@ async fn process_streamed(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut stream = Streamed::default();
     let part = |hash: &str, rows: Vec<Row>, last: bool| FileRows {
-        source: SourceInfo { uri: file.uri.clone(), size: probe.size, modified_ms: probe.modified_ms, content_hash: hash.to_string() },
+        source: SourceInfo {
+            uri: file.uri.clone(),
+            size: probe.size,
+            modified_ms: probe.modified_ms,
+            content_hash: hash.to_string(),
+            attributes: attributes.clone(),
+        },
         shard_id: file.shard_id.clone(),
         kind: file_kind,
         rows,

@@ -30,15 +30,27 @@ const PAGES_PER_BATCH: usize = 8;
 const INSTALL_HINT: &str = "PDF support needs libpdfium: `pip install pypdfium2==5.15.2`, then set \
      SLUICE_PDFIUM_PATH to its pypdfium2_raw/libpdfium.so (scripts/setup.sh does both)";
 
+/// Where libpdfium may be: `SLUICE_PDFIUM_PATH`, then the `pypdfium2`
+/// wheel in the Python environment this binary was installed into (`pip
+/// install sluice` brings it), the active virtualenv, and the sluice venv.
 fn candidates() -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(p) = std::env::var("SLUICE_PDFIUM_PATH") {
         out.push(PathBuf::from(p));
     }
-    let venv = std::env::var("SLUICE_VENV").unwrap_or_else(|_| "/opt/sluice-venv".into());
-    if let Ok(entries) = std::fs::read_dir(Path::new(&venv).join("lib")) {
-        for e in entries.flatten() {
-            out.push(e.path().join("site-packages/pypdfium2_raw/libpdfium.so"));
+    let mut prefixes: Vec<PathBuf> = Vec::new();
+    if let Some(prefix) = std::env::current_exe().ok().and_then(|e| e.parent()?.parent().map(Path::to_path_buf)) {
+        prefixes.push(prefix);
+    }
+    if let Ok(venv) = std::env::var("VIRTUAL_ENV") {
+        prefixes.push(venv.into());
+    }
+    prefixes.push(std::env::var("SLUICE_VENV").unwrap_or_else(|_| "/opt/sluice-venv".into()).into());
+    for prefix in prefixes {
+        if let Ok(entries) = std::fs::read_dir(prefix.join("lib")) {
+            for e in entries.flatten() {
+                out.push(e.path().join("site-packages/pypdfium2_raw/libpdfium.so"));
+            }
         }
     }
     out

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::services::{free_port, Etcd, Moto, Proc};
+use support::services::{free_port, http_get, Etcd, Moto, Proc};
 use support::*;
 
 /// Slows every file down so kills and joins surely land mid-job.
@@ -131,17 +131,6 @@ fn submit(port: u16, table: &str, corpus: &Path, extra: &[&str]) -> String {
     let out = run(&mut cmd);
     assert!(out.status.success(), "submit failed");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A plain HTTP GET on loopback: (status code, body).
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, out)
 }
 
 fn grpcurl() -> Command {

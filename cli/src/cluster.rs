@@ -38,9 +38,10 @@ pub struct CoordinatorArgs {
     /// Worker poll interval, in milliseconds
     #[arg(long, env = "SLUICE_HEARTBEAT_MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
-    /// Serve Prometheus /metrics, /healthz and /readyz (ready = leading) here
-    #[arg(long, env = "SLUICE_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    /// Serve the HTTP API here: SQL (POST /workspaces/{ws}/tables/query),
+    /// tables, jobs as JSON, and /metrics, /healthz, /readyz (ready = leading)
+    #[arg(long, env = "SLUICE_HTTP_LISTEN", visible_alias = "metrics-listen")]
+    pub http_listen: Option<SocketAddr>,
     /// Where tables given by name live, e.g. s3://bucket/lake
     #[arg(long, env = "SLUICE_STORAGE_URI")]
     pub storage_uri: Option<String>,
@@ -141,9 +142,13 @@ pub struct SubmitArgs {
     /// A directory (prefix) whose files are all ingested
     #[arg(long, conflicts_with_all = ["inputs", "manifest"])]
     pub prefix: Option<String>,
-    /// A file listing one path per line
+    /// A file listing one path per line (`.csv` with a header or `.jsonl`:
+    /// with per-file values, stored in columns of their own)
     #[arg(long, conflicts_with = "inputs")]
     pub manifest: Option<String>,
+    /// Types of the per-file value columns, SQL-style ("label TEXT, score DOUBLE")
+    #[arg(long)]
+    pub columns: Option<String>,
     #[command(flatten)]
     pub knobs: Knobs,
     /// Abort once more than N files have failed
@@ -227,9 +232,9 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
         return Ok(0);
     }
     let cluster = Cluster::new(cfg).await?;
-    if let Some(addr) = args.metrics_listen {
-        let c = cluster.clone();
-        sluice_common::telemetry::serve(addr, Arc::new(move || c.is_leader())).await?;
+    if let Some(addr) = args.http_listen {
+        let routes = sluice_coordinator::cluster::http_router(cluster.clone())?;
+        sluice_common::telemetry::serve_router(addr, routes).await?;
     }
     sluice_coordinator::cluster::serve(cluster, args.listen, ctrl_c()).await?;
     Ok(0)
@@ -342,7 +347,7 @@ pub async fn submit(args: SubmitArgs) -> Result<i32> {
             if args.inputs.is_empty() {
                 bail!("nothing to ingest: give paths, --prefix or --manifest");
             }
-            Source::Inline(pb::InlineList { uris: args.inputs.iter().map(|p| absolute(p)).collect::<Result<_>>()? })
+            Source::Inline(pb::InlineList { uris: args.inputs.iter().map(|p| absolute(p)).collect::<Result<_>>()?, files: Vec::new() })
         }
     };
     let spec = pb::JobSpec {
@@ -353,6 +358,7 @@ pub async fn submit(args: SubmitArgs) -> Result<i32> {
         job_id: args.job_id.clone().unwrap_or_default(),
         shard_files: args.shard_files,
         shard_bytes: 0,
+        columns: args.columns.as_deref().map(sluice_common::insert::parse_columns).transpose()?.unwrap_or_default(),
     };
     let mut c = client(&args.client).await?;
     let job_id = c
@@ -375,7 +381,7 @@ fn state_name(state: i32) -> String {
 }
 
 fn line(s: &pb::JobStatus) -> String {
-    let p = s.progress.clone().unwrap_or_default();
+    let p = s.progress.unwrap_or_default();
     format!(
         "{}  {:<22} files {} done, {} failed, {} skipped of {} planned; rows {}; shards {}/{}; v{}  {}",
         s.job_id,

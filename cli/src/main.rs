@@ -10,6 +10,7 @@ mod ingest;
 mod inspect;
 mod knobs;
 mod query;
+mod sql;
 mod storage_args;
 mod table;
 
@@ -30,6 +31,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// SQL over a table: `sluice query --table ./lake "SELECT kind, count(*) FROM lake GROUP BY kind"`.
     Query(query::QueryArgs),
+    /// One SQL statement, Postgres spelling (CREATE TABLE, INSERT with $n parameters, SELECT, DELETE, DROP TABLE), as JSON.
+    Sql(sql::SqlArgs),
     /// Append rows (JSON lines, columns by name) to a table, creating it with `--columns` if absent.
     Insert(table::InsertArgs),
     /// List the tables under a directory or URI, or a coordinator's.
@@ -93,6 +96,7 @@ fn main() {
             Command::Ingest(a) => ingest::run(a).await,
             Command::Inspect(a) => inspect::run(a).await.map(|()| 0),
             Command::Query(a) => query::run(a).await,
+            Command::Sql(a) => sql::run(a).await,
             Command::Insert(a) => table::insert(a).await,
             Command::Tables(a) => table::tables(a).await,
             Command::Gc(a) => gc::run(a).await.map(|()| 0),

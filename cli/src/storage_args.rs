@@ -25,11 +25,18 @@ pub struct StorageArgs {
     /// Any other object-store option, KEY=VALUE (repeatable)
     #[arg(long = "storage-option", value_name = "KEY=VALUE")]
     pub storage_options: Vec<String>,
+    /// Object-store options as a JSON object (kept out of the command line,
+    /// where other users could read credentials); flags win
+    #[arg(long, env = "SLUICE_STORAGE_OPTIONS", hide_env_values = true, value_name = "JSON")]
+    pub storage_options_json: Option<String>,
 }
 
 impl StorageArgs {
     pub fn location(&self, uri: &str) -> Result<TableLocation> {
-        let mut opts = HashMap::new();
+        let mut opts: HashMap<String, String> = match &self.storage_options_json {
+            Some(json) => serde_json::from_str(json).map_err(|e| anyhow::anyhow!("storage options are not a JSON object of strings: {e}"))?,
+            None => HashMap::new(),
+        };
         for kv in &self.storage_options {
             let Some((k, v)) = kv.split_once('=') else { bail!("--storage-option {kv}: expected KEY=VALUE") };
             opts.insert(k.to_string(), v.to_string());

@@ -20,13 +20,43 @@ pub enum Error {
     InvalidInput(String),
     #[error("{0}")]
     NotFound(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Timeout(String),
+    /// Too much is running now; the request may be retried later.
+    #[error("{0}")]
+    Busy(String),
     #[error("link to peer failed: {0}")]
     Link(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The HTTP status this error answers with: the caller's mistakes are
+    /// 4xx, never 5xx.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::InvalidInput(_) | Error::InvalidSettings(_) => 400,
+            Error::NotFound(_) => 404,
+            Error::Timeout(_) => 408,
+            Error::Conflict(_) => 409,
+            Error::Busy(_) => 429,
+            _ => 500,
+        }
+    }
+
+    /// The message without the kind's prefix, for answers that carry the
+    /// kind separately (an HTTP status, a gRPC code).
+    pub fn message(&self) -> String {
+        match self {
+            Error::InvalidInput(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
+}
 
 impl From<lance::Error> for Error {
     fn from(e: lance::Error) -> Self {

@@ -73,10 +73,11 @@ pub fn field_of(def: &pb::ColumnDef) -> Result<Field> {
     let t = def.r#type.trim().to_ascii_lowercase();
     let data_type = match t.as_str() {
         "string" | "text" | "utf8" | "varchar" => DataType::Utf8,
-        "int64" | "bigint" | "long" => DataType::Int64,
-        "int32" | "int" | "integer" => DataType::Int32,
-        "float64" | "double" | "double precision" => DataType::Float64,
-        "float32" | "float" | "real" => DataType::Float32,
+        "int64" | "bigint" | "long" | "int8" => DataType::Int64,
+        "int32" | "int" | "integer" | "int4" => DataType::Int32,
+        "int16" | "smallint" | "int2" => DataType::Int16,
+        "float64" | "double" | "double precision" | "float8" | "float" => DataType::Float64,
+        "float32" | "real" | "float4" => DataType::Float32,
         "bool" | "boolean" => DataType::Boolean,
         "timestamp" | "timestamptz" => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
         "date" => DataType::Date32,
@@ -84,7 +85,7 @@ pub fn field_of(def: &pb::ColumnDef) -> Result<Field> {
         "json" | "jsonb" => return Ok(crate::schema::json_field(name, !def.required)),
         other => {
             return Err(Error::InvalidInput(format!(
-                "column `{name}`: unknown type `{other}` (string, int64, int32, float64, float32, bool, timestamp, date, json, binary)"
+                "column `{name}`: unknown type `{other}` (string, int64, int32, int16, float64, float32, bool, timestamp, date, json, binary)"
             )))
         }
     };
@@ -104,6 +105,7 @@ pub fn type_name(field: &Field) -> String {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string".into(),
         DataType::Int64 => "int64".into(),
         DataType::Int32 => "int32".into(),
+        DataType::Int16 => "int16".into(),
         DataType::UInt32 => "uint32".into(),
         DataType::UInt64 => "uint64".into(),
         DataType::Float64 => "float64".into(),
@@ -117,7 +119,7 @@ pub fn type_name(field: &Field) -> String {
 }
 
 /// The table's columns as inserts see them: JSON columns as JSON text.
-fn insert_schema(ds: &Dataset) -> SchemaRef {
+pub fn insert_schema(ds: &Dataset) -> SchemaRef {
     let schema: Schema = ds.schema().into();
     let fields: Vec<Field> = schema
         .fields()
@@ -177,7 +179,7 @@ fn decode(schema: &SchemaRef, rows: &[Map<String, Value>]) -> std::result::Resul
 
 /// A JSON column's value as JSON text. A string that holds a JSON object or
 /// array (metadata sent pre-encoded) is taken as that object or array.
-fn json_text(value: &Value) -> String {
+pub fn json_text(value: &Value) -> String {
     if let Value::String(s) = value {
         let t = s.trim_start();
         if t.starts_with('{') || t.starts_with('[') {
@@ -195,7 +197,8 @@ pub fn struct_to_json(s: prost_types::Struct) -> Map<String, Value> {
     s.fields.into_iter().map(|(k, v)| (k, value_to_json(v))).collect()
 }
 
-fn value_to_json(v: prost_types::Value) -> Value {
+/// A protobuf `Value` as JSON (whole numbers as integers, see [`struct_to_json`]).
+pub fn value_to_json(v: prost_types::Value) -> Value {
     use prost_types::value::Kind;
     match v.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
@@ -206,6 +209,29 @@ fn value_to_json(v: prost_types::Value) -> Value {
         Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s)),
         Some(Kind::ListValue(l)) => Value::Array(l.values.into_iter().map(value_to_json).collect()),
     }
+}
+
+/// A JSON object as a protobuf `Struct` (the inverse of [`struct_to_json`]).
+pub fn json_to_struct(values: Map<String, Value>) -> prost_types::Struct {
+    prost_types::Struct { fields: values.into_iter().map(|(k, v)| (k, json_to_value(v))).collect() }
+}
+
+/// A JSON value as a protobuf `Value`. Integers beyond 2^53, which a
+/// protobuf number cannot hold exactly, keep their digits as text.
+pub fn json_to_value(v: Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) if i.unsigned_abs() > (1 << 53) => Kind::StringValue(i.to_string()),
+            _ => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(a) => Kind::ListValue(prost_types::ListValue { values: a.into_iter().map(json_to_value).collect() }),
+        Value::Object(o) => Kind::StructValue(json_to_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 /// Parse JSON text rows (one object each).
@@ -294,23 +320,113 @@ async fn open_or_create(handle: &TableHandle, columns: &[pb::ColumnDef]) -> Resu
         }
         Err(Error::Lance(lance::Error::DatasetNotFound { .. })) if !columns.is_empty() => {
             let fields = columns.iter().map(field_of).collect::<Result<Vec<_>>>()?;
-            let mut names = std::collections::HashSet::new();
-            if let Some(dup) = fields.iter().find(|f| !names.insert(f.name().clone())) {
-                return Err(Error::InvalidInput(format!("column `{}` is given twice", dup.name())));
-            }
-            let empty = RecordBatch::new_empty(Arc::new(Schema::new(fields)));
-            let params = handle.write_params(WriteMode::Create);
-            match InsertBuilder::new(handle.location.uri.as_str()).with_params(&params).execute(vec![empty]).await {
-                Ok(ds) => Ok((ds, true)),
-                Err(lance::Error::DatasetAlreadyExists { .. }) => Ok((handle.open().await?, false)),
-                Err(e) => Err(e.into()),
-            }
+            create_table(handle, fields).await
         }
         Err(Error::Lance(lance::Error::DatasetNotFound { .. })) => Err(Error::NotFound(format!(
             "table {} does not exist; give its columns to create it",
             handle.location.uri
         ))),
         Err(e) => Err(e),
+    }
+}
+
+/// Create the table with `fields`; `false` when someone else created it
+/// first (the table is then opened as it is).
+pub async fn create_table(handle: &TableHandle, fields: Vec<Field>) -> Result<(Dataset, bool)> {
+    let mut names = std::collections::HashSet::new();
+    if let Some(dup) = fields.iter().find(|f| !names.insert(f.name().clone())) {
+        return Err(Error::InvalidInput(format!("column `{}` is given twice", dup.name())));
+    }
+    let empty = RecordBatch::new_empty(Arc::new(Schema::new(fields)));
+    let params = handle.write_params(WriteMode::Create);
+    match InsertBuilder::new(handle.location.uri.as_str()).with_params(&params).execute(vec![empty]).await {
+        Ok(ds) => Ok((ds, true)),
+        Err(lance::Error::DatasetAlreadyExists { .. }) => Ok((handle.open().await?, false)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Field metadata marking a column whose values the table assigns: unique,
+/// increasing integers for rows that leave it out (SQL `SERIAL`).
+pub const SERIAL: &str = "sluice:serial";
+/// Field metadata recording a declared primary key (not enforced, except
+/// that serial values are unique as assigned).
+pub const PRIMARY_KEY: &str = "sluice:primary_key";
+/// Transaction property: the next value of a serial column after a commit.
+const SERIAL_NEXT: &str = "sluice.serial_next.";
+
+/// Is `field` a serial column?
+pub fn is_serial(field: &Field) -> bool {
+    field.metadata().get(SERIAL).is_some_and(|v| v == "true")
+}
+
+/// Next values of serial columns per table, as this process left them
+/// after its last commit (table URI → (version, column → next value)).
+/// A table's serial state: the version it was read at, next value per column.
+type SerialState = (u64, HashMap<String, i64>);
+
+fn serial_cache() -> &'static Mutex<HashMap<String, SerialState>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, SerialState>>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
+}
+
+/// Forget what this process knows of a table's serial values (dropped).
+pub fn forget_table(uri: &str) {
+    serial_cache().lock().unwrap_or_else(|p| p.into_inner()).remove(uri);
+}
+
+/// The next value of each serial column of `ds`: known from this process's
+/// last commit at this version, from the commit's transaction properties,
+/// or else from the largest value in the table.
+async fn next_serials(ds: &Dataset, uri: &str, serials: &[&Field]) -> Result<HashMap<String, i64>> {
+    let version = ds.version().version;
+    if let Some((v, next)) = serial_cache().lock().unwrap_or_else(|p| p.into_inner()).get(uri) {
+        if *v == version && serials.iter().all(|f| next.contains_key(f.name())) {
+            return Ok(next.clone());
+        }
+    }
+    let props = ds.read_transaction_by_version(version).await.ok().flatten().and_then(|t| t.transaction_properties);
+    let mut next = HashMap::new();
+    for field in serials {
+        let recorded = props.as_ref().and_then(|p| p.get(&format!("{SERIAL_NEXT}{}", field.name()))).and_then(|v| v.parse().ok());
+        let value = match recorded {
+            Some(v) => v,
+            None => max_value(ds, field.name()).await?.map_or(1, |m| m + 1),
+        };
+        next.insert(field.name().clone(), value);
+    }
+    Ok(next)
+}
+
+async fn max_value(ds: &Dataset, column: &str) -> Result<Option<i64>> {
+    use arrow_array::cast::AsArray;
+    use futures::TryStreamExt;
+    let mut scan = ds.scan();
+    scan.project(&[column])?;
+    let mut stream = scan.try_into_stream().await?;
+    let mut max = None;
+    while let Some(batch) = stream.try_next().await? {
+        let values = arrow::compute::cast(batch.column(0), &DataType::Int64)?;
+        if let Some(m) = arrow::compute::max(values.as_primitive::<arrow_array::types::Int64Type>()) {
+            max = Some(max.map_or(m, |x: i64| x.max(m)));
+        }
+    }
+    Ok(max)
+}
+
+/// Give rows that leave a serial column out (or null) its next values;
+/// rows that give one move the counter past it.
+fn assign_serials(rows: &mut [Map<String, Value>], next: &mut HashMap<String, i64>) {
+    for row in rows {
+        for (name, counter) in next.iter_mut() {
+            match row.get(name).and_then(Value::as_i64) {
+                Some(given) => *counter = (*counter).max(given.saturating_add(1)),
+                None => {
+                    row.insert(name.clone(), Value::from(*counter));
+                    *counter += 1;
+                }
+            }
+        }
     }
 }
 
@@ -323,7 +439,18 @@ pub async fn insert_rows(handle: &TableHandle, req: InsertRequest) -> Result<pb:
     let (ds, created) = open_or_create(handle, &req.create_columns).await?;
     let mut response = pb::InsertRowsResponse { table_uri: uri.clone(), version: ds.version().version, created, ..Default::default() };
     let schema = insert_schema(&ds);
-    let batch = rows_to_batch(&schema, &req.rows)?;
+    let serials: Vec<&Field> = schema.fields().iter().map(|f| f.as_ref()).filter(|f| is_serial(f)).collect();
+    let mut serial_next = HashMap::new();
+    let mut assigned;
+    let rows_in = if serials.is_empty() {
+        &req.rows
+    } else {
+        serial_next = next_serials(&ds, &uri, &serials).await?;
+        assigned = req.rows.clone();
+        assign_serials(&mut assigned, &mut serial_next);
+        &assigned
+    };
+    let batch = rows_to_batch(&schema, rows_in)?;
     let rows = batch.num_rows() as u64;
 
     let key = req.idempotency_key.filter(|k| !k.is_empty());
@@ -371,6 +498,9 @@ pub async fn insert_rows(handle: &TableHandle, req: InsertRequest) -> Result<pb:
     if let Some(k) = &key {
         properties.insert(IDEMPOTENCY_KEY.to_string(), k.clone());
     }
+    for (name, next) in &serial_next {
+        properties.insert(format!("{SERIAL_NEXT}{name}"), next.to_string());
+    }
     let committed = match commit_append(handle, &ds, &commit_id, known_version, fragments.clone(), properties).await {
         Ok(c) => c,
         Err(e) => {
@@ -386,6 +516,9 @@ pub async fn insert_rows(handle: &TableHandle, req: InsertRequest) -> Result<pb:
         response.rows_inserted = rows;
     }
     response.version = committed.version;
+    if committed.fresh && !serial_next.is_empty() {
+        serial_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(uri.clone(), (committed.version, serial_next));
+    }
     if let (Some(key), Some(markers)) = (&key, &markers) {
         let marker = Marker { key: key.clone(), fingerprint, after_version: known_version, version: Some(committed.version), rows };
         if let Err(e) = markers.put(&marker).await {

@@ -2,6 +2,7 @@
 //! row model, ids, pipeline settings, storage access, the coordinator/worker link
 //! traits, exactly-once commit helpers and the error ledger.
 
+pub mod attributes;
 pub mod error;
 pub mod failpoint;
 pub mod fixtures;
@@ -14,6 +15,7 @@ pub mod query;
 pub mod meta;
 pub mod schema;
 pub mod settings;
+pub mod sql;
 pub mod sources;
 pub mod storage;
 pub mod table;

@@ -82,6 +82,47 @@ pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<String>> {
     Ok(String::from_utf8_lossy(&buf).lines().map(String::from).collect())
 }
 
+/// Rows as JSON arrays in column order, one string per row (JSON columns
+/// nested as JSON; nulls as `null`).
+pub fn json_array_rows(batch: &RecordBatch) -> Result<Vec<String>> {
+    let options = EncoderOptions::default().with_encoder_factory(Arc::new(RawJson));
+    let schema = batch.schema();
+    let mut encoders = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| arrow_json::writer::make_encoder(field, column.as_ref(), &options))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    let mut buf = Vec::new();
+    for row in 0..batch.num_rows() {
+        buf.clear();
+        buf.push(b'[');
+        for (i, encoder) in encoders.iter_mut().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            if encoder.is_null(row) {
+                buf.extend_from_slice(b"null");
+            } else {
+                encoder.encode(row, &mut buf);
+            }
+        }
+        buf.push(b']');
+        out.push(String::from_utf8_lossy(&buf).into_owned());
+    }
+    Ok(out)
+}
+
+/// A DataFusion error's message without its layers of context prefixes.
+pub fn concise_datafusion(e: &datafusion::error::DataFusionError) -> String {
+    let root = e.find_root().to_string();
+    let trimmed = ["Error during planning: ", "Schema error: ", "SQL error: ", "Execution error: ", "Arrow error: ", "This feature is not implemented: "]
+        .iter()
+        .fold(root.as_str(), |s, p| s.strip_prefix(p).unwrap_or(s));
+    trimmed.trim().to_string()
+}
+
 /// Writes the text of JSON columns as it is.
 #[derive(Debug)]
 struct RawJson;

@@ -6,7 +6,7 @@ use crate::{pb, Error, Result};
 
 /// Every knob of an ingest pipeline. Validated once with [`Settings::validate`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Files normalized in parallel.
     pub normalization_workers: u32,

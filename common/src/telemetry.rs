@@ -23,10 +23,11 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` in the background.
-pub async fn serve(addr: SocketAddr, ready: Arc<dyn Fn() -> bool + Send + Sync>) -> Result<()> {
+/// `/metrics`, `/healthz` and `/readyz` (`ready` says whether this
+/// process can take work).
+pub fn ops_routes(ready: Arc<dyn Fn() -> bool + Send + Sync>) -> Result<axum::Router> {
     let handle = install_recorder()?;
-    let app = axum::Router::new()
+    Ok(axum::Router::new()
         .route("/metrics", get(move || std::future::ready(handle.render())))
         .route("/healthz", get(|| std::future::ready("ok")))
         .route(
@@ -35,14 +36,23 @@ pub async fn serve(addr: SocketAddr, ready: Arc<dyn Fn() -> bool + Send + Sync>)
                 let ok = ready();
                 std::future::ready(if ok { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") })
             }),
-        );
+        ))
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` in the background.
+pub async fn serve(addr: SocketAddr, ready: Arc<dyn Fn() -> bool + Send + Sync>) -> Result<()> {
+    serve_router(addr, ops_routes(ready)?).await
+}
+
+/// Serve `app` on `addr` in the background.
+pub async fn serve_router(addr: SocketAddr, app: axum::Router) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::InvalidInput(format!("cannot listen on {addr} for metrics: {e}")))?;
-    tracing::info!(%addr, "metrics and health endpoints listening");
+        .map_err(|e| Error::InvalidInput(format!("cannot listen on {addr} for HTTP: {e}")))?;
+    tracing::info!(%addr, "HTTP endpoints listening");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
+            tracing::error!(error = %e, "HTTP server stopped");
         }
     });
     Ok(())

@@ -155,7 +155,7 @@ impl ClusterJob {
                 shard_id: id.clone(),
                 generation: shard.generation,
                 table: Some(self.table.clone()),
-                settings: Some(self.settings.clone()),
+                settings: Some(self.settings),
                 files: shard.files.clone(),
             });
             tracing::debug!(job_id = %self.id, shard_id = %id, %worker_id, generation = shard.generation, "shard assigned");

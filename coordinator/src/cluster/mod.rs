@@ -6,6 +6,7 @@
 //! job records there; a new leader resumes running jobs, and the table
 //! (which records every committed file) tells it what is already done.
 
+mod http;
 mod job;
 mod service;
 
@@ -21,6 +22,7 @@ use sluice_common::{ids, pb, Error, Result};
 use tokio::sync::Notify;
 
 pub use job::{ClusterJob, Phase};
+pub use http::router as http_router;
 pub use service::serve;
 
 use crate::embedded::EmbeddedJob;
@@ -80,7 +82,12 @@ pub struct Cluster {
     leadership: std::sync::OnceLock<sluice_common::meta::Leadership>,
     /// Jobs that ended under an earlier leader: their last status.
     archived: Mutex<BTreeMap<String, pb::JobStatus>>,
+    /// Queries running at once (gRPC and HTTP share them).
+    query_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Queries running at once on a coordinator; more wait for a slot.
+pub const QUERY_SLOTS: usize = 4;
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidInput(msg.into())
@@ -98,7 +105,36 @@ impl Cluster {
             leading: AtomicBool::new(false),
             leadership: std::sync::OnceLock::new(),
             archived: Mutex::default(),
+            query_slots: Arc::new(tokio::sync::Semaphore::new(QUERY_SLOTS)),
         }))
+    }
+
+    /// A slot to run a query in, waiting until `deadline` at most.
+    pub async fn query_slot(&self, deadline: tokio::time::Instant) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout_at(deadline, self.query_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| Error::Busy(format!("{QUERY_SLOTS} queries are running; try again later")))?
+            .map_err(|_| Error::Busy("shutting down".into()))
+    }
+
+    /// Where tables named in SQL live: workspaces under the storage root.
+    pub fn catalog(&self) -> Result<sluice_common::sql::Catalog> {
+        let root = self.cfg.storage_root.as_deref().ok_or_else(|| {
+            invalid("this coordinator has no --storage-uri: start it with one to name tables in SQL")
+        })?;
+        sluice_common::sql::Catalog::new(root, HashMap::new())
+    }
+
+    /// Run one SQL statement (HTTP and gRPC `Execute`), in a query slot.
+    pub async fn execute_sql(
+        &self,
+        workspace: Option<&str>,
+        request: sluice_common::sql::Request,
+        idempotency_key: Option<String>,
+    ) -> Result<sluice_common::sql::Response> {
+        let catalog = self.catalog()?;
+        let _slot = self.query_slot(tokio::time::Instant::now() + sluice_common::sql::MAX_TIMEOUT).await?;
+        sluice_common::sql::execute(&catalog, workspace, request, idempotency_key.filter(|k| !k.is_empty())).await
     }
 
     /// Is this bearer token one of the configured ones (or is there no authentication)?
@@ -172,7 +208,7 @@ impl Cluster {
     fn plan(&self, spec: &pb::JobSpec) -> Result<EmbeddedJob> {
         let table = spec.table.as_ref().filter(|t| !t.uri.trim().is_empty()).ok_or_else(|| invalid("spec.table.uri is required"))?;
         let location = self.table_location(&table.uri, table.storage_options.clone())?;
-        let settings = Settings::try_from(&spec.settings.clone().unwrap_or_default())?;
+        let settings = Settings::try_from(&spec.settings.unwrap_or_default())?;
         // Sources: absolute local paths (shared by coordinator and
         // workers) or object-store URIs.
         let source = |uri: &str| -> Result<String> {
@@ -200,10 +236,20 @@ impl Cluster {
         let inputs = match spec.manifest.as_ref().and_then(|m| m.source.as_ref()) {
             None => return Err(invalid("spec.manifest is required: inline, prefix or manifest_uri")),
             Some(Source::Inline(list)) => {
-                if list.uris.is_empty() {
-                    return Err(invalid("spec.manifest.inline.uris is empty"));
+                if list.uris.is_empty() && list.files.is_empty() {
+                    return Err(invalid("spec.manifest.inline has no uris and no files"));
                 }
-                Inputs { paths: list.uris.iter().map(|u| source(u)).collect::<Result<_>>()?, ..Default::default() }
+                let mut paths: Vec<String> = list.uris.iter().map(|u| source(u)).collect::<Result<_>>()?;
+                let mut attributes = Vec::new();
+                if !list.files.is_empty() {
+                    attributes = vec![String::new(); paths.len()];
+                    for f in &list.files {
+                        paths.push(source(&f.uri)?);
+                        let values = f.attributes.clone().map(sluice_common::insert::struct_to_json).unwrap_or_default();
+                        attributes.push(if values.is_empty() { String::new() } else { serde_json::Value::Object(values).to_string() });
+                    }
+                }
+                Inputs { paths, attributes, listed: true, ..Default::default() }
             }
             Some(Source::Prefix(p)) => {
                 let p = source(p)?;
@@ -218,7 +264,9 @@ impl Cluster {
         let mut inputs = inputs;
         inputs.allowed_roots = Some(self.cfg.allowed_roots.clone());
         crate::manifest::validate(&inputs)?;
+        sluice_common::attributes::fields(&spec.columns)?;
         let mut job = EmbeddedJob::new(location, inputs, settings);
+        job.columns = spec.columns.clone();
         job.max_errors = spec.max_errors;
         if spec.shard_files > 0 {
             job.shard_files = spec.shard_files as usize;
@@ -389,6 +437,7 @@ impl Cluster {
             state: state as i32,
             progress: Some(pb::JobProgress {
                 files_planned: get(&p.files_planned),
+                files_total: p.files_total(),
                 files_skipped: get(&p.files_skipped),
                 files_done: get(&p.files_done),
                 files_failed: get(&p.files_failed),

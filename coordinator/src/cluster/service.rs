@@ -23,21 +23,21 @@ fn status(e: Error) -> Status {
     match e {
         Error::InvalidInput(m) => Status::invalid_argument(m),
         Error::NotFound(m) => Status::not_found(m),
+        Error::Conflict(m) => Status::already_exists(m),
+        Error::Busy(m) => Status::resource_exhausted(m),
         Error::Timeout(m) => Status::deadline_exceeded(m),
         e @ Error::InvalidSettings(_) => Status::invalid_argument(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
 
-/// Queries running at once on a coordinator; more wait for a slot.
-const QUERY_SLOTS: usize = 4;
 /// Longest a query may run.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A page of query results ends at this size (clients' default limit is 4 MiB).
 const PAGE_BYTES: usize = 1 << 20;
 
 #[derive(Clone)]
-struct Api(Arc<Cluster>, Arc<tokio::sync::Semaphore>);
+struct Api(Arc<Cluster>);
 
 impl Api {
     /// The worker protocol under mutual TLS: a verified client certificate.
@@ -140,6 +140,23 @@ type PageStream = Pin<Box<dyn Stream<Item = Result<pb::QueryPage, Status>> + Sen
 impl TableService for Api {
     type QueryStream = PageStream;
 
+    async fn execute(&self, req: Request<pb::ExecuteRequest>) -> Result<Response<pb::ExecuteResponse>, Status> {
+        self.lead()?;
+        let req = req.into_inner();
+        let to_json = sluice_common::insert::value_to_json;
+        let request = sluice_common::sql::Request {
+            query: req.query,
+            params: req.params.into_iter().map(to_json).collect(),
+            params_batch: (!req.params_batch.is_empty())
+                .then(|| req.params_batch.into_iter().map(|l| l.values.into_iter().map(to_json).collect()).collect()),
+            timeout_ms: (req.timeout_ms > 0).then_some(u64::from(req.timeout_ms)),
+            max_rows: (req.max_rows > 0).then_some(req.max_rows as usize),
+        };
+        let workspace = Some(req.workspace.as_str()).filter(|w| !w.is_empty());
+        let done = self.0.execute_sql(workspace, request, Some(req.idempotency_key)).await.map_err(status)?;
+        Ok(Response::new(done.into_pb()))
+    }
+
     async fn insert_rows(
         &self,
         req: Request<pb::InsertRowsRequest>,
@@ -209,10 +226,7 @@ impl TableService for Api {
             n => Duration::from_secs(n.into()).min(QUERY_TIMEOUT),
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        let slot = tokio::time::timeout_at(deadline, self.1.clone().acquire_owned())
-            .await
-            .map_err(|_| Status::resource_exhausted(format!("{QUERY_SLOTS} queries are running; try again later")))?
-            .map_err(|_| Status::unavailable("shutting down"))?;
+        let slot = self.0.query_slot(deadline).await.map_err(status)?;
         let dataset = sluice_common::describe::open(&table).await.map_err(status)?;
         let limit = match req.limit {
             0 => 1000,
@@ -350,7 +364,7 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| Error::Link(format!("reflection: {e}")))?;
 
-    let api = Api(cluster.clone(), Arc::new(tokio::sync::Semaphore::new(QUERY_SLOTS)));
+    let api = Api(cluster.clone());
     let leading = {
         let (cluster, health) = (cluster.clone(), health.clone());
         tokio::spawn(async move {

@@ -100,7 +100,7 @@ fn without_libpdfium_pdfs_fail_with_install_instructions() {
     std::fs::write(corpus.join("doc.pdf"), make_pdf(&["hello"], (612.0, 792.0), "t")).unwrap();
     std::fs::write(corpus.join("note.txt"), "still ingested").unwrap();
     let mut cmd = sluice();
-    cmd.env("SLUICE_PDFIUM_PATH", dir.path().join("missing.so")).env("SLUICE_VENV", dir.path().join("no-venv"));
+    cmd.env("SLUICE_PDFIUM_PATH", dir.path().join("missing.so")).env("SLUICE_VENV", dir.path().join("no-venv")).env_remove("VIRTUAL_ENV");
     cmd.arg("ingest").arg("--table").arg(dir.path().join("t")).arg(&corpus).arg("--json");
     let out = run(&mut cmd);
     assert_eq!(out.status.code(), Some(2));

@@ -103,6 +103,43 @@ fn a_failed_fragment_write_ends_the_job_with_an_error_and_a_rerun_completes() {
     rerun_and_check(&table, &corpus);
 }
 
+/// A normalizer that fails after handing on a file's first rows, while the
+/// job is draining (the last file), must not end in a commit of that file's
+/// first rows: the job fails, nothing of the file is in the table, and a
+/// rerun ingests it whole.
+#[test]
+fn a_normalizer_failing_mid_file_during_the_drain_commits_no_part_of_it() {
+    let (dir, corpus) = setup(12);
+    let pages: Vec<String> = (0..20).map(|p| format!("page {p} of the last file")).collect();
+    let pages: Vec<&str> = pages.iter().map(String::as_str).collect();
+    let pdf = corpus.join("zz-last.pdf");
+    std::fs::write(&pdf, make_pdf(&pages, (612.0, 792.0), "last")).unwrap();
+    let pdf_uri = format!("file://{}", std::path::absolute(&pdf).unwrap().display());
+    let table = dir.path().join("t");
+    let mut cmd = sluice();
+    // Slow files: the queue closes and the drain starts while the PDF (the
+    // last file) is still being normalized.
+    cmd.env("SLUICE_FAILPOINTS", "streamed_file_end=1")
+        .env("SLUICE_TEST_FILE_DELAY_MS", "150")
+        .arg("ingest")
+        .arg("--table")
+        .arg(&table)
+        .arg(&corpus)
+        .arg("--json")
+        .args(ARGS);
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(1), "the job fails instead of committing a cut-off file");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ended before their last rows"));
+    let rows = read_rows(&table);
+    assert!(rows.iter().all(|r| r.uri != pdf_uri), "no row of the cut-off file was committed");
+
+    let mut expected = expected_rows(&corpus);
+    expected.insert(pdf_uri, pages.len());
+    let (code, s) = ingest_json(&table, &[&corpus], ARGS);
+    assert_eq!(code, 0, "rerun succeeds: {s}");
+    assert_exactly_once(&table, &expected);
+}
+
 #[test]
 fn gc_removes_the_fragments_a_crash_left_and_keeps_the_table() {
     let (dir, corpus) = setup(120);

@@ -135,6 +135,24 @@ impl Actor for Flusher {
                 let _ = reply.send(());
             }
             FlusherMsg::Drain(reply) => {
+                // The queue is closed and every normalizer has ended: a file
+                // whose last rows never came was cut off by a failure. Its
+                // rows must not be committed, so nothing more is flushed and
+                // the drain fails (the job commits up to the last clean
+                // checkpoint; a rerun redoes the rest).
+                if !st.open_files.is_empty() {
+                    let mut cut: Vec<&str> = st.open_files.iter().map(String::as_str).collect();
+                    cut.sort_unstable();
+                    let result = Err(format!(
+                        "{} file(s) ended before their last rows (a normalizer failed mid-file): {}",
+                        cut.len(),
+                        cut.join(", ")
+                    ));
+                    let uploads = st.uploads.clone().expect("set in pre_start");
+                    drop(uploads.acquire_many(MAX_UPLOADS as u32).await?);
+                    let _ = reply.send(result);
+                    return Ok(());
+                }
                 if st.has_pending() {
                     self.flush(st).await?;
                 }

@@ -420,6 +420,10 @@ async fn process_streamed(
     }
     let sent_any = stream.sent_any;
     match (result, stream.held) {
+        // Test hook: a decoder that breaks after handing on a file's first rows.
+        (Ok(()), Some(_)) if sent_any && sluice_common::failpoint::fails("streamed_file_end") => {
+            Err(Outcome::Fatal(format!("{}: injected failure after its first rows (failpoint streamed_file_end)", file.uri)))
+        }
         (Ok(()), Some(rows)) => append(flusher, part(&stream.hash, rows, true)).await,
         (Ok(()), None) => Err(failed(kind, "the file produced no rows")),
         (Err(e), _) if !sent_any => Err(failed(kind, e)),

@@ -65,8 +65,9 @@ pub async fn run_job(
     if let Some(observer) = hooks.observer {
         reconciler = reconciler.with_observer(observer);
     }
-    if let Some(guard) = hooks.guard {
-        reconciler = reconciler.with_guard(guard);
+    let guard = hooks.guard;
+    if let Some(guard) = &guard {
+        reconciler = reconciler.with_guard(guard.clone());
     }
     let reconciling = tokio::spawn(reconciler.run(rx));
     let link = attach(&table, tx.clone());
@@ -82,7 +83,8 @@ pub async fn run_job(
             let _ = link.cancel(&job_id).await;
         })
     };
-    let planned = plan_and_assign(job, &job_id, &table, &committed, &attributes, link.as_ref(), &tx, &progress).await;
+    let target = Target { table: &table, committed: &committed, attributes: &attributes, guard: guard.clone() };
+    let planned = plan_and_assign(job, &job_id, &target, link.as_ref(), &tx, &progress).await;
     if planned.is_err() {
         let _ = link.cancel(&job_id).await;
     }
@@ -143,15 +145,24 @@ pub async fn run_job(
     })
 }
 
+/// The table a job plans against: what it holds, its per-file value
+/// columns, and the check every write of the job passes first.
+pub(crate) struct Target<'a> {
+    pub table: &'a TableHandle,
+    /// Files already in the table (by URI key).
+    pub committed: &'a HashMap<u64, CommittedFile>,
+    pub attributes: &'a [arrow_schema::Field],
+    /// Asked before rows of changed files are removed, as before each
+    /// commit: a coordinator that no longer leads must not write.
+    pub guard: Option<CommitGuard>,
+}
+
 /// Walk the inputs, skip files the table already has unchanged, and hand
 /// shards to the worker.
-#[allow(clippy::too_many_arguments)] // the job's parts, until planning owns a job context
 pub(crate) async fn plan_and_assign(
     job: &crate::EmbeddedJob,
     job_id: &str,
-    table: &TableHandle,
-    committed: &HashMap<u64, CommittedFile>,
-    attributes: &[arrow_schema::Field],
+    target: &Target<'_>,
     worker: &dyn WorkerLink,
     reconciler: &mpsc::Sender<ReconcilerMsg>,
     progress: &Arc<JobProgress>,
@@ -186,7 +197,7 @@ pub(crate) async fn plan_and_assign(
             break;
         }
         let item = match item {
-            Planned::File(file) if !file.attributes.is_empty() => checked_attributes(file, attributes),
+            Planned::File(file) if !file.attributes.is_empty() => checked_attributes(file, target.attributes),
             other => other,
         };
         match item {
@@ -199,7 +210,7 @@ pub(crate) async fn plan_and_assign(
             }
             Planned::File(mut file) => {
                 JobProgress::add(&progress.files_planned, 1);
-                match committed.get(&ids::uri_key(&file.uri)) {
+                match target.committed.get(&ids::uri_key(&file.uri)) {
                     Some(c) if c.size == file.size && c.modified_ms == Some(file.modified_ms) => {
                         JobProgress::add(&progress.files_skipped, 1);
                         continue;
@@ -213,7 +224,7 @@ pub(crate) async fn plan_and_assign(
             }
         }
         for (id, files) in shards.drain(..) {
-            dispatch(table, worker, assign(id, files)).await?;
+            dispatch(target, worker, assign(id, files)).await?;
         }
     }
     drop(rx);
@@ -225,7 +236,7 @@ pub(crate) async fn plan_and_assign(
         if progress.abort_reason().is_some() {
             break;
         }
-        dispatch(table, worker, assign(id, files)).await?;
+        dispatch(target, worker, assign(id, files)).await?;
     }
     progress.planning_done.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
@@ -246,6 +257,22 @@ fn checked_attributes(mut file: pb::FileRef, columns: &[arrow_schema::Field]) ->
     }
 }
 
+/// Delete the rows of `files` marked as replacing an earlier version.
+async fn remove_replaced(target: &Target<'_>, files: &[pb::FileRef]) -> Result<()> {
+    let replaced: Vec<&str> = files.iter().filter(|f| f.replaces_previous).map(|f| f.uri.as_str()).collect();
+    if replaced.is_empty() {
+        return Ok(());
+    }
+    if let Some(guard) = &target.guard {
+        guard().await?;
+    }
+    let list = replaced.iter().map(|u| format!("'{}'", u.replace('\'', "''"))).collect::<Vec<_>>().join(", ");
+    let mut ds = target.table.open().await?;
+    ds.delete(&format!("{} IN ({list})", sluice_common::schema::col::SOURCE_URI)).await?;
+    tracing::info!(files = replaced.len(), "removed rows of changed files");
+    Ok(())
+}
+
 async fn send_failures(reconciler: &mpsc::Sender<ReconcilerMsg>, failed: Vec<pb::FileFailed>) -> Result<()> {
     reconciler
         .send(ReconcilerMsg::PlanningFailed(failed))
@@ -255,18 +282,65 @@ async fn send_failures(reconciler: &mpsc::Sender<ReconcilerMsg>, failed: Vec<pb:
 
 /// Remove rows of files that changed since they were ingested, then assign.
 /// If the process dies between the two, the file is simply absent and the
-/// next run ingests it.
-async fn dispatch(table: &TableHandle, worker: &dyn WorkerLink, a: pb::ShardAssignment) -> Result<()> {
-    let replaced: Vec<&str> = a.files.iter().filter(|f| f.replaces_previous).map(|f| f.uri.as_str()).collect();
-    if !replaced.is_empty() {
-        let list = replaced.iter().map(|u| format!("'{}'", u.replace('\'', "''"))).collect::<Vec<_>>().join(", ");
-        let mut ds = table.open().await?;
-        ds.delete(&format!("{} IN ({list})", sluice_common::schema::col::SOURCE_URI)).await?;
-        tracing::info!(files = replaced.len(), "removed rows of changed files");
-    }
+/// next run ingests it. The removal passes the job's guard first: a
+/// coordinator that lost the lead could otherwise delete rows its successor
+/// has since written again.
+async fn dispatch(target: &Target<'_>, worker: &dyn WorkerLink, a: pb::ShardAssignment) -> Result<()> {
+    remove_replaced(target, &a.files).await?;
     let ack = worker.assign_shard(a).await?;
     if !ack.accepted {
         tracing::warn!(reason = %ack.reason, "shard not accepted");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_common::schema::{build_batch, FileRows, Kind, Row, SourceInfo};
+    use sluice_common::storage::TableLocation;
+
+    /// A local table holding one row of `uri`.
+    async fn table_with(dir: &std::path::Path, uri: &str) -> TableHandle {
+        let table = TableHandle::new(TableLocation::new(dir.to_str().unwrap(), HashMap::new()).unwrap(), 4);
+        let mut ds = table.open_or_create().await.unwrap();
+        let rows = FileRows {
+            source: SourceInfo { uri: uri.into(), size: 1, modified_ms: Some(1), content_hash: "h".into(), attributes: None },
+            shard_id: "s".into(),
+            kind: Kind::Text,
+            rows: vec![Row { mime_type: "text/plain".into(), ..Default::default() }],
+            last: true,
+        };
+        let batch = build_batch(&[rows], "job", 0).unwrap();
+        let schema = batch.schema();
+        ds.append(arrow_array::RecordBatchIterator::new(vec![Ok(batch)], schema), None).await.unwrap();
+        table
+    }
+
+    #[tokio::test]
+    async fn rows_of_changed_files_are_removed_only_past_the_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = "file:///data/it's.txt";
+        let table = table_with(dir.path(), uri).await;
+        let committed = HashMap::new();
+        let changed = [pb::FileRef { uri: uri.into(), replaces_previous: true, ..Default::default() }];
+        let count = || async { table.open().await.unwrap().count_rows(None).await.unwrap() };
+
+        // A coordinator that no longer leads removes nothing.
+        let refuse: CommitGuard = Arc::new(|| Box::pin(async { Err(Error::Link("no longer leads".into())) }));
+        let target = Target { table: &table, committed: &committed, attributes: &[], guard: Some(refuse) };
+        let err = remove_replaced(&target, &changed).await.unwrap_err();
+        assert!(err.to_string().contains("no longer leads"), "{err}");
+        assert_eq!(count().await, 1);
+
+        // Files not marked as replacing anything are never touched.
+        let allow: CommitGuard = Arc::new(|| Box::pin(async { Ok(()) }));
+        let target = Target { guard: Some(allow), ..target };
+        let unchanged = [pb::FileRef { uri: uri.into(), ..Default::default() }];
+        remove_replaced(&target, &unchanged).await.unwrap();
+        assert_eq!(count().await, 1);
+
+        remove_replaced(&target, &changed).await.unwrap();
+        assert_eq!(count().await, 0);
+    }
 }

@@ -4,7 +4,8 @@
 //! return true, so the caller injects an error there.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use parking_lot::Mutex;
+use std::sync::OnceLock;
 
 fn armed() -> &'static Mutex<HashMap<String, u64>> {
     static ARMED: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
@@ -21,7 +22,7 @@ fn armed() -> &'static Mutex<HashMap<String, u64>> {
 
 /// Count down this failpoint; true exactly when it reaches zero.
 pub fn fails(name: &str) -> bool {
-    let mut map = armed().lock().expect("not poisoned");
+    let mut map = armed().lock();
     match map.get_mut(name) {
         Some(left) if *left > 0 => {
             *left -= 1;

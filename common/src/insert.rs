@@ -14,7 +14,8 @@
 //! concurrent requests with one key cannot both commit.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use parking_lot::Mutex;
+use std::sync::{Arc, OnceLock};
 
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -290,7 +291,7 @@ impl Markers {
 /// One insert at a time per table in this process.
 fn table_lock(uri: &str) -> Arc<tokio::sync::Mutex<()>> {
     static LOCKS: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
-    LOCKS.get_or_init(Mutex::default).lock().expect("not poisoned").entry(uri.to_string()).or_default().clone()
+    LOCKS.get_or_init(Mutex::default).lock().entry(uri.to_string()).or_default().clone()
 }
 
 /// Open the table, creating it with `columns` when absent. Given columns
@@ -372,7 +373,7 @@ fn serial_cache() -> &'static Mutex<HashMap<String, SerialState>> {
 
 /// Forget what this process knows of a table's serial values (dropped).
 pub fn forget_table(uri: &str) {
-    serial_cache().lock().unwrap_or_else(|p| p.into_inner()).remove(uri);
+    serial_cache().lock().remove(uri);
 }
 
 /// The next value of each serial column of `ds`: known from this process's
@@ -380,7 +381,7 @@ pub fn forget_table(uri: &str) {
 /// or else from the largest value in the table.
 async fn next_serials(ds: &Dataset, uri: &str, serials: &[&Field]) -> Result<HashMap<String, i64>> {
     let version = ds.version().version;
-    if let Some((v, next)) = serial_cache().lock().unwrap_or_else(|p| p.into_inner()).get(uri) {
+    if let Some((v, next)) = serial_cache().lock().get(uri) {
         if *v == version && serials.iter().all(|f| next.contains_key(f.name())) {
             return Ok(next.clone());
         }
@@ -517,7 +518,7 @@ pub async fn insert_rows(handle: &TableHandle, req: InsertRequest) -> Result<pb:
     }
     response.version = committed.version;
     if committed.fresh && !serial_next.is_empty() {
-        serial_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(uri.clone(), (committed.version, serial_next));
+        serial_cache().lock().insert(uri.clone(), (committed.version, serial_next));
     }
     if let (Some(key), Some(markers)) = (&key, &markers) {
         let marker = Marker { key: key.clone(), fingerprint, after_version: known_version, version: Some(committed.version), rows };

@@ -4,7 +4,8 @@
 //! bucket or host.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use parking_lot::Mutex;
+use std::sync::{Arc, OnceLock};
 
 use object_store::path::Path;
 use object_store::ObjectStore;
@@ -24,7 +25,7 @@ pub fn open(uri: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let root = format!("{}://{}", url.scheme(), url.authority());
     let path = Path::from_url_path(url.path()).map_err(|e| Error::InvalidInput(format!("bad path in {uri}: {e}")))?;
     let stores = STORES.get_or_init(Mutex::default);
-    if let Some(store) = stores.lock().expect("not poisoned").get(&root) {
+    if let Some(store) = stores.lock().get(&root) {
         return Ok((store.clone(), path));
     }
     let mut options = HashMap::new();
@@ -33,7 +34,7 @@ pub fn open(uri: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let (store, _) = object_store::parse_url_opts(&root_url, options)
         .map_err(|e| Error::InvalidInput(format!("cannot use {uri}: {e}")))?;
     let store: Arc<dyn ObjectStore> = Arc::from(store);
-    stores.lock().expect("not poisoned").insert(root, store.clone());
+    stores.lock().insert(root, store.clone());
     Ok((store, path))
 }
 

@@ -1,7 +1,7 @@
 //! Live job counters and the end-of-job summary.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use serde::Serialize;
 use sluice_common::ledger::ErrorRecord;
@@ -35,10 +35,10 @@ impl JobProgress {
     }
     /// Ask the job to stop taking files; the first reason wins.
     pub fn abort(&self, reason: impl Into<String>) {
-        self.abort.lock().expect("not poisoned").get_or_insert_with(|| reason.into());
+        self.abort.lock().get_or_insert_with(|| reason.into());
     }
     pub fn abort_reason(&self) -> Option<String> {
-        self.abort.lock().expect("not poisoned").clone()
+        self.abort.lock().clone()
     }
     /// Every input file the job has seen so far: planned or refused.
     pub fn files_total(&self) -> u64 {

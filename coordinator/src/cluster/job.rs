@@ -6,7 +6,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use parking_lot::Mutex;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -106,11 +107,11 @@ impl ClusterJob {
     }
 
     pub fn phase(&self) -> Phase {
-        self.phase.lock().expect("not poisoned").clone()
+        self.phase.lock().clone()
     }
 
     pub fn set_done(&self, state: pb::JobState, message: String) {
-        *self.phase.lock().expect("not poisoned") = Phase::Done { state, message };
+        *self.phase.lock() = Phase::Done { state, message };
         self.changed.notify_waiters();
     }
 
@@ -135,7 +136,7 @@ impl ClusterJob {
 
     /// (total shards, committed shards)
     pub fn shard_counts(&self) -> (u64, u64) {
-        let book = self.book.lock().expect("not poisoned");
+        let book = self.book.lock();
         (book.total, book.committed)
     }
 
@@ -144,7 +145,7 @@ impl ClusterJob {
         if self.stopping() {
             return Vec::new();
         }
-        let mut book = self.book.lock().expect("not poisoned");
+        let mut book = self.book.lock();
         let mut out = Vec::new();
         while out.len() < n {
             let Some(id) = book.queue.pop_front() else { break };
@@ -166,7 +167,7 @@ impl ClusterJob {
     /// Check a checkpoint against the book: every shard it speaks of must be
     /// this worker's, in its current generation (fencing).
     pub fn check_generations(&self, cp: &pb::Checkpoint) -> std::result::Result<(), String> {
-        let book = self.book.lock().expect("not poisoned");
+        let book = self.book.lock();
         for (shard_id, generation) in &cp.shard_generations {
             let Some(shard) = book.shards.get(shard_id) else {
                 return Err(format!("shard {shard_id} is not outstanding"));
@@ -196,7 +197,7 @@ impl ClusterJob {
 
     /// A checkpoint was accepted: note the shards it finished.
     pub fn absorbed(&self, cp: &pb::Checkpoint) {
-        let mut book = self.book.lock().expect("not poisoned");
+        let mut book = self.book.lock();
         for id in &cp.shards_finished {
             if let Some(shard) = book.shards.get_mut(id) {
                 shard.state = ShardState::Finished(cp.worker_id.clone());
@@ -208,7 +209,7 @@ impl ClusterJob {
 
     /// A commit landed with these checkpoints.
     pub fn committed(&self, cps: &[pb::Checkpoint]) {
-        let mut book = self.book.lock().expect("not poisoned");
+        let mut book = self.book.lock();
         for cp in cps {
             for uri in cp.completed.iter().map(|c| (&c.shard_id, &c.uri)).chain(cp.failed.iter().map(|f| (&f.shard_id, &f.uri))) {
                 if let Some(shard) = book.shards.get_mut(uri.0) {
@@ -229,7 +230,7 @@ impl ClusterJob {
     /// shards again (new generation, without the files already committed).
     pub async fn worker_lost(&self, worker_id: &str) {
         let holds = {
-            let book = self.book.lock().expect("not poisoned");
+            let book = self.book.lock();
             book.shards.values().any(|s| matches!(&s.state, ShardState::Assigned(w) | ShardState::Finished(w) if w == worker_id))
         };
         if !holds {
@@ -243,7 +244,7 @@ impl ClusterJob {
         }
         let mut quarantined = Vec::new();
         let (requeued, split) = {
-            let mut book = self.book.lock().expect("not poisoned");
+            let mut book = self.book.lock();
             let lost: Vec<String> = book
                 .shards
                 .iter()
@@ -253,7 +254,7 @@ impl ClusterJob {
             let mut requeued = Vec::new();
             let mut split = 0;
             for id in lost {
-                let mut shard = book.shards.remove(&id).expect("listed");
+                let Some(mut shard) = book.shards.remove(&id) else { continue };
                 let committed = std::mem::take(&mut shard.committed);
                 shard.files.retain(|f| !committed.contains(&f.uri));
                 shard.generation += 1;
@@ -313,7 +314,7 @@ impl ClusterJob {
     }
 
     fn outstanding(&self) -> bool {
-        let book = self.book.lock().expect("not poisoned");
+        let book = self.book.lock();
         book.shards.values().any(|s| !matches!(s.state, ShardState::Finished(_)))
     }
 }
@@ -328,7 +329,7 @@ impl WorkerLink for ClusterJob {
                 return Ok(pb::AssignmentAck { accepted: false, reason: "job is stopping".into() });
             }
             {
-                let mut book = self.book.lock().expect("not poisoned");
+                let mut book = self.book.lock();
                 if book.queue.len() < MAX_QUEUED_SHARDS {
                     let shard = Shard {
                         files: a.files,

@@ -12,7 +12,8 @@ mod service;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use sluice_common::meta::MetaStore;
@@ -176,7 +177,7 @@ impl Cluster {
                 let status = record.status?;
                 let running = matches!(pb::JobState::try_from(status.state), Ok(pb::JobState::Running | pb::JobState::Planning));
                 if !running {
-                    self.archived.lock().expect("not poisoned").insert(status.job_id.clone(), status);
+                    self.archived.lock().insert(status.job_id.clone(), status);
                     return None;
                 }
                 record.spec
@@ -317,7 +318,7 @@ impl Cluster {
         } else if spec.job_id.len() > 128 || !spec.job_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(invalid("job_id may only hold letters, digits, '-', '_' and '.' (128 at most)"));
         }
-        if self.jobs.lock().expect("not poisoned").get(&spec.job_id).is_some_and(|j| j.is_running()) {
+        if self.jobs.lock().get(&spec.job_id).is_some_and(|j| j.is_running()) {
             return Err(invalid(format!("job {} is already running", spec.job_id)));
         }
         let job = self.start(spec).await?;
@@ -333,7 +334,7 @@ impl Cluster {
         }
         let settings = pb::PipelineSettings::from(&def.settings);
         let job = Arc::new(ClusterJob::new(spec.job_id.clone(), spec, settings, self.work.clone()));
-        self.jobs.lock().expect("not poisoned").insert(job.id.clone(), job.clone());
+        self.jobs.lock().insert(job.id.clone(), job.clone());
         self.save(&job).await;
         let (me, runner) = (self.clone(), job.clone());
         tokio::spawn(async move {
@@ -402,22 +403,22 @@ impl Cluster {
     }
 
     pub fn job(&self, id: &str) -> Option<Arc<ClusterJob>> {
-        self.jobs.lock().expect("not poisoned").get(id).cloned()
+        self.jobs.lock().get(id).cloned()
     }
 
     pub fn jobs(&self) -> Vec<Arc<ClusterJob>> {
-        self.jobs.lock().expect("not poisoned").values().cloned().collect()
+        self.jobs.lock().values().cloned().collect()
     }
 
     /// Status of a job that ended under an earlier leader.
     pub fn archived(&self, id: &str) -> Option<pb::JobStatus> {
-        self.archived.lock().expect("not poisoned").get(id).cloned()
+        self.archived.lock().get(id).cloned()
     }
 
     /// Every job's status: those run here, then those archived.
     pub fn statuses(&self) -> Vec<pb::JobStatus> {
         let mut out: Vec<pb::JobStatus> = self.jobs().iter().map(|j| self.status_of(j)).collect();
-        let archived = self.archived.lock().expect("not poisoned");
+        let archived = self.archived.lock();
         out.extend(archived.values().filter(|s| !out.iter().any(|o| o.job_id == s.job_id)).cloned().collect::<Vec<_>>());
         out
     }
@@ -448,7 +449,7 @@ impl Cluster {
                 commits: get(&p.commits),
                 shards_total,
                 shards_done,
-                workers: self.workers.lock().expect("not poisoned").len() as u32,
+                workers: self.workers.lock().len() as u32,
             }),
             message,
             table_uri: job.spec.table.as_ref().map(|t| t.uri.clone()).unwrap_or_default(),
@@ -459,9 +460,9 @@ impl Cluster {
 
     pub fn register(&self, worker_id: &str, leased: bool) -> pb::RegisterWorkerResponse {
         let entry = WorkerEntry { registered: Instant::now(), last_seen: Instant::now(), leased };
-        self.workers.lock().expect("not poisoned").insert(worker_id.to_string(), entry);
+        self.workers.lock().insert(worker_id.to_string(), entry);
         tracing::info!(%worker_id, "worker registered");
-        metrics::gauge!("sluice_workers").set(self.workers.lock().expect("not poisoned").len() as f64);
+        metrics::gauge!("sluice_workers").set(self.workers.lock().len() as f64);
         pb::RegisterWorkerResponse {
             heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
             timeout_ms: self.cfg.worker_timeout.as_millis() as u32,
@@ -502,7 +503,7 @@ impl Cluster {
 
     /// Note that a worker is alive; false if it is not (or no longer) known.
     fn touch(&self, worker_id: &str) -> bool {
-        match self.workers.lock().expect("not poisoned").get_mut(worker_id) {
+        match self.workers.lock().get_mut(worker_id) {
             Some(w) => {
                 w.last_seen = Instant::now();
                 true
@@ -542,7 +543,7 @@ impl Cluster {
                 MetaStore::Memory => None,
             };
             let dead: Vec<String> = {
-                let mut workers = self.workers.lock().expect("not poisoned");
+                let mut workers = self.workers.lock();
                 let dead: Vec<String> = workers
                     .iter()
                     .filter(|(id, w)| {
@@ -560,7 +561,7 @@ impl Cluster {
                 dead
             };
             if !dead.is_empty() {
-                metrics::gauge!("sluice_workers").set(self.workers.lock().expect("not poisoned").len() as f64);
+                metrics::gauge!("sluice_workers").set(self.workers.lock().len() as f64);
             }
             for worker_id in dead {
                 tracing::warn!(%worker_id, "worker declared dead");

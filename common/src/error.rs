@@ -28,6 +28,15 @@ pub enum Error {
     /// Too much is running now; the request may be retried later.
     #[error("{0}")]
     Busy(String),
+    /// Not served here or not now (a standby, a coordinator that lost the
+    /// lead, an unreachable peer or etcd): the same request may succeed
+    /// later or elsewhere.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Sluice's own machinery failed (a task or actor that stopped, a
+    /// pipeline that broke): not the caller's doing, not worth a blind retry.
+    #[error("{0}")]
+    Internal(String),
     #[error("link to peer failed: {0}")]
     Link(String),
 }
@@ -44,8 +53,15 @@ impl Error {
             Error::Timeout(_) => 408,
             Error::Conflict(_) => 409,
             Error::Busy(_) => 429,
+            Error::Unavailable(_) => 503,
             _ => 500,
         }
+    }
+
+    /// Whether the same request may succeed if tried again later: what
+    /// retries (workers, clients) decide by.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Busy(_) | Error::Timeout(_) | Error::Link(_))
     }
 
     /// The message without the kind's prefix, for answers that carry the

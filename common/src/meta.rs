@@ -15,7 +15,7 @@ use prost::Message;
 use crate::{pb, Error, Result};
 
 fn etcd_err(what: &str, e: etcd_client::Error) -> Error {
-    Error::Link(format!("etcd {what}: {e}"))
+    Error::Unavailable(format!("etcd {what}: {e}"))
 }
 
 #[derive(Clone)]
@@ -188,8 +188,8 @@ async fn renew_once(client: &Client, lease: i64, wait: Duration) -> Result<bool>
     keeper.keep_alive().await.map_err(|e| etcd_err("keep-alive", e))?;
     match tokio::time::timeout(wait.max(Duration::from_millis(500)), stream.message()).await {
         Ok(Ok(Some(resp))) => Ok(resp.ttl() > 0),
-        Ok(Ok(None)) => Err(Error::Link("keep-alive stream ended".into())),
+        Ok(Ok(None)) => Err(Error::Unavailable("etcd keep-alive stream ended".into())),
         Ok(Err(e)) => Err(etcd_err("keep-alive", e)),
-        Err(_) => Err(Error::Link("no keep-alive answer".into())),
+        Err(_) => Err(Error::Unavailable("no etcd keep-alive answer".into())),
     }
 }

@@ -555,7 +555,7 @@ async fn select(catalog: &Catalog, workspace: Option<&str>, statement: Statement
         let provider = lance::datafusion::LanceTableProvider::new(Arc::new(ds), false, false)
             .with_blob_handling(BlobHandling::AllDescriptions);
         if let TableReference::Partial { schema, .. } = &reference {
-            let catalog = ctx.catalog("datafusion").ok_or_else(|| Error::Link("no default catalog".into()))?;
+            let catalog = ctx.catalog("datafusion").ok_or_else(|| Error::Internal("no default catalog".into()))?;
             if catalog.schema(schema).is_none() {
                 catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new())).map_err(user_error)?;
             }
@@ -667,9 +667,9 @@ async fn predicate(ds: &Arc<lance::Dataset>, table: &str, selection: Expr, param
     ctx.register_table(TableReference::bare(table), Arc::new(provider)).map_err(user_error)?;
     // `table` passed `valid_name`: no quote can end the identifier.
     let mut statement = Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT * FROM \"{table}\" WHERE true"))
-        .map_err(|e| Error::Link(e.to_string()))?
+        .map_err(|e| Error::Internal(e.to_string()))?
         .pop()
-        .ok_or_else(|| Error::Link("no statement".into()))?;
+        .ok_or_else(|| Error::Internal("no statement".into()))?;
     if let Statement::Query(query) = &mut statement {
         if let ast::SetExpr::Select(select) = query.body.as_mut() {
             select.selection = Some(selection);

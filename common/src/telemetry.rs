@@ -19,7 +19,7 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
     }
     let handle = PrometheusBuilder::new()
         .install_recorder()
-        .map_err(|e| Error::Link(format!("metrics recorder: {e}")))?;
+        .map_err(|e| Error::Internal(format!("metrics recorder: {e}")))?;
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 

@@ -52,8 +52,8 @@ impl CoordinatorLink for InProcessCoordinator {
         self.tx
             .send(ReconcilerMsg::Checkpoint(checkpoint, reply))
             .await
-            .map_err(|_| Error::Link("coordinator is gone".into()))?;
-        rx.await.map_err(|_| Error::Link("coordinator dropped the checkpoint".into()))?
+            .map_err(|_| Error::Internal("coordinator is gone".into()))?;
+        rx.await.map_err(|_| Error::Internal("coordinator dropped the checkpoint".into()))?
     }
 }
 

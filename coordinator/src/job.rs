@@ -96,10 +96,10 @@ pub async fn run_job(
     let (reply, done) = oneshot::channel();
     let complete = planned.is_ok() && drained.is_ok() && progress.abort_reason().is_none();
     let finished = match tx.send(ReconcilerMsg::Finish { complete, reply }).await {
-        Ok(()) => done.await.unwrap_or_else(|_| Err(Error::Link("reconciler stopped".into()))),
-        Err(_) => Err(Error::Link("reconciler stopped".into())),
+        Ok(()) => done.await.unwrap_or_else(|_| Err(Error::Internal("reconciler stopped".into()))),
+        Err(_) => Err(Error::Internal("reconciler stopped".into())),
     };
-    let reconciled = reconciling.await.map_err(|e| Error::Link(e.to_string()))?;
+    let reconciled = reconciling.await.map_err(|e| Error::Internal(e.to_string()))?;
     planned?;
     drained?;
     reconciled?;
@@ -175,7 +175,7 @@ pub(crate) async fn plan_and_assign(
         let local_tx = tx.clone();
         tokio::task::spawn_blocking(move || manifest::walk(&local, exclude, local_tx))
             .await
-            .map_err(|e| Error::Link(e.to_string()))??;
+            .map_err(|e| Error::Internal(e.to_string()))??;
         manifest::walk_remote(&inputs, tx).await
     });
 
@@ -228,7 +228,7 @@ pub(crate) async fn plan_and_assign(
         }
     }
     drop(rx);
-    walking.await.map_err(|e| Error::Link(e.to_string()))??;
+    walking.await.map_err(|e| Error::Internal(e.to_string()))??;
     if !bad.is_empty() {
         send_failures(reconciler, bad).await?;
     }
@@ -277,7 +277,7 @@ async fn send_failures(reconciler: &mpsc::Sender<ReconcilerMsg>, failed: Vec<pb:
     reconciler
         .send(ReconcilerMsg::PlanningFailed(failed))
         .await
-        .map_err(|_| Error::Link("reconciler stopped".into()))
+        .map_err(|_| Error::Internal("reconciler stopped".into()))
 }
 
 /// Remove rows of files that changed since they were ingested, then assign.
@@ -327,7 +327,7 @@ mod tests {
         let count = || async { table.open().await.unwrap().count_rows(None).await.unwrap() };
 
         // A coordinator that no longer leads removes nothing.
-        let refuse: CommitGuard = Arc::new(|| Box::pin(async { Err(Error::Link("no longer leads".into())) }));
+        let refuse: CommitGuard = Arc::new(|| Box::pin(async { Err(Error::Unavailable("no longer leads".into())) }));
         let target = Target { table: &table, committed: &committed, attributes: &[], guard: Some(refuse) };
         let err = remove_replaced(&target, &changed).await.unwrap_err();
         assert!(err.to_string().contains("no longer leads"), "{err}");

@@ -141,7 +141,7 @@ impl CommitReconciler {
                     let fatal = r.as_ref().err().map(|e| e.to_string());
                     let _ = reply.send(r);
                     if let Some(e) = fatal {
-                        return Err(Error::Link(format!("commit failed: {e}")));
+                        return Err(Error::Internal(format!("commit failed: {e}")));
                     }
                 }
                 ReconcilerMsg::PlanningFailed(failed) => {

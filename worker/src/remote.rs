@@ -104,7 +104,7 @@ async fn coordinator_address(cfg: &RemoteConfig, etcd: Option<&sluice_common::me
             return Ok(if addr.contains("://") { addr } else { format!("http://{addr}") });
         }
     }
-    cfg.coordinator.clone().ok_or_else(|| Error::Link("no leading coordinator yet".into()))
+    cfg.coordinator.clone().ok_or_else(|| Error::Unavailable("no leading coordinator yet".into()))
 }
 
 /// One registration: poll, feed shards, until the coordinator forgets us
@@ -187,7 +187,7 @@ async fn incarnation(cfg: &RemoteConfig, etcd: Option<&sluice_common::meta::Clie
             }
             Err(s) => {
                 if last_ok.elapsed() > timeout {
-                    break Err(Error::Link(format!("coordinator unreachable: {}", s.message())));
+                    break Err(Error::Unavailable(format!("coordinator unreachable: {}", s.message())));
                 }
                 tokio::time::sleep(heartbeat.min(Duration::from_millis(500))).await;
             }

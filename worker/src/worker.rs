@@ -78,11 +78,11 @@ impl Worker {
 
     async fn drain_one(job_id: &str, job: RunningJob) -> Result<()> {
         drop(job.queue);
-        let result = job.pipeline.call(PipelineMsg::Drain, None).await.map_err(|e| Error::Link(e.to_string()))?;
+        let result = job.pipeline.call(PipelineMsg::Drain, None).await.map_err(|e| Error::Internal(e.to_string()))?;
         match result {
             ractor::rpc::CallResult::Success(Ok(())) => Ok(()),
-            ractor::rpc::CallResult::Success(Err(e)) => Err(Error::Link(format!("job {job_id}: {e}"))),
-            _ => Err(Error::Link(format!("job {job_id}: pipeline did not answer the drain"))),
+            ractor::rpc::CallResult::Success(Err(e)) => Err(Error::Internal(format!("job {job_id}: {e}"))),
+            _ => Err(Error::Internal(format!("job {job_id}: pipeline did not answer the drain"))),
         }
     }
 
@@ -134,7 +134,7 @@ impl Worker {
         };
         let (pipeline, _) = Actor::spawn(None, ShardPipeline, args)
             .await
-            .map_err(|e| Error::Link(format!("cannot start pipeline: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start pipeline: {e}")))?;
         tracing::info!(job_id = %a.job_id, worker_id = %self.id, "pipeline started");
         Ok(RunningJob { pipeline, queue: tx, stop })
     }
@@ -159,7 +159,7 @@ impl WorkerLink for Worker {
         pipeline
             .call(|reply| PipelineMsg::ShardStarted { shard_id: a.shard_id.clone(), generation: a.generation, files, reply }, None)
             .await
-            .map_err(|e| Error::Link(e.to_string()))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         tracing::debug!(job_id = %a.job_id, shard_id = %a.shard_id, files, "shard assigned");
         for file in a.files {
             let mut task = FileTask { file };
@@ -173,7 +173,7 @@ impl WorkerLink for Worker {
                 match queue.send_timeout(task, Duration::from_millis(200)).await {
                     Ok(()) => break,
                     Err(SendTimeoutError::Timeout(t)) => task = t,
-                    Err(SendTimeoutError::Closed(_)) => return Err(Error::Link("pipeline queue closed".into())),
+                    Err(SendTimeoutError::Closed(_)) => return Err(Error::Internal("pipeline queue closed".into())),
                 }
             }
         }

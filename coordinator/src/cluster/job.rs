@@ -188,7 +188,7 @@ impl ClusterJob {
 
     /// Hand a checkpoint to the job's reconciler.
     pub async fn publish(&self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
-        let gone = || sluice_common::Error::Link("the job's reconciler has stopped".into());
+        let gone = || sluice_common::Error::Internal("the job's reconciler has stopped".into());
         let reconciler = self.reconciler.get().ok_or_else(gone)?;
         let (reply, answer) = oneshot::channel();
         reconciler.send(ReconcilerMsg::Checkpoint(cp, reply)).await.map_err(|_| gone())?;

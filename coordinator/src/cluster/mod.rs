@@ -350,7 +350,7 @@ impl Cluster {
                     Box::pin(async move {
                         match me.leadership.get() {
                             Some(l) if !me.store.still_leading(l).await => {
-                                Err(Error::Link("this coordinator no longer leads; not committing".into()))
+                                Err(Error::Unavailable("this coordinator no longer leads; not committing".into()))
                             }
                             _ => Ok(()),
                         }

@@ -26,6 +26,8 @@ fn status(e: Error) -> Status {
         Error::Conflict(m) => Status::already_exists(m),
         Error::Busy(m) => Status::resource_exhausted(m),
         Error::Timeout(m) => Status::deadline_exceeded(m),
+        Error::Unavailable(m) => Status::unavailable(m),
+        e @ Error::Link(_) => Status::unavailable(e.to_string()),
         e @ Error::InvalidSettings(_) => Status::invalid_argument(e.to_string()),
         other => Status::internal(other.to_string()),
     }
@@ -357,12 +359,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| Error::Link(format!("reflection: {e}")))?;
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .map_err(|e| Error::Link(format!("reflection: {e}")))?;
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
     let api = Api(cluster.clone());
     let leading = {
@@ -402,7 +404,7 @@ pub async fn serve(
         .add_service(CoordinatorServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_shutdown(listen, shutdown)
         .await
-        .map_err(|e| Error::Link(format!("gRPC server: {e}")));
+        .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
     leading.abort();
     result
 }

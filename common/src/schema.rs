@@ -59,6 +59,34 @@ impl Kind {
     }
 }
 
+/// File name extensions (lower case) and the kind each suggests: the one
+/// list the planner (grouping shards by kind, before any byte is read) and
+/// the normalizers (when a file's magic bytes say nothing) share.
+const EXTENSIONS: &[(Kind, &[&str])] = &[
+    (Kind::Pdf, &["pdf"]),
+    // `ts` is MPEG-TS here; TypeScript sources named `.ts` have no MPEG-TS
+    // sync bytes and are taken as text once their bytes are seen.
+    (Kind::Video, &["mp4", "m4v", "mov", "mkv", "webm", "avi", "ts", "flv", "mpg", "mpeg", "ogv", "3gp"]),
+    (Kind::Image, &["jpg", "jpeg", "png", "gif", "webp", "tif", "tiff", "bmp"]),
+    (
+        Kind::Text,
+        &[
+            "txt", "text", "md", "markdown", "rst", "csv", "tsv", "json", "jsonl", "ndjson", "xml", "html", "htm", "yaml",
+            "yml", "toml", "ini", "cfg", "conf", "log", "tex", "srt", "vtt", "sql", "rs", "py", "js", "go", "java", "c",
+            "h", "cpp", "hpp", "sh", "rb", "php", "css", "scss",
+        ],
+    ),
+];
+
+impl Kind {
+    /// The kind a file's name suggests (`None`: the name says nothing).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        let file = name.rsplit('/').next().unwrap_or(name);
+        let ext = file.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
+        EXTENSIONS.iter().find(|(_, exts)| exts.contains(&ext.as_str())).map(|(kind, _)| *kind)
+    }
+}
+
 impl std::fmt::Display for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -285,6 +313,17 @@ mod tests {
     use arrow_array::Array;
 
     #[test]
+    fn kinds_by_name() {
+        assert_eq!(Kind::from_name("file:///data/Clip.MP4"), Some(Kind::Video));
+        assert_eq!(Kind::from_name("s3://b/docs/report.pdf"), Some(Kind::Pdf));
+        assert_eq!(Kind::from_name("a/b.flv"), Some(Kind::Video));
+        assert_eq!(Kind::from_name("notes.md"), Some(Kind::Text));
+        assert_eq!(Kind::from_name("photo.webp"), Some(Kind::Image));
+        assert_eq!(Kind::from_name("archive.tar.gz"), None);
+        assert_eq!(Kind::from_name("dir.v1/README"), None);
+    }
+
+    #[test]
     fn attribute_columns_follow_the_table_and_repeat_per_row() {
         let mut file = FileRows {
             source: SourceInfo { uri: "file:///v.mp4".into(), size: 1, modified_ms: None, content_hash: "h".into(), attributes: Some(r#"{"label":"cat","n":3}"#.into()) },
@@ -343,3 +382,4 @@ mod tests {
         assert_eq!(ids.value(1), crate::ids::row_id("file:///x.txt", 1));
     }
 }
+

@@ -4,32 +4,18 @@
 use std::collections::HashMap;
 
 use sluice_common::pb;
+use sluice_common::schema::Kind;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Bucket {
-    Text,
-    Image,
-    Video,
-    Pdf,
-    Other,
-}
-
-fn bucket(uri: &str) -> Bucket {
-    let ext = uri.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
-    match ext.as_str() {
-        "jpg" | "jpeg" | "png" | "gif" | "webp" | "tif" | "tiff" | "bmp" => Bucket::Image,
-        "mp4" | "mov" | "mkv" | "webm" | "avi" | "m4v" => Bucket::Video,
-        "pdf" => Bucket::Pdf,
-        "txt" | "md" | "csv" | "json" | "jsonl" | "html" | "xml" | "log" => Bucket::Text,
-        _ => Bucket::Other,
-    }
+/// Files are grouped by the kind their name suggests.
+fn bucket(uri: &str) -> Kind {
+    Kind::from_name(uri).unwrap_or(Kind::Other)
 }
 
 pub struct ShardPlanner {
     job_id: String,
     max_files: usize,
     max_bytes: u64,
-    open: HashMap<Bucket, (Vec<pb::FileRef>, u64)>,
+    open: HashMap<Kind, (Vec<pb::FileRef>, u64)>,
     next: u64,
 }
 

@@ -37,14 +37,6 @@ pub struct Normalized {
     pub rows: Vec<Row>,
 }
 
-const TEXT_EXTENSIONS: &[&str] = &[
-    "txt", "text", "md", "markdown", "rst", "csv", "tsv", "json", "jsonl", "ndjson", "xml", "html", "htm",
-    "yaml", "yml", "toml", "ini", "cfg", "conf", "log", "tex", "srt", "vtt", "sql", "rs", "py", "js", "ts",
-    "go", "java", "c", "h", "cpp", "hpp", "sh", "rb", "php", "css", "scss",
-];
-const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "gif", "webp", "tif", "tiff", "bmp"];
-const VIDEO_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "mkv", "webm", "avi", "ts", "flv", "mpg", "mpeg", "ogv", "3gp"];
-
 /// JPEG-encode an RGB8 or RGBA8 image (the alpha channel is dropped).
 /// `None` if a side exceeds the format's 65,535-pixel limit.
 pub(crate) fn encode_jpeg<P>(img: &::image::ImageBuffer<P, Vec<u8>>, quality: u8) -> Option<Vec<u8>>
@@ -63,17 +55,13 @@ where
     Some(out)
 }
 
-fn extension(name: &str) -> String {
-    std::path::Path::new(name)
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default()
-}
-
 /// Decide how to treat a file from its magic bytes first, its name second.
 pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
-    let ext = extension(name);
+    let by_name = match Kind::from_name(name) {
+        // `.ts` without MPEG-TS sync bytes is a TypeScript source.
+        Some(Kind::Video) if name.to_ascii_lowercase().ends_with(".ts") && !looks_like_mpeg_ts(bytes) => Some(Kind::Text),
+        other => other,
+    };
     if let Some(t) = infer::get(bytes) {
         let mime = t.mime_type().to_string();
         let decodable = ::image::ImageFormat::from_mime_type(&mime).is_some_and(|f| f.reading_enabled());
@@ -87,27 +75,32 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
         };
     }
     let guessed = mime_guess::from_path(name).first();
-    if ext == "pdf" {
+    if by_name == Some(Kind::Pdf) {
         return (Kind::Pdf, "application/pdf".to_string());
     }
-    if VIDEO_EXTENSIONS.contains(&ext.as_str()) {
+    if by_name == Some(Kind::Video) {
         // Named like a video: the demuxer gives the precise reason if not.
         let mime = guessed.map_or("application/octet-stream".to_string(), |m| m.to_string());
         return (Kind::Video, mime);
     }
-    if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+    if by_name == Some(Kind::Image) {
         // Named like an image but without image magic: the image decoder
         // gives the precise reason.
         let mime = guessed.map_or("application/octet-stream".to_string(), |m| m.to_string());
         return (Kind::Image, mime);
     }
-    let texty = TEXT_EXTENSIONS.contains(&ext.as_str()) || guessed.as_ref().is_some_and(|m| m.type_() == "text");
+    let texty = by_name == Some(Kind::Text) || guessed.as_ref().is_some_and(|m| m.type_() == "text");
     if texty || (guessed.is_none() && looks_like_text(bytes)) {
         let mime = guessed.filter(|m| m.type_() == "text" || m.subtype() == "json").map_or("text/plain".to_string(), |m| m.to_string());
         return (Kind::Text, mime);
     }
     let mime = guessed.map_or("application/octet-stream".to_string(), |m| m.to_string());
     (Kind::Other, mime)
+}
+
+/// MPEG transport streams are 188-byte packets, each starting with 0x47.
+fn looks_like_mpeg_ts(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&0x47) && bytes.get(188).is_none_or(|b| *b == 0x47)
 }
 
 /// A cheap look at the first bytes: no NULs and valid (possibly cut) UTF-8.
@@ -192,6 +185,11 @@ mod tests {
         assert_eq!(detect_kind("fake.jpg", b"not an image").0, Kind::Image);
         let pdf = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n";
         assert_eq!(detect_kind("doc.pdf", pdf), (Kind::Pdf, "application/pdf".to_string()));
+        // `.ts`: an MPEG transport stream, or a TypeScript source.
+        assert_eq!(detect_kind("app.ts", b"export const x: number = 1;\n").0, Kind::Text);
+        let mut packets = vec![0u8; 188 * 3];
+        packets.iter_mut().step_by(188).for_each(|b| *b = 0x47);
+        assert_eq!(detect_kind("clip.TS", &packets).0, Kind::Video);
     }
 
     #[test]

@@ -163,6 +163,21 @@ fn knobs_do_what_they_say() {
     assert_eq!(s["commits"], 1);
     assert!(s["peak_concurrent_normalizations"].as_u64().unwrap() <= 4);
 
+    // Every knob has an environment variable: chunking from the environment.
+    let long = dir.path().join("long");
+    std::fs::create_dir_all(&long).unwrap();
+    std::fs::write(long.join("a.txt"), "x".repeat(1000)).unwrap();
+    let mut cmd = sluice();
+    cmd.env("SLUICE_CHUNK_SIZE", "100").env("SLUICE_CHUNK_OVERLAP", "0").env("SLUICE_MAX_FILE_SIZE", "999");
+    cmd.arg("ingest").arg("--table").arg(dir.path().join("t-env")).arg(&long).arg("--json");
+    let out = run(&mut cmd);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["files_failed"], 1, "SLUICE_MAX_FILE_SIZE refuses the 1000-byte file: {s}");
+    cmd.env("SLUICE_MAX_FILE_SIZE", "1000");
+    let out = run(&mut cmd);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((s["files_ingested"].as_u64(), s["rows"].as_u64()), (Some(1), Some(10)), "100-character chunks: {s}");
+
     // Images take long enough to decode that a pool of 4 runs them side by side.
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images).unwrap();

@@ -1,56 +1,57 @@
-//! The pipeline knobs, shared by `sluice ingest` and `sluice submit`.
+//! The pipeline knobs, shared by `sluice ingest` and `sluice submit`: each
+//! a flag and a `SLUICE_*` environment variable, defaults from [`Settings::DEFAULT`].
 
 use sluice_common::settings::Settings;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Knobs {
     /// Files normalized in parallel
-    #[arg(long, env = "SLUICE_NORMALIZATION_WORKERS", default_value_t = 4)]
+    #[arg(long, env = "SLUICE_NORMALIZATION_WORKERS", default_value_t = Settings::DEFAULT.normalization_workers)]
     pub normalization_workers: u32,
     /// Rows buffered before a fragment is written
-    #[arg(long, env = "SLUICE_FLUSH_EVERY", default_value_t = 200)]
+    #[arg(long, env = "SLUICE_FLUSH_EVERY", default_value_t = Settings::DEFAULT.flush_every)]
     pub flush_every: u32,
     /// Bytes buffered before a fragment is written (whichever comes first)
-    #[arg(long, env = "SLUICE_FLUSH_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "SLUICE_FLUSH_BYTES", default_value_t = Settings::DEFAULT.flush_bytes)]
     pub flush_bytes: u64,
     /// Rows between table commits
-    #[arg(long, env = "SLUICE_COMMIT_EVERY", default_value_t = 2000)]
+    #[arg(long, env = "SLUICE_COMMIT_EVERY", default_value_t = Settings::DEFAULT.commit_every)]
     pub commit_every: u32,
     /// Concurrent object-store requests
-    #[arg(long, env = "SLUICE_STORAGE_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "SLUICE_STORAGE_CONCURRENCY", default_value_t = Settings::DEFAULT.storage_concurrency)]
     pub storage_concurrency: u32,
     /// Text chunk size in characters
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "SLUICE_CHUNK_SIZE", default_value_t = Settings::DEFAULT.chunk_size)]
     pub chunk_size: u32,
     /// Text chunk overlap in characters
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, env = "SLUICE_CHUNK_OVERLAP", default_value_t = Settings::DEFAULT.chunk_overlap)]
     pub chunk_overlap: u32,
     /// Largest image accepted, in pixels
-    #[arg(long, default_value_t = 100_000_000)]
+    #[arg(long, env = "SLUICE_MAX_IMAGE_PIXELS", default_value_t = Settings::DEFAULT.max_image_pixels)]
     pub max_image_pixels: u64,
     /// Largest file accepted, in bytes
-    #[arg(long, default_value_t = 512 << 20)]
+    #[arg(long, env = "SLUICE_MAX_FILE_SIZE", default_value_t = Settings::DEFAULT.max_file_bytes)]
     pub max_file_size: u64,
     /// Seconds one file may spend in a normalizer
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, env = "SLUICE_FILE_TIMEOUT", default_value_t = Settings::DEFAULT.file_timeout_secs)]
     pub file_timeout: u32,
     /// Target video segment length, in seconds (cut at keyframes)
-    #[arg(long, env = "SLUICE_SEGMENT_SECONDS", default_value_t = 10.0)]
+    #[arg(long, env = "SLUICE_SEGMENT_SECONDS", default_value_t = Settings::DEFAULT.segment_seconds)]
     pub segment_seconds: f64,
     /// Longest video accepted, in seconds
-    #[arg(long, default_value_t = 6 * 3600)]
+    #[arg(long, env = "SLUICE_MAX_VIDEO_SECONDS", default_value_t = Settings::DEFAULT.max_video_seconds)]
     pub max_video_seconds: u32,
     /// Largest video accepted, in bytes (videos are streamed, not loaded)
-    #[arg(long, default_value_t = 64 << 30)]
+    #[arg(long, env = "SLUICE_MAX_VIDEO_SIZE", default_value_t = Settings::DEFAULT.max_video_bytes)]
     pub max_video_size: u64,
     /// PDF page render resolution
-    #[arg(long, env = "SLUICE_PDF_DPI", default_value_t = 150)]
+    #[arg(long, env = "SLUICE_PDF_DPI", default_value_t = Settings::DEFAULT.pdf_dpi)]
     pub pdf_dpi: u32,
     /// Largest page render, in pixels (larger pages are rendered smaller)
-    #[arg(long, default_value_t = 25_000_000)]
+    #[arg(long, env = "SLUICE_MAX_RENDER_PIXELS", default_value_t = Settings::DEFAULT.max_render_pixels)]
     pub max_render_pixels: u64,
     /// Most pages accepted in one PDF
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, env = "SLUICE_MAX_PDF_PAGES", default_value_t = Settings::DEFAULT.max_pdf_pages)]
     pub max_pdf_pages: u32,
 }
 

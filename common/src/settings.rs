@@ -43,27 +43,33 @@ pub struct Settings {
     pub max_pdf_pages: u32,
 }
 
+impl Settings {
+    /// Every knob's default: the one place they are set (the command line's
+    /// defaults and help read them from here).
+    pub const DEFAULT: Settings = Settings {
+        normalization_workers: 4,
+        flush_every: 200,
+        flush_bytes: 64 << 20,
+        commit_every: 2000,
+        storage_concurrency: 32,
+        chunk_size: 1000,
+        chunk_overlap: 200,
+        max_image_pixels: 100_000_000,
+        thumbnail_size: 256,
+        max_file_bytes: 512 << 20,
+        file_timeout_secs: 300,
+        segment_seconds: 10.0,
+        max_video_seconds: 6 * 3600,
+        max_video_bytes: 64 << 30,
+        pdf_dpi: 150,
+        max_render_pixels: 25_000_000,
+        max_pdf_pages: 5000,
+    };
+}
+
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            normalization_workers: 4,
-            flush_every: 200,
-            flush_bytes: 64 << 20,
-            commit_every: 2000,
-            storage_concurrency: 32,
-            chunk_size: 1000,
-            chunk_overlap: 200,
-            max_image_pixels: 100_000_000,
-            thumbnail_size: 256,
-            max_file_bytes: 512 << 20,
-            file_timeout_secs: 300,
-            segment_seconds: 10.0,
-            max_video_seconds: 6 * 3600,
-            max_video_bytes: 64 << 30,
-            pdf_dpi: 150,
-            max_render_pixels: 25_000_000,
-            max_pdf_pages: 5000,
-        }
+        Self::DEFAULT
     }
 }
 

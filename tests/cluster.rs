@@ -749,6 +749,29 @@ fn etcd_restarted_mid_job_the_cluster_recovers() {
     coordinator.kill9();
 }
 
+/// A leader that cannot renew its lease (etcd away longer than the lease)
+/// stops serving and exits with 75 (EX_TEMPFAIL), so that no two
+/// coordinators act as leader; a supervisor restarts it as a standby.
+#[test]
+fn a_leader_that_loses_its_lease_steps_down_and_exits_75() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path());
+    let port = free_port();
+    let mut coordinator = Proc::spawn(cluster.coordinator_command(port, "1"), &dir.path().join("coordinator.log"));
+    wait_leading(port);
+    cluster.etcd.restart(Duration::from_millis(4000));
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = coordinator.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "the leader kept running without its lease");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, Some(75), "{}", coordinator.log_text());
+    assert!(coordinator.log_text().contains("lost the leadership lease"));
+}
+
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, made
 /// with the openssl CLI. Returns the directory holding ca.crt, server.{crt,key},
 /// client.{crt,key}.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use sluice_common::pb;
-use sluice_coordinator::cluster::{Cluster, ClusterConfig};
+use sluice_coordinator::cluster::{Cluster, ClusterConfig, Served};
 use sluice_worker::remote::{run_worker, RemoteConfig};
 
 use crate::knobs::Knobs;
@@ -236,8 +236,11 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
         let routes = sluice_coordinator::cluster::http_router(cluster.clone())?;
         sluice_common::telemetry::serve_router(addr, routes).await?;
     }
-    sluice_coordinator::cluster::serve(cluster, args.listen, ctrl_c()).await?;
-    Ok(0)
+    match sluice_coordinator::cluster::serve(cluster, args.listen, ctrl_c()).await? {
+        Served::Shutdown => Ok(0),
+        // EX_TEMPFAIL: a supervisor restarts it, and it stands by.
+        Served::LeadershipLost => Ok(75),
+    }
 }
 
 pub async fn worker(args: WorkerArgs) -> Result<i32> {

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub use etcd_client::Client;
 use etcd_client::{GetOptions, PutOptions};
 use prost::Message;
+use tokio_util::sync::CancellationToken;
 use crate::{pb, Error, Result};
 
 fn etcd_err(what: &str, e: etcd_client::Error) -> Error {
@@ -62,14 +63,14 @@ impl MetaStore {
     }
 
     /// Block until this process leads, then keep the lease alive in the
-    /// background. Losing it ends the process: a coordinator that may no
-    /// longer lead must not commit anything (the standby takes over).
+    /// background. [`Leadership::lost`] fires if the lease is lost: a
+    /// coordinator that may no longer lead must stop (the standby takes over).
     pub async fn lead(&self, advertise: &str, ttl: Duration) -> Result<Option<Leadership>> {
         let MetaStore::Etcd { client, prefix } = self else { return Ok(None) };
         let mut client = client.clone();
         let ttl_secs = ttl.as_secs().max(1) as i64;
         let lease = client.lease_grant(ttl_secs, None).await.map_err(|e| etcd_err("lease", e))?.id();
-        keep_alive(client.clone(), lease, ttl, "leadership");
+        let lost = keep_alive(client.clone(), lease, ttl, "leadership");
         tracing::info!(%advertise, "campaigning for leadership");
         let won = client
             .campaign(format!("{prefix}/leader"), advertise, lease)
@@ -77,7 +78,7 @@ impl MetaStore {
             .map_err(|e| etcd_err("campaign", e))?;
         let key = won.leader().map(|k| k.key().to_vec()).unwrap_or_default();
         tracing::info!(%advertise, "leading");
-        Ok(Some(Leadership { key, lease, ttl }))
+        Ok(Some(Leadership { key, lease, ttl, lost }))
     }
 
     /// Does this process still hold `leadership`? Checked right before
@@ -110,6 +111,14 @@ pub struct Leadership {
     key: Vec<u8>,
     lease: i64,
     ttl: Duration,
+    lost: CancellationToken,
+}
+
+impl Leadership {
+    /// Cancelled when the leadership lease could not be kept.
+    pub fn lost(&self) -> &CancellationToken {
+        &self.lost
+    }
 }
 
 /// Connect to etcd (the endpoints are `http://host:port`, comma-separated or repeated).
@@ -134,12 +143,14 @@ pub async fn leader_address(client: &Client, prefix: &str) -> Result<Option<Stri
 }
 
 /// Register a worker under a lease; the key vanishes when the worker dies.
+/// A lost membership lease needs nothing here: the worker's next poll tells
+/// it to register again.
 pub async fn register_member(client: &Client, prefix: &str, worker_id: &str, value: &str, ttl: Duration) -> Result<()> {
     let mut c = client.clone();
     let lease = c.lease_grant(ttl.as_secs().max(1) as i64, None).await.map_err(|e| etcd_err("lease", e))?.id();
     let key = format!("{}/workers/{worker_id}", prefix.trim_end_matches('/'));
     c.put(key, value, Some(PutOptions::new().with_lease(lease))).await.map_err(|e| etcd_err("register", e))?;
-    keep_alive(c, lease, ttl, "membership");
+    let _ = keep_alive(c, lease, ttl, "membership");
     Ok(())
 }
 
@@ -156,10 +167,10 @@ pub async fn members(client: &Client, prefix: &str) -> Result<Vec<String>> {
 
 /// Refresh `lease` every third of its TTL. An etcd that is briefly away
 /// (restarted, a blip) is retried until the lease would have expired; only
-/// then is the lease lost. A lost leadership lease ends the process; a lost
-/// membership lease just stops (the worker's next poll tells it to
-/// register again).
-fn keep_alive(client: Client, lease: i64, ttl: Duration, what: &'static str) {
+/// then is the lease lost, and the returned token cancelled.
+fn keep_alive(client: Client, lease: i64, ttl: Duration, what: &'static str) -> CancellationToken {
+    let lost = CancellationToken::new();
+    let token = lost.clone();
     tokio::spawn(async move {
         let every = (ttl / 3).max(Duration::from_millis(100));
         let mut renewed = tokio::time::Instant::now();
@@ -174,12 +185,10 @@ fn keep_alive(client: Client, lease: i64, ttl: Duration, what: &'static str) {
             }
             tokio::time::sleep(every).await;
         };
-        if what == "leadership" {
-            tracing::error!(%why, "lost the leadership lease; exiting so a standby can lead");
-            std::process::exit(75);
-        }
-        tracing::warn!(%why, "membership lease lost");
+        tracing::warn!(%why, lease = what, "lease lost");
+        token.cancel();
     });
+    lost
 }
 
 /// One keep-alive round trip: Ok(false) if etcd says the lease is gone.

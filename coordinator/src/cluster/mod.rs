@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 
 pub use job::{ClusterJob, Phase};
 pub use http::router as http_router;
-pub use service::serve;
+pub use service::{serve, Served};
 
 use crate::embedded::EmbeddedJob;
 use crate::manifest::Inputs;
@@ -202,7 +202,23 @@ impl Cluster {
         metrics::gauge!("sluice_leader").set(1.0);
         let me = self.clone();
         tokio::spawn(async move { me.watch_workers().await });
+        if let Some(lost) = self.leadership_lost() {
+            // Stop answering as the leader at once; `serve` then ends.
+            let me = self.clone();
+            tokio::spawn(async move {
+                lost.cancelled().await;
+                me.leading.store(false, Ordering::SeqCst);
+                metrics::gauge!("sluice_leader").set(0.0);
+                tracing::error!("lost the leadership lease; stopping so a standby can lead");
+            });
+        }
         Ok(())
+    }
+
+    /// Cancelled when this coordinator's leadership lease is lost (`None`
+    /// while it does not lead through etcd).
+    pub fn leadership_lost(&self) -> Option<tokio_util::sync::CancellationToken> {
+        self.leadership.get().map(|l| l.lost().clone())
     }
 
     /// Validate a job spec into what the job runner needs.

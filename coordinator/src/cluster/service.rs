@@ -343,14 +343,27 @@ fn bearer_auth(cluster: Arc<Cluster>) -> impl tonic::service::Interceptor + Clon
     }
 }
 
-/// Serve until `shutdown` resolves. Leadership is campaigned for in the
-/// background; until this coordinator leads, the API answers UNAVAILABLE
-/// and health says NOT_SERVING for the sluice services.
+/// How serving ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// `shutdown` resolved.
+    Shutdown,
+    /// The leadership lease was lost: this process must stop so that no
+    /// two coordinators act as leader (the caller exits; a restart stands by).
+    LeadershipLost,
+}
+
+/// Requests in flight get this long to finish once leadership is lost.
+const LOST_LEADERSHIP_GRACE: Duration = Duration::from_secs(2);
+
+/// Serve until `shutdown` resolves or leadership is lost. Leadership is
+/// campaigned for in the background; until this coordinator leads, the API
+/// answers UNAVAILABLE and health says NOT_SERVING for the sluice services.
 pub async fn serve(
     cluster: Arc<Cluster>,
     listen: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> sluice_common::Result<()> {
+) -> sluice_common::Result<Served> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<JobServiceServer<Api>>().await;
     health.set_not_serving::<CoordinatorServiceServer<Api>>().await;
@@ -367,8 +380,9 @@ pub async fn serve(
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
     let api = Api(cluster.clone());
+    let lost = tokio_util::sync::CancellationToken::new();
     let leading = {
-        let (cluster, health) = (cluster.clone(), health.clone());
+        let (cluster, health, lost) = (cluster.clone(), health.clone(), lost.clone());
         tokio::spawn(async move {
             loop {
                 match cluster.lead().await {
@@ -382,14 +396,30 @@ pub async fn serve(
             health.set_serving::<JobServiceServer<Api>>().await;
             health.set_serving::<CoordinatorServiceServer<Api>>().await;
             health.set_serving::<TableServiceServer<Api>>().await;
+            if let Some(gone) = cluster.leadership_lost() {
+                gone.cancelled().await;
+                health.set_not_serving::<JobServiceServer<Api>>().await;
+                health.set_not_serving::<CoordinatorServiceServer<Api>>().await;
+                health.set_not_serving::<TableServiceServer<Api>>().await;
+                lost.cancel();
+            }
         })
+    };
+    let stop = {
+        let lost = lost.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = lost.cancelled() => {}
+            }
+        }
     };
     tracing::info!(%listen, "coordinator listening");
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = cluster.tls().server()? {
         server = server.tls_config(tls).map_err(|e| Error::InvalidInput(format!("TLS: {e}")))?;
     }
-    let result = server
+    let server = server
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -402,9 +432,14 @@ pub async fn serve(
             bearer_auth(cluster.clone()),
         ))
         .add_service(CoordinatorServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .serve_with_shutdown(listen, shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
+        .serve_with_shutdown(listen, stop);
+    // Streams (WatchJob, worker polls) may hold a graceful shutdown open; a
+    // coordinator that lost the lead does not wait for them long.
+    let result = tokio::select! {
+        r = server => r.map_err(|e| Error::Internal(format!("gRPC server: {e}"))),
+        () = async { lost.cancelled().await; tokio::time::sleep(LOST_LEADERSHIP_GRACE).await } => Ok(()),
+    };
     leading.abort();
-    result
+    result?;
+    Ok(if lost.is_cancelled() { Served::LeadershipLost } else { Served::Shutdown })
 }

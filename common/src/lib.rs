@@ -12,6 +12,7 @@ pub mod insert;
 pub mod ledger;
 pub mod link;
 pub mod query;
+pub mod retry;
 pub mod meta;
 pub mod schema;
 pub mod settings;

@@ -109,20 +109,14 @@ impl TableHandle {
         // Creating is a conditional write the object-store client does not
         // retry when it times out: retry here (a retry finds the table if
         // the first attempt landed).
-        let mut delay = std::time::Duration::from_millis(200);
-        let mut attempt = 1;
-        loop {
-            match self.open_or_create_once(attributes).await {
-                Err(e @ (Error::InvalidInput(_) | Error::InvalidSettings(_))) => return Err(e),
-                Err(e) if attempt < COMMIT_ATTEMPTS => {
-                    tracing::warn!(table = %self.location.uri, attempt, error = %e, "cannot open or create the table; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                done => return done,
-            }
-        }
+        use backon::Retryable;
+        (|| self.open_or_create_once(attributes))
+            .retry(crate::retry::storage())
+            .when(crate::retry::storage_retryable)
+            .notify(|e, after| {
+                tracing::warn!(table = %self.location.uri, error = %e, ?after, "cannot open or create the table; retrying");
+            })
+            .await
     }
 
     async fn open_or_create_once(&self, attributes: &[arrow_schema::Field]) -> Result<Dataset> {
@@ -306,29 +300,12 @@ pub async fn commit_append(
     // Storage faults the object-store client does not retry (a conditional
     // put that timed out is ambiguous) are retried here: each attempt first
     // checks whether an earlier one landed, so the commit happens once.
-    let mut delay = std::time::Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match commit_once(handle, ds, commit_id, known_version, fragments.clone(), properties.clone()).await {
-            Ok(done) => return Ok(done),
-            Err(e @ (Error::InvalidInput(_) | Error::InvalidSettings(_))) => return Err(e),
-            Err(e) if attempt >= COMMIT_ATTEMPTS => return Err(e),
-            Err(e) => {
-                tracing::warn!(%commit_id, attempt, error = %e, "commit failed; checking and retrying");
-                let jitter = std::time::Duration::from_millis(u64::from(rand_jitter()) % 100);
-                tokio::time::sleep(delay + jitter).await;
-                delay *= 2;
-                attempt += 1;
-            }
-        }
-    }
-}
-
-/// Attempts of one commit before its error is final.
-const COMMIT_ATTEMPTS: u32 = 6;
-
-fn rand_jitter() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+    use backon::Retryable;
+    (|| commit_once(handle, ds, commit_id, known_version, fragments.clone(), properties.clone()))
+        .retry(crate::retry::storage())
+        .when(crate::retry::storage_retryable)
+        .notify(|e, after| tracing::warn!(%commit_id, error = %e, ?after, "commit failed; checking and retrying"))
+        .await
 }
 
 async fn commit_once(

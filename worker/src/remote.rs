@@ -54,29 +54,30 @@ impl CoordinatorLink for GrpcLink {
     async fn publish_checkpoint(&self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
         // Retry transport errors for a while: the checkpoint is idempotent
         // (the coordinator takes each sequence number once).
-        let mut delay = Duration::from_millis(100);
-        for attempt in 0.. {
-            match self.client.clone().publish_checkpoint(cp.clone()).await {
-                Ok(ack) => {
-                    let ack = ack.into_inner();
-                    // Refused with `stop`: fenced, or the stream is broken;
-                    // this incarnation is over. Without: the job ended.
-                    if !ack.accepted && ack.stop {
-                        self.refused.store(true, Ordering::SeqCst);
-                    }
-                    return Ok(ack);
-                }
-                Err(s) if attempt < 8 && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(s) => {
+        use backon::Retryable;
+        let published = (|| {
+            let (mut client, cp) = (self.client.clone(), cp.clone());
+            async move { client.publish_checkpoint(cp).await }
+        })
+            .retry(sluice_common::retry::peer())
+            .when(|s: &tonic::Status| matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded))
+            .notify(|s, after| tracing::warn!(seq = cp.seq, error = %s.message(), ?after, "publishing a checkpoint; retrying"))
+            .await;
+        match published {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                // Refused with `stop`: fenced, or the stream is broken;
+                // this incarnation is over. Without: the job ended.
+                if !ack.accepted && ack.stop {
                     self.refused.store(true, Ordering::SeqCst);
-                    return Err(Error::Link(format!("publishing checkpoint {}: {}", cp.seq, s.message())));
                 }
+                Ok(ack)
+            }
+            Err(s) => {
+                self.refused.store(true, Ordering::SeqCst);
+                Err(Error::Link(format!("publishing checkpoint {}: {}", cp.seq, s.message())))
             }
         }
-        unreachable!("the loop returns")
     }
 }
 

@@ -21,6 +21,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _values
@@ -262,10 +263,8 @@ class Client:
         }
         knobs = {k: v for k, v in knobs.items() if v is not None}
         progress = _Progress(on_progress, len(files))
-        if self.url:
-            result = self._ingest_remote(table_name, files, attributes, columns, knobs, max_errors, job_id, progress)
-        else:
-            result = self._ingest_local(table_name, files, attributes, columns, knobs, max_errors, job_id, progress)
+        plan = _IngestPlan(table_name, files, attributes, columns, knobs, max_errors, job_id)
+        result = self._ingest_remote(plan, progress) if self.url else self._ingest_local(plan, progress)
         if index:
             self._create_indexes(table_name, index)
         return result
@@ -319,17 +318,9 @@ class Client:
         columns = [{"name": c, "type": column_types[c]} for c in value_columns]
         return files, attributes, columns
 
-    def _ingest_local(
-        self,
-        table: str,
-        files: List[str],
-        attributes: List[Dict[str, Any]],
-        columns: List[Dict[str, str]],
-        knobs: Dict[str, Any],
-        max_errors: Optional[int],
-        job_id: Optional[str],
-        progress: "_Progress",
-    ) -> Dict[str, Any]:
+    def _ingest_local(self, plan: "_IngestPlan", progress: "_Progress") -> Dict[str, Any]:
+        table, files, attributes, columns = plan.table, plan.files, plan.attributes, plan.columns
+        knobs, max_errors, job_id = plan.knobs, plan.max_errors, plan.job_id
         uri = self._table_uri(table)
         with tempfile.TemporaryDirectory(prefix="sluice-") as tmp:
             manifest = os.path.join(tmp, "files.jsonl")
@@ -364,17 +355,9 @@ class Client:
             raise IngestError(f"the ingest stopped: {summary.get('abort_reason')}", result=result)
         return result
 
-    def _ingest_remote(
-        self,
-        table: str,
-        files: List[str],
-        attributes: List[Dict[str, Any]],
-        columns: List[Dict[str, str]],
-        knobs: Dict[str, Any],
-        max_errors: Optional[int],
-        job_id: Optional[str],
-        progress: "_Progress",
-    ) -> Dict[str, Any]:
+    def _ingest_remote(self, plan: "_IngestPlan", progress: "_Progress") -> Dict[str, Any]:
+        table, files, attributes, columns = plan.table, plan.files, plan.attributes, plan.columns
+        knobs, max_errors, job_id = plan.knobs, plan.max_errors, plan.job_id
         body: Dict[str, Any] = {
             "table": f"{self.workspace}/{table}" if self.workspace else table,
             "files": [{"path": p, "attributes": a} if a else p for p, a in zip(files, attributes)],
@@ -696,6 +679,20 @@ class Client:
             raise ServiceError(f"HTTP {e.code}: {message}", e.code) from None
         except urllib.error.URLError as e:
             raise ServiceError(f"cannot reach the coordinator at {self.url}: {e.reason}") from None
+
+
+@dataclass
+class _IngestPlan:
+    """What one file ingest runs: the table, the files with their per-file
+    values and value columns, and the job's knobs."""
+
+    table: str
+    files: List[str]
+    attributes: List[Dict[str, Any]]
+    columns: List[Dict[str, str]]
+    knobs: Dict[str, Any]
+    max_errors: Optional[int]
+    job_id: Optional[str]
 
 
 def _result(

@@ -108,8 +108,8 @@ impl CommitReconciler {
             let orphans: Vec<Fragment> = stream
                 .pending
                 .iter()
-                .flat_map(|cp| &cp.fragments_json)
-                .filter_map(|f| serde_json::from_str(f).ok())
+                .flat_map(|cp| &cp.fragments)
+                .filter_map(|f| sluice_common::table::fragment_from_bytes(f).ok())
                 .collect();
             if !orphans.is_empty() {
                 let dataset = self.dataset.clone();
@@ -243,8 +243,8 @@ impl CommitReconciler {
         let mut failed = Vec::new();
         let (mut rows, mut files) = (0u64, 0u64);
         for cp in &cps {
-            for f in &cp.fragments_json {
-                fragments.push(serde_json::from_str(f)?);
+            for f in &cp.fragments {
+                fragments.push(sluice_common::table::fragment_from_bytes(f)?);
             }
             rows += cp.rows;
             files += cp.completed.len() as u64;
@@ -316,7 +316,7 @@ mod tests {
             job_id: "job".into(),
             worker_id: "w".into(),
             seq,
-            fragments_json: fragments.iter().map(|f| serde_json::to_string(f).unwrap()).collect(),
+            fragments: fragments.iter().map(sluice_common::table::fragment_to_bytes).collect(),
             rows,
             clean,
             ..Default::default()

@@ -225,7 +225,7 @@ impl Flusher {
     }
 }
 
-async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: Vec<FileRows>) -> Result<Vec<String>, String> {
+async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: Vec<FileRows>) -> Result<Vec<Vec<u8>>, String> {
     if files.iter().all(|f| f.rows.is_empty()) {
         return Ok(Vec::new());
     }
@@ -245,5 +245,5 @@ async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: 
     metrics::counter!("sluice_worker_fragments_written_total").increment(fragments.len() as u64);
     metrics::counter!("sluice_worker_rows_written_total").increment(rows as u64);
     metrics::counter!("sluice_worker_bytes_written_total").increment(bytes as u64);
-    fragments.iter().map(|f| serde_json::to_string(f).map_err(|e| e.to_string())).collect()
+    Ok(fragments.iter().map(sluice_common::table::fragment_to_bytes).collect())
 }

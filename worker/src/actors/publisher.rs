@@ -23,7 +23,7 @@ pub struct CheckpointDraft {
 }
 
 pub enum PublisherMsg {
-    Written { draft: CheckpointDraft, result: Result<Vec<String>, String> },
+    Written { draft: CheckpointDraft, result: Result<Vec<Vec<u8>>, String> },
     /// Reply once everything received so far is published (or failed).
     Drain(RpcReplyPort<Result<(), String>>),
 }
@@ -39,7 +39,7 @@ pub struct CheckpointPublisher {
 #[derive(Default)]
 pub struct PublisherState {
     next: u64,
-    waiting: BTreeMap<u64, (CheckpointDraft, Result<Vec<String>, String>)>,
+    waiting: BTreeMap<u64, (CheckpointDraft, Result<Vec<Vec<u8>>, String>)>,
     error: Option<String>,
 }
 
@@ -88,12 +88,12 @@ impl Actor for CheckpointPublisher {
 }
 
 impl CheckpointPublisher {
-    async fn publish(&self, d: CheckpointDraft, fragments: Vec<String>) -> Result<(), String> {
+    async fn publish(&self, d: CheckpointDraft, fragments: Vec<Vec<u8>>) -> Result<(), String> {
         let cp = pb::Checkpoint {
             job_id: self.job_id.clone(),
             worker_id: self.worker_id.clone(),
             seq: d.seq,
-            fragments_json: fragments,
+            fragments,
             rows: d.rows,
             bytes: d.bytes,
             completed: d.completed,

@@ -8,6 +8,7 @@ sends the same calls to a sluice coordinator's HTTP API (its
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -324,9 +325,13 @@ class Client:
         uri = self._table_uri(table)
         with tempfile.TemporaryDirectory(prefix="sluice-") as tmp:
             manifest = os.path.join(tmp, "files.jsonl")
+            exclude = None if "://" in uri else os.path.abspath(uri)
+            listed = 0
             with open(manifest, "w", encoding="utf-8") as out:
-                for path, values in zip(files, attributes):
+                for path, values in _local_files(files, attributes, exclude):
                     out.write(json.dumps({"path": path, **values}) + "\n")
+                    listed += 1
+            progress.listed = listed
             cmd = [find_sluice_bin(), "ingest", "--table", uri, "--manifest", manifest, "--events"]
             for knob, value in knobs.items():
                 cmd += [_KNOBS[knob], str(value)]
@@ -679,6 +684,31 @@ class Client:
             raise ServiceError(f"HTTP {e.code}: {message}", e.code) from None
         except urllib.error.URLError as e:
             raise ServiceError(f"cannot reach the coordinator at {self.url}: {e.reason}") from None
+
+
+def _local_files(
+    paths: Sequence[str], attributes: Sequence[Dict[str, Any]], exclude: Optional[str]
+) -> Iterable[Tuple[str, Dict[str, Any]]]:
+    """The files named by ``paths`` on this machine, each with its path's
+    values: directories are walked (hidden entries and the table itself
+    skipped, as ``sluice ingest`` does) and globs expanded; a pattern that
+    matches nothing is passed on, to be reported as a failed file."""
+    for path, values in zip(paths, attributes):
+        if "://" in path:
+            yield path, values
+            continue
+        matches = sorted(glob.glob(path, recursive=True)) if any(c in path for c in "*?[") else []
+        for match in matches or [path]:
+            if not os.path.isdir(match):
+                yield match, values
+                continue
+            for root, dirs, names in os.walk(match):
+                dirs[:] = sorted(
+                    d for d in dirs if not d.startswith(".") and os.path.abspath(os.path.join(root, d)) != exclude
+                )
+                for name in sorted(names):
+                    if not name.startswith("."):
+                        yield os.path.join(root, name), values
 
 
 @dataclass

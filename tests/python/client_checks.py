@@ -137,4 +137,14 @@ done = client.ingest("texts", data={"path": texts}, schema={"path": "FILE"})
 table = client.open_table("texts").to_table(columns=["id", "source_uri"]).to_pylist()
 assert len(table) == len(texts) == len({r["id"] for r in table}) == len({r["source_uri"] for r in table}), len(table)
 assert done["files_skipped"] == partial, (done, partial)
+# A directory and a glob are walked where the files are (each file once);
+# the directory's values go to every file below it.
+walked = client.ingest(
+    "walked",
+    data={"path": [f"{data}/texts", f"{data}/texts/t00*.txt", f"{data}/nomatch/*.mp4"], "origin": ["dir", "glob", "none"]},
+    schema={"path": "FILE"},
+)
+assert walked["files_ingested"] == len(texts), walked
+assert all(f["path"].endswith("nomatch/*.mp4") for f in walked["failed"]), walked["failed"]
+assert client.query("SELECT count(*) AS n FROM walked WHERE origin = $1", ["dir"]) == [{"n": len(texts)}]
 print(f"ok: {result['row_count']} rows, {len(seen)} progress calls, {partial} text files before Ctrl-C")

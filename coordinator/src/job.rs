@@ -77,9 +77,7 @@ pub async fn run_job(
     let watcher = {
         let (link, progress, job_id) = (link.clone(), progress.clone(), job_id.clone());
         tokio::spawn(async move {
-            while progress.abort_reason().is_none() {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+            progress.aborted().await;
             let _ = link.cancel(&job_id).await;
         })
     };

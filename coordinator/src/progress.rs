@@ -24,6 +24,8 @@ pub struct JobProgress {
     pub version: AtomicU64,
     pub planning_done: AtomicBool,
     abort: Mutex<Option<String>>,
+    /// Cancelled with the first abort, for whoever must react at once.
+    aborted: tokio_util::sync::CancellationToken,
 }
 
 impl JobProgress {
@@ -36,6 +38,11 @@ impl JobProgress {
     /// Ask the job to stop taking files; the first reason wins.
     pub fn abort(&self, reason: impl Into<String>) {
         self.abort.lock().get_or_insert_with(|| reason.into());
+        self.aborted.cancel();
+    }
+    /// Resolves once the job is asked to stop ([`JobProgress::abort`]).
+    pub async fn aborted(&self) {
+        self.aborted.cancelled().await;
     }
     pub fn abort_reason(&self) -> Option<String> {
         self.abort.lock().clone()
@@ -101,4 +108,27 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod abort_tests {
+    use super::JobProgress;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn the_first_abort_wakes_waiters_and_its_reason_stays() {
+        let progress = Arc::new(JobProgress::default());
+        let waiter = tokio::spawn({
+            let progress = progress.clone();
+            async move { progress.aborted().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        progress.abort("interrupted");
+        progress.abort("later reason");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        assert_eq!(progress.abort_reason().as_deref(), Some("interrupted"));
+        // Waiting after the abort returns at once.
+        progress.aborted().await;
+    }
 }

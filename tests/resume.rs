@@ -129,7 +129,9 @@ fn a_normalizer_failing_mid_file_during_the_drain_commits_no_part_of_it() {
         .args(ARGS);
     let out = run(&mut cmd);
     assert_eq!(out.status.code(), Some(1), "the job fails instead of committing a cut-off file");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ended before their last rows"));
+    // The failure names the file and why, as the worker reported it.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("zz-last.pdf") && stderr.contains("after its first rows"), "{stderr}");
     let rows = read_rows(&table);
     assert!(rows.iter().all(|r| r.uri != pdf_uri), "no row of the cut-off file was committed");
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use sluice_common::pb;
 use sluice_coordinator::cluster::{Cluster, ClusterConfig, Served};
-use sluice_worker::remote::{run_worker, RemoteConfig};
+use sluice_worker::session::{run_worker, GrpcTarget, Transport, WorkerConfig};
 
 use crate::knobs::Knobs;
 
@@ -239,7 +239,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
     match sluice_coordinator::cluster::serve(cluster, args.listen, ctrl_c()).await? {
         Served::Shutdown => Ok(0),
         // EX_TEMPFAIL: a supervisor restarts it, and it stands by.
-        Served::LeadershipLost => Ok(75),
+        Served::LeadershipLost => {
+            tracing::error!("lost the leadership lease; stopped so a standby can lead");
+            Ok(75)
+        }
     }
 }
 
@@ -248,25 +251,34 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
         bail!("give --coordinator or --etcd (to find the leading coordinator)");
     }
     let ready = Arc::new(AtomicBool::new(false));
-    let cfg = RemoteConfig {
+    let cfg = WorkerConfig {
+        name: args.name.unwrap_or_else(hostname),
+        normalizer_exe: (!args.in_process_normalizers).then(std::env::current_exe).transpose()?,
+        ready: ready.clone(),
+        ..Default::default()
+    };
+    let target = GrpcTarget {
         coordinator: args.coordinator,
         etcd: args.etcd,
         etcd_prefix: args.etcd_prefix,
-        name: args.name.unwrap_or_else(hostname),
-        normalizer_exe: (!args.in_process_normalizers).then(std::env::current_exe).transpose()?,
         lease_ttl: Duration::from_secs(args.lease_ttl.max(1)),
-        ready: ready.clone(),
         tls: args.tls.files(),
     };
     if args.check_config {
-        println!("{cfg:#?}");
+        println!("{cfg:#?}\n{target:#?}");
         return Ok(0);
     }
     if let Some(addr) = args.metrics_listen {
         let r = ready.clone();
         sluice_common::telemetry::serve(addr, Arc::new(move || r.load(Ordering::SeqCst))).await?;
     }
-    run_worker(cfg, ctrl_c()).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        ctrl_c().await;
+        stop.cancel();
+    });
+    run_worker(cfg, Transport::Grpc(target), shutdown).await?;
     Ok(0)
 }
 

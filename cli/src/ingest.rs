@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use sluice_coordinator::manifest::Inputs;
-use sluice_coordinator::{run_embedded, EmbeddedJob, JobProgress, JobSummary};
+use sluice_coordinator::{JobPlan, JobProgress, JobSummary};
 
 use crate::knobs::Knobs;
 use crate::storage_args::StorageArgs;
@@ -59,16 +59,15 @@ pub struct IngestArgs {
 pub async fn run(args: IngestArgs) -> Result<i32> {
     let table = args.storage.location(&args.table)?;
     let inputs = Inputs { paths: args.inputs.clone(), manifest: args.manifest.clone(), ..Default::default() };
-    let mut job = EmbeddedJob::new(table, inputs, args.knobs.settings());
+    let mut job = JobPlan::new(table, inputs, args.knobs.settings());
     job.columns = args.columns.as_deref().map(sluice_common::insert::parse_columns).transpose()?.unwrap_or_default();
     job.job_id = args.job_id.clone();
     job.max_errors = args.max_errors;
     job.shard_files = args.shard_files;
-    if !args.in_process_normalizers {
-        job.normalizer_exe = Some(std::env::current_exe()?);
-    }
-
-    let progress = Arc::new(JobProgress::default());
+    let normalizer_exe = (!args.in_process_normalizers).then(std::env::current_exe).transpose()?;
+    let embedded = crate::embedded::Embedded::start(normalizer_exe, job.settings.storage_concurrency).await?;
+    let running = embedded.run(job).await;
+    let progress = running.progress.clone();
     let bar = (!args.json && !args.events && !args.no_progress).then(|| progress_bar(progress.clone()));
     let events = args.events.then(|| tokio::spawn(progress_events(progress.clone())));
     if args.events {
@@ -92,7 +91,7 @@ pub async fn run(args: IngestArgs) -> Result<i32> {
             std::process::exit(130);
         }
     });
-    let result = run_embedded(job, progress.clone()).await;
+    let result = embedded.finish(&running).await;
     if let Some((bar, ticker)) = bar {
         ticker.abort();
         bar.finish_and_clear();

@@ -5,6 +5,7 @@ mod bench_coordinator;
 mod bench_media;
 mod cluster;
 mod corpus;
+mod embedded;
 mod gc;
 mod ingest;
 mod inspect;

@@ -1,6 +1,6 @@
-//! One job from start to summary, whichever way shards reach workers:
-//! open the table, start the commit reconciler, plan the inputs into shards
-//! and hand them to a [`WorkerLink`], wait for the workers, commit the rest.
+//! One job from start to summary: open the table, start the commit
+//! reconciler, plan the inputs into shards and queue them in the job's shard
+//! book (workers pull them from there), wait for the workers, commit the rest.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,18 +8,42 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_common::ledger::ErrorLedger;
-use sluice_common::link::WorkerLink;
+use sluice_common::settings::Settings;
+use sluice_common::storage::{StorageLimiter, TableLocation};
 use sluice_common::table::{committed_files, CommittedFile, TableHandle};
 use sluice_common::{ids, pb, Error, Result};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::embedded::EmbeddedJob;
-use crate::manifest::{self, Planned};
+use crate::cluster::ClusterJob;
+use crate::manifest::{self, Inputs, Planned};
 use crate::planner::ShardPlanner;
 use crate::progress::{peak_rss_bytes, JobProgress, JobStatus, JobSummary};
 use crate::reconciler::{CommitGuard, CommitObserver, CommitReconciler, ReconcilerMsg};
 
-/// Optional hooks into a job's commits (cluster mode).
+/// What a job is: its table, inputs and settings.
+#[derive(Debug, Clone)]
+pub struct JobPlan {
+    pub job_id: Option<String>,
+    pub table: TableLocation,
+    pub inputs: Inputs,
+    pub settings: Settings,
+    pub max_errors: Option<u64>,
+    pub shard_files: usize,
+    pub shard_bytes: u64,
+    /// Columns of per-file values; empty: inferred from the inputs.
+    pub columns: Vec<pb::ColumnDef>,
+    /// Share this limiter with the process's workers, so that
+    /// `storage_concurrency` bounds every request of one process.
+    pub limiter: Option<StorageLimiter>,
+}
+
+impl JobPlan {
+    pub fn new(table: TableLocation, inputs: Inputs, settings: Settings) -> Self {
+        Self { job_id: None, table, inputs, settings, max_errors: None, shard_files: 256, shard_bytes: 1 << 30, columns: Vec::new(), limiter: None }
+    }
+}
+
+/// Optional hooks into a job's commits.
 #[derive(Default)]
 pub struct JobHooks {
     pub observer: Option<CommitObserver>,
@@ -29,14 +53,10 @@ pub struct JobHooks {
 /// Failed files listed in a summary; all of them are in the error ledger.
 pub const MAX_SUMMARY_ERRORS: usize = 100;
 
-/// Run `job`. `attach` receives the table and the reconciler's inbox (where
-/// checkpoints go) and returns the link shards are handed to.
-pub async fn run_job(
-    job: &EmbeddedJob,
-    progress: Arc<JobProgress>,
-    attach: impl FnOnce(&TableHandle, mpsc::Sender<ReconcilerMsg>) -> Arc<dyn WorkerLink>,
-    hooks: JobHooks,
-) -> Result<JobSummary> {
+/// Run `job`, queueing its shards in `book`, until every shard is committed
+/// (or the job stops).
+pub async fn run_job(job: &JobPlan, book: Arc<ClusterJob>, hooks: JobHooks) -> Result<JobSummary> {
+    let progress = book.progress.clone();
     let started = Instant::now();
     job.settings.validate()?;
     manifest::validate(&job.inputs)?;
@@ -46,7 +66,10 @@ pub async fn run_job(
         false => job.columns.clone(),
     };
     let attributes = sluice_common::attributes::fields(&columns)?;
-    let table = TableHandle::new(job.table.clone(), job.settings.storage_concurrency);
+    let table = match &job.limiter {
+        Some(limiter) => TableHandle::with_limiter(job.table.clone(), limiter.clone()),
+        None => TableHandle::new(job.table.clone(), job.settings.storage_concurrency),
+    };
     let dataset = table.open_or_create_with(&attributes).await?;
     let committed = committed_files(&dataset).await?;
     tracing::info!(%job_id, table = %job.table.uri, already = committed.len(), "job starting");
@@ -70,26 +93,16 @@ pub async fn run_job(
         reconciler = reconciler.with_guard(guard.clone());
     }
     let reconciling = tokio::spawn(reconciler.run(rx));
-    let link = attach(&table, tx.clone());
+    book.attach(tx.clone());
 
-    // An abort (max errors, Ctrl-C, cancel) stops the workers' intake at
-    // once, not after the shard being fed.
-    let watcher = {
-        let (link, progress, job_id) = (link.clone(), progress.clone(), job_id.clone());
-        tokio::spawn(async move {
-            progress.aborted().await;
-            let _ = link.cancel(&job_id).await;
-        })
-    };
     let target = Target { table: &table, committed: &committed, attributes: &attributes, guard: guard.clone() };
-    let planned = plan_and_assign(job, &job_id, &target, link.as_ref(), &tx, &progress).await;
-    if planned.is_err() {
-        let _ = link.cancel(&job_id).await;
+    let planned = plan_and_assign(job, &job_id, &target, &book, &tx, &progress).await;
+    if let Err(e) = &planned {
+        // Workers stop and flush what they have.
+        progress.abort(&format!("planning failed: {e}"));
     }
-    let drained = link.drain().await;
-    watcher.abort();
+    let drained = book.drain().await;
     let storage = table.limiter.stats();
-    drop(link);
 
     let (reply, done) = oneshot::channel();
     let complete = planned.is_ok() && drained.is_ok() && progress.abort_reason().is_none();
@@ -158,10 +171,10 @@ pub(crate) struct Target<'a> {
 /// Walk the inputs, skip files the table already has unchanged, and hand
 /// shards to the worker.
 pub(crate) async fn plan_and_assign(
-    job: &crate::EmbeddedJob,
+    job: &JobPlan,
     job_id: &str,
     target: &Target<'_>,
-    worker: &dyn WorkerLink,
+    book: &ClusterJob,
     reconciler: &mpsc::Sender<ReconcilerMsg>,
     progress: &Arc<JobProgress>,
 ) -> Result<()> {
@@ -222,7 +235,7 @@ pub(crate) async fn plan_and_assign(
             }
         }
         for (id, files) in shards.drain(..) {
-            dispatch(target, worker, assign(id, files)).await?;
+            dispatch(target, book, assign(id, files)).await?;
         }
     }
     drop(rx);
@@ -234,7 +247,7 @@ pub(crate) async fn plan_and_assign(
         if progress.abort_reason().is_some() {
             break;
         }
-        dispatch(target, worker, assign(id, files)).await?;
+        dispatch(target, book, assign(id, files)).await?;
     }
     progress.planning_done.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
@@ -283,11 +296,10 @@ async fn send_failures(reconciler: &mpsc::Sender<ReconcilerMsg>, failed: Vec<pb:
 /// next run ingests it. The removal passes the job's guard first: a
 /// coordinator that lost the lead could otherwise delete rows its successor
 /// has since written again.
-async fn dispatch(target: &Target<'_>, worker: &dyn WorkerLink, a: pb::ShardAssignment) -> Result<()> {
+async fn dispatch(target: &Target<'_>, book: &ClusterJob, a: pb::ShardAssignment) -> Result<()> {
     remove_replaced(target, &a.files).await?;
-    let ack = worker.assign_shard(a).await?;
-    if !ack.accepted {
-        tracing::warn!(reason = %ack.reason, "shard not accepted");
+    if !book.queue_shard(a).await {
+        tracing::debug!("job stopping: shard not queued");
     }
     Ok(())
 }

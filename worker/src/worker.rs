@@ -3,20 +3,16 @@
 //! `assign_shard` wait when the worker is busy).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use ractor::{Actor, ActorRef};
-use sluice_common::link::{CoordinatorLink, WorkerLink};
+use sluice_common::link::CoordinatorApi;
 use sluice_common::settings::Settings;
 use sluice_common::storage::{StorageLimiter, TableLocation};
 use sluice_common::table::TableHandle;
 use sluice_common::{pb, Error, Result};
-use std::time::Duration;
-
-use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
 
 use crate::actors::pipeline::{PipelineArgs, PipelineMsg};
 use crate::actors::{FileTask, PipelineStats, ShardPipeline};
@@ -24,30 +20,37 @@ use crate::actors::{FileTask, PipelineStats, ShardPipeline};
 struct RunningJob {
     pipeline: ActorRef<PipelineMsg>,
     queue: mpsc::Sender<FileTask>,
-    stop: Arc<AtomicBool>,
+    /// Cancelled when the job takes no more files: told to stop, failed,
+    /// or the session ended.
+    stop: CancellationToken,
 }
 
-/// One worker process's side of the protocol.
+/// One worker session's jobs.
 pub struct Worker {
     id: String,
-    link: Arc<dyn CoordinatorLink>,
+    api: Arc<dyn CoordinatorApi>,
     jobs: Mutex<HashMap<String, RunningJob>>,
     stats: Arc<PipelineStats>,
     limiter: Option<StorageLimiter>,
     isolation: Option<std::path::PathBuf>,
-    flush_when_idle: bool,
+    /// Cancelled when the session ends; every job's `stop` is a child of it.
+    session: CancellationToken,
+    /// Cancelled by a pipeline when the coordinator refuses this worker's
+    /// checkpoints for good or cannot be reached: the session must end.
+    fenced: CancellationToken,
 }
 
 impl Worker {
-    pub fn new(id: impl Into<String>, link: Arc<dyn CoordinatorLink>) -> Self {
+    pub fn new(id: impl Into<String>, api: Arc<dyn CoordinatorApi>, session: CancellationToken, fenced: CancellationToken) -> Self {
         Self {
             id: id.into(),
-            link,
+            api,
             jobs: Mutex::default(),
             stats: Arc::default(),
             limiter: None,
             isolation: None,
-            flush_when_idle: false,
+            session,
+            fenced,
         }
     }
 
@@ -55,10 +58,24 @@ impl Worker {
         &self.id
     }
 
-    /// Flush as soon as the assigned shards are all done (cluster workers),
-    /// so finished shards are reported without waiting for more rows.
-    pub fn with_flush_when_idle(mut self) -> Self {
-        self.flush_when_idle = true;
+    /// Normalize media (video, PDF) in child processes of `exe`
+    /// (`exe normalize-server`), so a crashing or hanging decoder costs one
+    /// file, not the worker.
+    pub fn with_normalizer_processes(mut self, exe: Option<std::path::PathBuf>) -> Self {
+        self.isolation = exe;
+        self
+    }
+
+    /// Share one storage limiter with the rest of the process, so
+    /// `storage_concurrency` bounds every request the process makes.
+    pub fn with_storage_limiter(mut self, limiter: Option<StorageLimiter>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Count into these statistics (shared across sessions).
+    pub fn with_stats(mut self, stats: Arc<PipelineStats>) -> Self {
+        self.stats = stats;
         self
     }
 
@@ -66,8 +83,30 @@ impl Worker {
     /// committed is redone elsewhere.
     pub async fn abandon_job(&self, job_id: &str) {
         if let Some(job) = self.jobs.lock().await.remove(job_id) {
-            job.stop.store(true, Ordering::SeqCst);
+            job.stop.cancel();
             job.pipeline.kill();
+        }
+    }
+
+    /// Stop one job cleanly: take no more files, finish the ones queued,
+    /// publish them, then tell the coordinator this worker is done with it
+    /// (or why its pipeline failed).
+    pub async fn stop_job(&self, job_id: &str) {
+        let Some(job) = self.jobs.lock().await.remove(job_id) else { return };
+        job.stop.cancel();
+        drop(job.queue);
+        let error = match job.pipeline.call(PipelineMsg::Drain, None).await {
+            Ok(ractor::rpc::CallResult::Success(Ok(()))) => String::new(),
+            Ok(ractor::rpc::CallResult::Success(Err(e))) => e,
+            Ok(_) => "the pipeline did not answer the drain".into(),
+            Err(e) => format!("the pipeline is gone: {e}"),
+        };
+        if !error.is_empty() {
+            tracing::error!(%job_id, %error, "job stopped with an error");
+        }
+        let ended = pb::JobEnded { job_id: job_id.to_string(), worker_id: self.id.clone(), error };
+        if let Err(e) = self.api.end_job(ended).await {
+            tracing::warn!(%job_id, error = %e, "cannot report the job's end");
         }
     }
 
@@ -76,35 +115,9 @@ impl Worker {
         self.jobs.lock().await.keys().cloned().collect()
     }
 
-    async fn drain_one(job_id: &str, job: RunningJob) -> Result<()> {
-        drop(job.queue);
-        let result = job.pipeline.call(PipelineMsg::Drain, None).await.map_err(|e| Error::Internal(e.to_string()))?;
-        match result {
-            ractor::rpc::CallResult::Success(Ok(())) => Ok(()),
-            ractor::rpc::CallResult::Success(Err(e)) => Err(Error::Internal(format!("job {job_id}: {e}"))),
-            _ => Err(Error::Internal(format!("job {job_id}: pipeline did not answer the drain"))),
-        }
-    }
-
-    /// Normalize media (video, PDF) in child processes of `exe`
-    /// (`exe normalize-server`), so a crashing or hanging decoder costs one
-    /// file, not the worker.
-    pub fn with_normalizer_processes(mut self, exe: std::path::PathBuf) -> Self {
-        self.isolation = Some(exe);
-        self
-    }
-
-    /// Share one storage limiter with the rest of the process, so
-    /// `storage_concurrency` bounds every request the process makes.
-    pub fn with_storage_limiter(mut self, limiter: StorageLimiter) -> Self {
-        self.limiter = Some(limiter);
-        self
-    }
-
     pub fn stats(&self) -> Arc<PipelineStats> {
         self.stats.clone()
     }
-
 
     async fn start_job(&self, a: &pb::ShardAssignment) -> Result<RunningJob> {
         let settings = Settings::try_from(&a.settings.unwrap_or_default())?;
@@ -118,31 +131,43 @@ impl Worker {
         };
         let dataset = Arc::new(table.open().await?);
         let (tx, rx) = mpsc::channel(settings.normalization_workers as usize);
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = self.session.child_token();
+        let (failed, mut failures) = mpsc::unbounded_channel();
         let args = PipelineArgs {
             table: table.clone(),
             dataset,
             settings: Arc::new(settings),
             job_id: a.job_id.clone(),
             worker_id: self.id.clone(),
-            link: self.link.clone(),
+            api: self.api.clone(),
             queue: rx,
             stop: stop.clone(),
+            fenced: self.fenced.clone(),
+            failed,
             stats: self.stats.clone(),
             isolation: self.isolation.clone(),
-            flush_when_idle: self.flush_when_idle,
         };
         let (pipeline, _) = Actor::spawn(None, ShardPipeline, args)
             .await
             .map_err(|e| Error::Internal(format!("cannot start pipeline: {e}")))?;
+        // A failed pipeline is reported at once, so the coordinator stops
+        // the job instead of waiting for shards that will not finish.
+        let (api, job_id, worker_id) = (self.api.clone(), a.job_id.clone(), self.id.clone());
+        tokio::spawn(async move {
+            // The first failure is the cause; later ones follow from it.
+            if let Some(error) = failures.recv().await {
+                let ended = pb::JobEnded { job_id: job_id.clone(), worker_id, error };
+                if let Err(e) = api.end_job(ended).await {
+                    tracing::warn!(%job_id, error = %e, "cannot report the pipeline's failure");
+                }
+            }
+        });
         tracing::info!(job_id = %a.job_id, worker_id = %self.id, "pipeline started");
         Ok(RunningJob { pipeline, queue: tx, stop })
     }
-}
 
-#[async_trait]
-impl WorkerLink for Worker {
-    async fn assign_shard(&self, a: pb::ShardAssignment) -> Result<pb::AssignmentAck> {
+    /// Queue a shard's files; waits while the pipeline's queue is full.
+    pub async fn assign_shard(&self, a: pb::ShardAssignment) -> Result<pb::AssignmentAck> {
         let (pipeline, queue, stop) = {
             let mut jobs = self.jobs.lock().await;
             if !jobs.contains_key(&a.job_id) {
@@ -152,7 +177,7 @@ impl WorkerLink for Worker {
             let job = &jobs[&a.job_id];
             (job.pipeline.clone(), job.queue.clone(), job.stop.clone())
         };
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_cancelled() {
             return Ok(pb::AssignmentAck { accepted: false, reason: "worker is stopping this job".into() });
         }
         let files = a.files.len();
@@ -162,36 +187,19 @@ impl WorkerLink for Worker {
             .map_err(|e| Error::Internal(e.to_string()))?;
         tracing::debug!(job_id = %a.job_id, shard_id = %a.shard_id, files, "shard assigned");
         for file in a.files {
-            let mut task = FileTask { file };
-            // Wait for room, but notice a pipeline that stopped taking files
-            // (failed actors, or the coordinator said stop) instead of
-            // waiting on a queue nobody drains.
-            loop {
-                if stop.load(Ordering::SeqCst) {
-                    return Ok(pb::AssignmentAck { accepted: false, reason: "worker stopped taking files".into() });
+            // Wait for room, unless the pipeline stops taking files (a
+            // failed actor, or the coordinator said stop).
+            tokio::select! {
+                sent = queue.send(FileTask { file }) => {
+                    if sent.is_err() {
+                        return Err(Error::Internal("pipeline queue closed".into()));
+                    }
                 }
-                match queue.send_timeout(task, Duration::from_millis(200)).await {
-                    Ok(()) => break,
-                    Err(SendTimeoutError::Timeout(t)) => task = t,
-                    Err(SendTimeoutError::Closed(_)) => return Err(Error::Internal("pipeline queue closed".into())),
+                _ = stop.cancelled() => {
+                    return Ok(pb::AssignmentAck { accepted: false, reason: "worker stopped taking files".into() });
                 }
             }
         }
         Ok(pb::AssignmentAck { accepted: true, reason: String::new() })
-    }
-
-    async fn cancel(&self, job_id: &str) -> Result<()> {
-        if let Some(job) = self.jobs.lock().await.get(job_id) {
-            job.stop.store(true, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-
-    async fn drain(&self) -> Result<()> {
-        let jobs: Vec<_> = self.jobs.lock().await.drain().collect();
-        for (job_id, job) in jobs {
-            Self::drain_one(&job_id, job).await?;
-        }
-        Ok(())
     }
 }

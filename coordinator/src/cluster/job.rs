@@ -1,8 +1,7 @@
-//! A job in cluster mode: its shard book (which shard is queued, with which
-//! worker, finished, committed) and the [`WorkerLink`] the job runner hands
-//! shards to. Workers pull shards from the book; a dead worker's shards go
-//! back to the queue under a new generation, minus the files already
-//! committed.
+//! A running job on the coordinator: its shard book (which shard is queued,
+//! with which worker, finished, committed). The job runner queues shards
+//! here; workers pull them; a dead worker's shards go back to the queue
+//! under a new generation, minus the files already committed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +9,10 @@ use parking_lot::Mutex;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
-use sluice_common::link::WorkerLink;
-use sluice_common::{pb, Result};
+use sluice_common::{pb, Error, Result};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::progress::JobProgress;
+use crate::progress::{JobProgress, JobSummary};
 use crate::reconciler::ReconcilerMsg;
 
 /// Shards waiting for a worker at most; planning waits beyond that, so a
@@ -75,6 +72,12 @@ pub struct ClusterJob {
     book: Mutex<Book>,
     phase: Mutex<Phase>,
     cancelled: AtomicBool,
+    /// Why a worker's pipeline for this job failed (the first one to).
+    failure: Mutex<Option<String>>,
+    /// Workers that stopped this job and published all they had.
+    ended: Mutex<HashSet<String>>,
+    /// What the job runner returned, until taken.
+    outcome: Mutex<Option<Result<JobSummary>>>,
     reconciler: OnceLock<mpsc::Sender<ReconcilerMsg>>,
     /// Rung when a shard is queued (workers waiting in a poll wake up).
     work: Arc<Notify>,
@@ -96,6 +99,9 @@ impl ClusterJob {
             book: Mutex::default(),
             phase: Mutex::new(Phase::Running),
             cancelled: AtomicBool::new(false),
+            failure: Mutex::default(),
+            ended: Mutex::default(),
+            outcome: Mutex::default(),
             reconciler: OnceLock::new(),
             work,
             changed: Notify::new(),
@@ -110,8 +116,34 @@ impl ClusterJob {
         self.phase.lock().clone()
     }
 
-    pub fn set_done(&self, state: pb::JobState, message: String) {
+    pub fn set_done(&self, state: pb::JobState, message: String, outcome: Result<JobSummary>) {
+        *self.outcome.lock() = Some(outcome);
         *self.phase.lock() = Phase::Done { state, message };
+        self.changed.notify_waiters();
+    }
+
+    /// Wait until the job ended, then take what its runner returned (the
+    /// summary, or why the job failed); `None` if already taken.
+    pub async fn outcome(&self) -> Option<Result<JobSummary>> {
+        loop {
+            let changed = self.changed.notified();
+            if !self.is_running() {
+                return self.outcome.lock().take();
+            }
+            changed.await;
+        }
+    }
+
+    /// A worker's pipeline for this job failed: the job stops and fails,
+    /// committing only up to each worker's last clean checkpoint.
+    pub fn fail(&self, reason: String) {
+        self.failure.lock().get_or_insert(reason);
+        self.changed.notify_waiters();
+    }
+
+    /// `worker_id` stopped this job and published everything it had.
+    pub fn worker_ended(&self, worker_id: &str) {
+        self.ended.lock().insert(worker_id.to_string());
         self.changed.notify_waiters();
     }
 
@@ -131,7 +163,7 @@ impl ClusterJob {
 
     /// Workers must stop this job: it ended, or it is being stopped.
     pub fn stopping(&self) -> bool {
-        !self.is_running() || self.is_cancelled() || self.progress.abort_reason().is_some()
+        !self.is_running() || self.is_cancelled() || self.progress.abort_reason().is_some() || self.failure.lock().is_some()
     }
 
     /// (total shards, committed shards)
@@ -313,20 +345,21 @@ impl ClusterJob {
         let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
     }
 
+    #[cfg(test)]
     fn outstanding(&self) -> bool {
         let book = self.book.lock();
         book.shards.values().any(|s| !matches!(s.state, ShardState::Finished(_)))
     }
 }
 
-/// The job runner's view: shards go into the book; draining waits until
-/// every shard finished (or the job is stopping).
-#[async_trait]
-impl WorkerLink for ClusterJob {
-    async fn assign_shard(&self, a: pb::ShardAssignment) -> Result<pb::AssignmentAck> {
+impl ClusterJob {
+    /// Queue a shard for the workers; waits while [`MAX_QUEUED_SHARDS`] are
+    /// queued (backpressure on planning). False if the job is stopping.
+    pub async fn queue_shard(&self, a: pb::ShardAssignment) -> bool {
         loop {
+            let changed = self.changed.notified();
             if self.stopping() {
-                return Ok(pb::AssignmentAck { accepted: false, reason: "job is stopping".into() });
+                return false;
             }
             {
                 let mut book = self.book.lock();
@@ -344,25 +377,45 @@ impl WorkerLink for ClusterJob {
                     break;
                 }
             }
-            self.wait_change(Duration::from_millis(200)).await;
+            tokio::select! {
+                _ = changed => {}
+                _ = self.progress.aborted() => {}
+            }
         }
         self.work.notify_waiters();
-        Ok(pb::AssignmentAck { accepted: true, reason: String::new() })
+        true
     }
 
-    async fn cancel(&self, _job_id: &str) -> Result<()> {
-        // The abort reason is already set; workers learn at their next poll.
-        self.changed.notify_waiters();
-        Ok(())
-    }
-
-    async fn drain(&self) -> Result<()> {
+    /// Wait until every queued shard finished in a checkpoint the
+    /// reconciler holds. A job being stopped waits instead until every
+    /// worker holding its shards has flushed what it had and said so (or
+    /// was declared dead). A failed worker pipeline fails the drain.
+    pub async fn drain(&self) -> Result<()> {
         loop {
-            // Stopping: commit what is complete, leave the rest.
-            if self.progress.abort_reason().is_some() || !self.outstanding() {
+            let changed = self.changed.notified();
+            if let Some(reason) = self.failure.lock().clone() {
+                return Err(Error::Internal(reason));
+            }
+            let stopping = self.is_cancelled() || self.progress.abort_reason().is_some();
+            let done = {
+                let book = self.book.lock();
+                let ended = self.ended.lock();
+                let busy = |s: &Shard| match &s.state {
+                    ShardState::Queued | ShardState::Finished(_) => false,
+                    ShardState::Assigned(w) => !ended.contains(w),
+                };
+                match stopping {
+                    true => !book.shards.values().any(busy),
+                    false => book.shards.values().all(|s| matches!(s.state, ShardState::Finished(_))),
+                }
+            };
+            if done {
                 return Ok(());
             }
-            self.wait_change(Duration::from_millis(250)).await;
+            tokio::select! {
+                _ = changed => {}
+                _ = self.progress.aborted(), if !stopping => {}
+            }
         }
     }
 }
@@ -385,7 +438,7 @@ mod tests {
             files: vec![file("a"), file("b"), file("c")],
             ..Default::default()
         };
-        assert!(job.assign_shard(shard).await.unwrap().accepted);
+        assert!(job.queue_shard(shard).await);
         let got = job.take_shards("w1", 4);
         assert_eq!(got.len(), 1);
         assert!(job.take_shards("w2", 4).is_empty(), "a shard goes to one worker");
@@ -423,7 +476,7 @@ mod tests {
             files: vec![file("a"), file("poison"), file("c")],
             ..Default::default()
         };
-        job.assign_shard(shard).await.unwrap();
+        assert!(job.queue_shard(shard).await);
         for n in 0..LOSSES_BEFORE_SPLIT {
             let got = job.take_shards(&format!("w{n}"), 1);
             assert_eq!(got[0].files.len(), 3, "whole until the split");

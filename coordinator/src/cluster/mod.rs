@@ -26,7 +26,7 @@ pub use job::{ClusterJob, Phase};
 pub use http::router as http_router;
 pub use service::{serve, Served};
 
-use crate::embedded::EmbeddedJob;
+use crate::job::JobPlan;
 use crate::manifest::Inputs;
 use crate::progress::JobStatus;
 
@@ -92,6 +92,35 @@ pub const QUERY_SLOTS: usize = 4;
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidInput(msg.into())
+}
+
+/// The in-process transport of the worker protocol (the gRPC service calls
+/// the same methods): only the leader answers.
+#[async_trait::async_trait]
+impl sluice_common::link::CoordinatorApi for Cluster {
+    async fn register(&self, req: pb::RegisterWorkerRequest) -> Result<pb::RegisterWorkerResponse> {
+        self.check_leading()?;
+        if req.worker_id.is_empty() {
+            return Err(invalid("worker_id is required"));
+        }
+        Ok(self.admit(&req.worker_id, req.leased))
+    }
+
+    async fn poll(&self, req: pb::PollRequest) -> Result<pb::PollResponse> {
+        self.check_leading()?;
+        Ok(self.poll_shards(req).await)
+    }
+
+    async fn publish_checkpoint(&self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
+        self.check_leading()?;
+        self.publish(cp).await
+    }
+
+    async fn end_job(&self, ended: pb::JobEnded) -> Result<()> {
+        self.check_leading()?;
+        self.job_ended_by(ended);
+        Ok(())
+    }
 }
 
 impl Cluster {
@@ -164,6 +193,14 @@ impl Cluster {
         self.leading.load(Ordering::SeqCst)
     }
 
+    /// Unavailable unless this coordinator leads.
+    pub fn check_leading(&self) -> Result<()> {
+        match self.is_leader() {
+            true => Ok(()),
+            false => Err(Error::Unavailable("this coordinator is a standby; the leader serves the API".into())),
+        }
+    }
+
     /// Wait for leadership, resume the jobs the store says are running, and
     /// watch workers' liveness from then on.
     pub async fn lead(self: &Arc<Self>) -> Result<()> {
@@ -209,7 +246,6 @@ impl Cluster {
                 lost.cancelled().await;
                 me.leading.store(false, Ordering::SeqCst);
                 metrics::gauge!("sluice_leader").set(0.0);
-                tracing::error!("lost the leadership lease; stopping so a standby can lead");
             });
         }
         Ok(())
@@ -222,7 +258,7 @@ impl Cluster {
     }
 
     /// Validate a job spec into what the job runner needs.
-    fn plan(&self, spec: &pb::JobSpec) -> Result<EmbeddedJob> {
+    fn plan(&self, spec: &pb::JobSpec) -> Result<JobPlan> {
         let table = spec.table.as_ref().filter(|t| !t.uri.trim().is_empty()).ok_or_else(|| invalid("spec.table.uri is required"))?;
         let location = self.table_location(&table.uri, table.storage_options.clone())?;
         let settings = Settings::try_from(&spec.settings.unwrap_or_default())?;
@@ -282,7 +318,7 @@ impl Cluster {
         inputs.allowed_roots = Some(self.cfg.allowed_roots.clone());
         crate::manifest::validate(&inputs)?;
         sluice_common::attributes::fields(&spec.columns)?;
-        let mut job = EmbeddedJob::new(location, inputs, settings);
+        let mut job = JobPlan::new(location, inputs, settings);
         job.columns = spec.columns.clone();
         job.max_errors = spec.max_errors;
         if spec.shard_files > 0 {
@@ -348,6 +384,19 @@ impl Cluster {
         if let Some(table) = spec.table.as_mut() {
             table.uri = def.table.uri.clone();
         }
+        Ok(self.launch(def, spec).await)
+    }
+
+    /// Run a job planned in this process (`sluice ingest`): no spec to
+    /// check, its inputs are this machine's.
+    pub async fn run(self: &Arc<Self>, mut plan: JobPlan) -> Arc<ClusterJob> {
+        let job_id = plan.job_id.get_or_insert_with(ids::new_job_id).clone();
+        let table = pb::TableRef { uri: plan.table.uri.clone(), storage_options: plan.table.storage_options.clone() };
+        let spec = pb::JobSpec { job_id, table: Some(table), ..Default::default() };
+        self.launch(plan, spec).await
+    }
+
+    async fn launch(self: &Arc<Self>, def: JobPlan, spec: pb::JobSpec) -> Arc<ClusterJob> {
         let settings = pb::PipelineSettings::from(&def.settings);
         let job = Arc::new(ClusterJob::new(spec.job_id.clone(), spec, settings, self.work.clone()));
         self.jobs.lock().insert(job.id.clone(), job.clone());
@@ -358,7 +407,6 @@ impl Cluster {
                 let job = runner.clone();
                 Arc::new(move |cps: &[pb::Checkpoint]| job.committed(cps)) as crate::reconciler::CommitObserver
             };
-            let attach_job = runner.clone();
             let guard = {
                 let me = me.clone();
                 Arc::new(move || {
@@ -373,17 +421,9 @@ impl Cluster {
                     }) as futures::future::BoxFuture<'static, Result<()>>
                 }) as crate::reconciler::CommitGuard
             };
-            let result = crate::job::run_job(
-                &def,
-                runner.progress.clone(),
-                move |_, reconciler| {
-                    attach_job.attach(reconciler);
-                    attach_job as Arc<dyn sluice_common::link::WorkerLink>
-                },
-                crate::job::JobHooks { observer: Some(observer), guard: Some(guard) },
-            )
-            .await;
-            let (state, message) = match result {
+            let hooks = crate::job::JobHooks { observer: Some(observer), guard: Some(guard) };
+            let result = crate::job::run_job(&def, runner.clone(), hooks).await;
+            let (state, message) = match &result {
                 Ok(summary) if runner.is_cancelled() => (pb::JobState::Cancelled, format!("cancelled; {} files ingested", summary.files_ingested)),
                 Ok(summary) => {
                     let state = match summary.status {
@@ -399,10 +439,10 @@ impl Cluster {
                 Err(e) => (pb::JobState::Failed, e.to_string()),
             };
             tracing::info!(job_id = %runner.id, state = ?state, %message, "job ended");
-            runner.set_done(state, message);
+            runner.set_done(state, message, result);
             me.save(&runner).await;
         });
-        Ok(job)
+        job
     }
 
     async fn save(&self, job: &ClusterJob) {
@@ -474,7 +514,7 @@ impl Cluster {
         }
     }
 
-    pub fn register(&self, worker_id: &str, leased: bool) -> pb::RegisterWorkerResponse {
+    fn admit(&self, worker_id: &str, leased: bool) -> pb::RegisterWorkerResponse {
         let entry = WorkerEntry { registered: Instant::now(), last_seen: Instant::now(), leased };
         self.workers.lock().insert(worker_id.to_string(), entry);
         tracing::info!(%worker_id, "worker registered");
@@ -486,7 +526,7 @@ impl Cluster {
     }
 
     /// Heartbeat and work request. Waits up to one heartbeat for work.
-    pub async fn poll(&self, req: pb::PollRequest) -> pb::PollResponse {
+    async fn poll_shards(&self, req: pb::PollRequest) -> pb::PollResponse {
         let known = self.touch(&req.worker_id);
         if !known {
             return pb::PollResponse { reregister: true, ..Default::default() };
@@ -528,7 +568,7 @@ impl Cluster {
         }
     }
 
-    pub async fn publish(&self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
+    async fn publish(&self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
         let refuse = |reason: String| Ok(pb::CheckpointAck { accepted: false, reason, stop: true });
         if !self.touch(&cp.worker_id) {
             return refuse(format!("worker {} is not registered (declared dead?)", cp.worker_id));
@@ -546,6 +586,21 @@ impl Cluster {
             job.absorbed(&cp);
         }
         Ok(ack)
+    }
+
+    /// A worker is done with a job: stopped and flushed, or failed.
+    fn job_ended_by(&self, ended: pb::JobEnded) {
+        if !self.touch(&ended.worker_id) {
+            // Fenced: whatever it says no longer counts.
+            return;
+        }
+        let Some(job) = self.job(&ended.job_id).filter(|j| j.is_running()) else { return };
+        if ended.error.is_empty() {
+            job.worker_ended(&ended.worker_id);
+        } else {
+            tracing::error!(job_id = %job.id, worker_id = %ended.worker_id, error = %ended.error, "a worker's pipeline failed; stopping the job");
+            job.fail(format!("worker {}: {}", ended.worker_id, ended.error));
+        }
     }
 
     /// Declare workers dead when they stop polling (or, with etcd, when

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use sluice_common::link::CoordinatorApi;
 use sluice_common::{pb, Error};
 use tonic::{Request, Response, Status};
 
@@ -308,21 +309,23 @@ impl CoordinatorService for Api {
         req: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         self.worker(&req)?;
-        let req = req.into_inner();
-        if req.worker_id.is_empty() {
-            return Err(Status::invalid_argument("worker_id is required"));
-        }
-        Ok(Response::new(self.0.register(&req.worker_id, req.leased)))
+        CoordinatorApi::register(self.0.as_ref(), req.into_inner()).await.map(Response::new).map_err(status)
     }
 
     async fn poll(&self, req: Request<pb::PollRequest>) -> Result<Response<pb::PollResponse>, Status> {
         self.worker(&req)?;
-        Ok(Response::new(self.0.poll(req.into_inner()).await))
+        CoordinatorApi::poll(self.0.as_ref(), req.into_inner()).await.map(Response::new).map_err(status)
     }
 
     async fn publish_checkpoint(&self, req: Request<pb::Checkpoint>) -> Result<Response<pb::CheckpointAck>, Status> {
         self.worker(&req)?;
-        self.0.publish(req.into_inner()).await.map(Response::new).map_err(status)
+        self.0.publish_checkpoint(req.into_inner()).await.map(Response::new).map_err(status)
+    }
+
+    async fn end_job(&self, req: Request<pb::JobEnded>) -> Result<Response<pb::JobEndedAck>, Status> {
+        self.worker(&req)?;
+        CoordinatorApi::end_job(self.0.as_ref(), req.into_inner()).await.map_err(status)?;
+        Ok(Response::new(pb::JobEndedAck {}))
     }
 }
 

@@ -1,5 +1,8 @@
 //! Flusher: buffers rows and writes them as uncommitted Lance fragments when
-//! `flush_every` rows or `flush_bytes` bytes are buffered (or on drain). Writes
+//! `flush_every` rows or `flush_bytes` bytes are buffered, when every file
+//! of the assigned shards is accounted for (so the coordinator learns a shard
+//! finished without waiting for rows that may never come), or on drain. Each
+//! flush carries its [`FlushReason`] into the checkpoint and metrics. Writes
 //! run concurrently, at most [`MAX_UPLOADS`] at once, and their results go to
 //! the checkpoint publisher tagged with a sequence number so checkpoints stay
 //! in order.
@@ -37,10 +40,30 @@ pub struct Flusher {
     pub dataset: Arc<Dataset>,
     pub job_id: String,
     pub publisher: ActorRef<PublisherMsg>,
-    /// Flush as soon as every started shard is accounted for (cluster
-    /// workers: the coordinator learns a shard finished without waiting for
-    /// `flush_every` more rows that may never come).
-    pub flush_when_idle: bool,
+}
+
+/// Why a flush happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushReason {
+    /// `flush_every` rows (or failed files) buffered.
+    Rows,
+    /// `flush_bytes` buffered.
+    Bytes,
+    /// Every file of the assigned shards is accounted for.
+    ShardsDone,
+    /// The job is stopping: everything buffered goes.
+    Drain,
+}
+
+impl FlushReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Rows => "rows",
+            FlushReason::Bytes => "bytes",
+            FlushReason::ShardsDone => "shards_done",
+            FlushReason::Drain => "drain",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -117,8 +140,10 @@ impl Actor for Flusher {
                     st.open_files.insert(uri);
                 }
                 st.buffer.push(file);
-                if st.rows >= self.settings.flush_every as usize || st.bytes as u64 >= self.settings.flush_bytes {
-                    self.flush(st).await?;
+                if st.rows >= self.settings.flush_every as usize {
+                    self.flush(st, FlushReason::Rows).await?;
+                } else if st.bytes as u64 >= self.settings.flush_bytes {
+                    self.flush(st, FlushReason::Bytes).await?;
                 } else {
                     self.flush_if_idle(st).await?;
                 }
@@ -128,7 +153,7 @@ impl Actor for Flusher {
                 st.file_accounted(&failed.shard_id);
                 st.failed.push(failed);
                 if st.failed.len() >= self.settings.flush_every as usize {
-                    self.flush(st).await?;
+                    self.flush(st, FlushReason::Rows).await?;
                 } else {
                     self.flush_if_idle(st).await?;
                 }
@@ -154,7 +179,7 @@ impl Actor for Flusher {
                     return Ok(());
                 }
                 if st.has_pending() {
-                    self.flush(st).await?;
+                    self.flush(st, FlushReason::Drain).await?;
                 }
                 // Wait for every write to finish; their results reach the
                 // publisher before this drain request does.
@@ -177,14 +202,16 @@ impl Actor for Flusher {
 
 impl Flusher {
     async fn flush_if_idle(&self, st: &mut FlusherState) -> Result<(), ActorProcessingErr> {
-        if self.flush_when_idle && st.remaining.is_empty() && st.open_files.is_empty() && st.has_pending() {
-            self.flush(st).await?;
+        if st.remaining.is_empty() && st.open_files.is_empty() && st.has_pending() {
+            self.flush(st, FlushReason::ShardsDone).await?;
         }
         Ok(())
     }
 
-    async fn flush(&self, st: &mut FlusherState) -> Result<(), ActorProcessingErr> {
+    async fn flush(&self, st: &mut FlusherState, reason: FlushReason) -> Result<(), ActorProcessingErr> {
         st.seq += 1;
+        metrics::counter!("sluice_worker_flushes_total", "reason" => reason.as_str()).increment(1);
+        tracing::debug!(seq = st.seq, rows = st.rows, reason = reason.as_str(), "flush");
         let files = std::mem::take(&mut st.buffer);
         let completed = std::mem::take(&mut st.completed);
         let failed = std::mem::take(&mut st.failed);
@@ -205,6 +232,7 @@ impl Flusher {
             clean: st.open_files.is_empty(),
             shards_finished,
             shard_generations,
+            reason,
         };
         st.rows = 0;
         st.bytes = 0;

@@ -1,19 +1,20 @@
 //! ShardPipeline: the supervisor of one job's actors on a worker. It spawns
 //! the publisher, the flusher and `normalization_workers` normalizers, linked
-//! to itself; a child that fails marks the pipeline failed and asks the
-//! worker to stop taking files, so the drain reports the error instead of
-//! hanging. Nothing is lost by that: uncommitted files are redone on resume.
+//! to itself. A child that fails marks the pipeline failed, stops the intake
+//! of files and reports the failure at once (the coordinator then stops the
+//! job, committing only up to the last clean checkpoint); a later drain
+//! reports it too. Nothing is lost by that: uncommitted files are redone.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use lance::Dataset;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use sluice_common::link::CoordinatorLink;
+use sluice_common::link::CoordinatorApi;
 use sluice_common::settings::Settings;
 use sluice_common::table::TableHandle;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::flusher::{Flusher, FlusherMsg};
 use super::normalizer::{BusyGauge, FileTask, Normalizer};
@@ -32,14 +33,17 @@ pub struct PipelineArgs {
     pub settings: Arc<Settings>,
     pub job_id: String,
     pub worker_id: String,
-    pub link: Arc<dyn CoordinatorLink>,
+    pub api: Arc<dyn CoordinatorApi>,
     pub queue: mpsc::Receiver<FileTask>,
-    pub stop: Arc<AtomicBool>,
+    /// Cancelled to stop the intake of files.
+    pub stop: CancellationToken,
+    /// Cancelled when the coordinator refuses this worker's checkpoints.
+    pub fenced: CancellationToken,
+    /// Failures of a child or of a checkpoint, as they happen.
+    pub failed: mpsc::UnboundedSender<String>,
     pub stats: Arc<PipelineStats>,
     /// Run media normalizers in child processes of this executable.
     pub isolation: Option<std::path::PathBuf>,
-    /// See [`Flusher::flush_when_idle`].
-    pub flush_when_idle: bool,
 }
 
 /// Observations a pipeline exposes (for summaries, tests and metrics).
@@ -54,7 +58,8 @@ pub struct PipelineState {
     flusher: ActorRef<FlusherMsg>,
     normalizers: Vec<JoinHandle<()>>,
     failure: Option<String>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
+    failed: mpsc::UnboundedSender<String>,
 }
 
 impl Actor for ShardPipeline {
@@ -66,8 +71,10 @@ impl Actor for ShardPipeline {
         let publisher = CheckpointPublisher {
             job_id: a.job_id.clone(),
             worker_id: a.worker_id.clone(),
-            link: a.link.clone(),
+            api: a.api.clone(),
             stop: a.stop.clone(),
+            fenced: a.fenced.clone(),
+            failed: a.failed.clone(),
         };
         let (publisher, _) = Actor::spawn_linked(None, publisher, (), myself.get_cell()).await?;
         let flusher = Flusher {
@@ -76,7 +83,6 @@ impl Actor for ShardPipeline {
             dataset: a.dataset.clone(),
             job_id: a.job_id.clone(),
             publisher,
-            flush_when_idle: a.flush_when_idle,
         };
         let (flusher, _) = Actor::spawn_linked(None, flusher, (), myself.get_cell()).await?;
         let queue = Arc::new(Mutex::new(a.queue));
@@ -92,7 +98,7 @@ impl Actor for ShardPipeline {
             let (_, handle) = Actor::spawn_linked(None, n, (), myself.get_cell()).await?;
             normalizers.push(handle);
         }
-        Ok(PipelineState { flusher, normalizers, failure: None, stop: a.stop })
+        Ok(PipelineState { flusher, normalizers, failure: None, stop: a.stop, failed: a.failed })
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut PipelineState) -> Result<(), ActorProcessingErr> {
@@ -132,8 +138,9 @@ impl Actor for ShardPipeline {
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(who, err) = evt {
             tracing::error!(actor = %who.get_id(), error = %err, "pipeline actor failed");
-            st.failure.get_or_insert_with(|| format!("pipeline actor failed: {err}"));
-            st.stop.store(true, Ordering::SeqCst);
+            let failure = st.failure.get_or_insert_with(|| format!("pipeline actor failed: {err}")).clone();
+            st.stop.cancel();
+            let _ = st.failed.send(failure);
         }
         Ok(())
     }

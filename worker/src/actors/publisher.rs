@@ -2,12 +2,12 @@
 //! publishes them to the coordinator strictly in sequence.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use sluice_common::link::CoordinatorLink;
+use sluice_common::link::CoordinatorApi;
 use sluice_common::pb;
+use tokio_util::sync::CancellationToken;
 
 /// What a flush produced, apart from the fragments themselves.
 #[derive(Debug, Clone)]
@@ -20,6 +20,7 @@ pub struct CheckpointDraft {
     pub clean: bool,
     pub shards_finished: Vec<String>,
     pub shard_generations: std::collections::HashMap<String, u64>,
+    pub reason: super::flusher::FlushReason,
 }
 
 pub enum PublisherMsg {
@@ -31,9 +32,14 @@ pub enum PublisherMsg {
 pub struct CheckpointPublisher {
     pub job_id: String,
     pub worker_id: String,
-    pub link: Arc<dyn CoordinatorLink>,
-    /// Set when the coordinator asks the worker to take no more files.
-    pub stop: Arc<AtomicBool>,
+    pub api: Arc<dyn CoordinatorApi>,
+    /// Cancelled to stop the job's intake of files.
+    pub stop: CancellationToken,
+    /// Cancelled when the coordinator refuses a checkpoint for good (this
+    /// worker was fenced) or cannot be reached: the session is over.
+    pub fenced: CancellationToken,
+    /// Told at once when a checkpoint is lost, so the job stops.
+    pub failed: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 #[derive(Default)]
@@ -67,12 +73,18 @@ impl Actor for CheckpointPublisher {
                                 st.error = Some(e);
                             }
                         }
-                        Err(e) => st.error = Some(format!("writing fragments failed: {e}")),
+                        Err(e) => {
+                            // The job cannot go on without these rows: the
+                            // coordinator stops it at once.
+                            let error = format!("writing fragments failed: {e}");
+                            let _ = self.failed.send(error.clone());
+                            st.error = Some(error);
+                        }
                     }
                     if st.error.is_some() {
                         // Nothing after a lost checkpoint may be published:
                         // the coordinator must see checkpoints without gaps.
-                        self.stop.store(true, Ordering::SeqCst);
+                        self.stop.cancel();
                     }
                 }
             }
@@ -101,10 +113,20 @@ impl CheckpointPublisher {
             clean: d.clean,
             shards_finished: d.shards_finished,
             shard_generations: d.shard_generations,
+            flush_reason: d.reason.as_str().to_string(),
         };
-        let ack = self.link.publish_checkpoint(cp).await.map_err(|e| e.to_string())?;
+        let ack = match self.api.publish_checkpoint(cp).await {
+            Ok(ack) => ack,
+            Err(e) => {
+                self.fenced.cancel();
+                return Err(e.to_string());
+            }
+        };
         if ack.stop {
-            self.stop.store(true, Ordering::SeqCst);
+            self.stop.cancel();
+            if !ack.accepted {
+                self.fenced.cancel();
+            }
         }
         if !ack.accepted {
             return Err(format!("coordinator refused checkpoint {}: {}", d.seq, ack.reason));

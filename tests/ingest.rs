@@ -136,6 +136,37 @@ fn max_errors_aborts_but_keeps_what_was_ingested() {
     assert!(failed > 5 && failed < 30, "stopped early: {failed} failed");
 }
 
+/// Rows of slow files wait at most `--flush-interval` seconds in the
+/// worker's buffer, however far `--flush-every` is.
+#[test]
+fn rows_wait_at_most_the_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for i in 0..8 {
+        std::fs::write(corpus.join(format!("f-{i}.txt")), format!("file {i}")).unwrap();
+    }
+    // 8 files at 400 ms each, one at a time: about 3.2 s of work.
+    let ingest = |table: &str, interval: &str| {
+        let mut cmd = sluice();
+        cmd.env("SLUICE_TEST_FILE_DELAY_MS", "400").arg("ingest").arg("--table").arg(dir.path().join(table)).arg(&corpus);
+        cmd.args(["--json", "--normalization-workers", "1", "--flush-every", "1000", "--flush-interval", interval]);
+        let out = run(&mut cmd);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let s = ingest("slow", "1");
+    assert_eq!(s["rows"], 8);
+    let by_interval = s["flushes"]["interval"].as_u64().unwrap_or(0);
+    assert!((2..=4).contains(&by_interval), "a flush about every second: {s}");
+    let fragments = s["fragments"].as_u64().unwrap();
+    assert!((by_interval..=by_interval + 1).contains(&fragments), "{s}");
+
+    let s = ingest("default", "30");
+    assert_eq!(s["flushes"], serde_json::json!({"shards_done": 1}), "{s}");
+    assert_eq!(s["fragments"], 1);
+}
+
 #[test]
 fn knobs_do_what_they_say() {
     let dir = tempfile::tempdir().unwrap();
@@ -151,6 +182,8 @@ fn knobs_do_what_they_say() {
     assert_eq!(code, 0);
     assert_eq!(s["fragments"], 9);
     assert_eq!(s["commits"], 3);
+    // Eight flushes at 7 rows; the last 4 rows go when the shard is done.
+    assert_eq!(s["flushes"], serde_json::json!({"rows": 8, "shards_done": 1}), "{s}");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let fragments = rt.block_on(async { lance::Dataset::open(table.to_str().unwrap()).await.unwrap().get_fragments().len() });
     assert_eq!(fragments, 9);

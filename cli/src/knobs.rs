@@ -14,6 +14,9 @@ pub struct Knobs {
     /// Bytes buffered before a fragment is written (whichever comes first)
     #[arg(long, env = "SLUICE_FLUSH_BYTES", default_value_t = Settings::DEFAULT.flush_bytes)]
     pub flush_bytes: u64,
+    /// Seconds rows may wait before they are written anyway (slow files)
+    #[arg(long, env = "SLUICE_FLUSH_INTERVAL", default_value_t = Settings::DEFAULT.flush_interval_secs)]
+    pub flush_interval: u32,
     /// Rows between table commits
     #[arg(long, env = "SLUICE_COMMIT_EVERY", default_value_t = Settings::DEFAULT.commit_every)]
     pub commit_every: u32,
@@ -29,6 +32,9 @@ pub struct Knobs {
     /// Largest image accepted, in pixels
     #[arg(long, env = "SLUICE_MAX_IMAGE_PIXELS", default_value_t = Settings::DEFAULT.max_image_pixels)]
     pub max_image_pixels: u64,
+    /// Longest side of image thumbnails, in pixels
+    #[arg(long, env = "SLUICE_THUMBNAIL_SIZE", default_value_t = Settings::DEFAULT.thumbnail_size)]
+    pub thumbnail_size: u32,
     /// Largest file accepted, in bytes
     #[arg(long, env = "SLUICE_MAX_FILE_SIZE", default_value_t = Settings::DEFAULT.max_file_bytes)]
     pub max_file_size: u64,
@@ -61,11 +67,13 @@ impl Knobs {
             normalization_workers: self.normalization_workers,
             flush_every: self.flush_every,
             flush_bytes: self.flush_bytes,
+            flush_interval_secs: self.flush_interval,
             commit_every: self.commit_every,
             storage_concurrency: self.storage_concurrency,
             chunk_size: self.chunk_size,
             chunk_overlap: self.chunk_overlap,
             max_image_pixels: self.max_image_pixels,
+            thumbnail_size: self.thumbnail_size,
             max_file_bytes: self.max_file_size,
             file_timeout_secs: self.file_timeout,
             segment_seconds: self.segment_seconds,
@@ -74,7 +82,6 @@ impl Knobs {
             pdf_dpi: self.pdf_dpi,
             max_render_pixels: self.max_render_pixels,
             max_pdf_pages: self.max_pdf_pages,
-            ..Settings::default()
         }
     }
 }

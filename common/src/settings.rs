@@ -14,6 +14,9 @@ pub struct Settings {
     pub flush_every: u32,
     /// Bytes buffered before a fragment is written, whichever comes first.
     pub flush_bytes: u64,
+    /// Seconds rows may wait in the buffer before they are written anyway
+    /// (slow files, a trickle of rows): bounds what a crash can cost.
+    pub flush_interval_secs: u32,
     /// Rows between table commits.
     pub commit_every: u32,
     /// Concurrent object-store requests.
@@ -50,6 +53,7 @@ impl Settings {
         normalization_workers: 4,
         flush_every: 200,
         flush_bytes: 64 << 20,
+        flush_interval_secs: 30,
         commit_every: 2000,
         storage_concurrency: 32,
         chunk_size: 1000,
@@ -84,6 +88,9 @@ impl Settings {
         }
         if self.flush_bytes < 1024 {
             return bad(format!("flush_bytes must be at least 1024, got {}", self.flush_bytes));
+        }
+        if !(1..=86_400).contains(&self.flush_interval_secs) {
+            return bad(format!("flush_interval_secs must be 1..=86400, got {}", self.flush_interval_secs));
         }
         if self.commit_every == 0 {
             return bad("commit_every must be at least 1".into());
@@ -134,6 +141,7 @@ impl From<&Settings> for pb::PipelineSettings {
             normalization_workers: s.normalization_workers,
             flush_every: s.flush_every,
             flush_bytes: s.flush_bytes,
+            flush_interval_secs: s.flush_interval_secs,
             commit_every: s.commit_every,
             storage_concurrency: s.storage_concurrency,
             chunk_size: s.chunk_size,
@@ -164,6 +172,7 @@ impl TryFrom<&pb::PipelineSettings> for Settings {
             normalization_workers: pick(p.normalization_workers, d.normalization_workers),
             flush_every: pick(p.flush_every, d.flush_every),
             flush_bytes: pick64(p.flush_bytes, d.flush_bytes),
+            flush_interval_secs: pick(p.flush_interval_secs, d.flush_interval_secs),
             commit_every: pick(p.commit_every, d.commit_every),
             storage_concurrency: pick(p.storage_concurrency, d.storage_concurrency),
             chunk_size: pick(p.chunk_size, d.chunk_size),

@@ -148,6 +148,7 @@ pub async fn run_job(job: &JobPlan, book: Arc<ClusterJob>, hooks: JobHooks) -> R
         table_version: p.version.load(std::sync::atomic::Ordering::Relaxed),
         commits: JobProgress::get(&p.commits),
         fragments: JobProgress::get(&p.fragments),
+        flushes: p.flushes(),
         errors,
         peak_rss_bytes: peak_rss_bytes(),
         peak_concurrent_normalizations: 0,

@@ -23,6 +23,8 @@ pub struct JobProgress {
     pub fragments: AtomicU64,
     pub version: AtomicU64,
     pub planning_done: AtomicBool,
+    /// Checkpoints received, by the reason of the flush that made them.
+    flushes: Mutex<std::collections::BTreeMap<String, u64>>,
     abort: Mutex<Option<String>>,
     /// Cancelled with the first abort, for whoever must react at once.
     aborted: tokio_util::sync::CancellationToken,
@@ -34,6 +36,14 @@ impl JobProgress {
     }
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+    /// A checkpoint came from a flush for `reason`.
+    pub fn flushed(&self, reason: &str) {
+        *self.flushes.lock().entry(reason.to_string()).or_default() += 1;
+    }
+    /// Checkpoints by flush reason so far.
+    pub fn flushes(&self) -> std::collections::BTreeMap<String, u64> {
+        self.flushes.lock().clone()
     }
     /// Ask the job to stop taking files; the first reason wins.
     pub fn abort(&self, reason: impl Into<String>) {
@@ -95,6 +105,9 @@ pub struct JobSummary {
     pub table_version: u64,
     pub commits: u64,
     pub fragments: u64,
+    /// Checkpoints by the reason of their flush (rows, bytes, interval,
+    /// shards_done, drain).
+    pub flushes: std::collections::BTreeMap<String, u64>,
     pub errors: Vec<ErrorRecord>,
     pub peak_rss_bytes: Option<u64>,
     pub peak_concurrent_normalizations: u64,

@@ -200,7 +200,9 @@ impl CommitReconciler {
             });
         }
         stream.next_seq += 1;
-        metrics::counter!("sluice_checkpoints_total").increment(1);
+        let reason = if cp.flush_reason.is_empty() { "unknown" } else { cp.flush_reason.as_str() };
+        metrics::counter!("sluice_checkpoints_total", "flush_reason" => reason.to_string()).increment(1);
+        self.progress.flushed(reason);
         metrics::counter!("sluice_files_failed_total").increment(cp.failed.len() as u64);
         let p = &self.progress;
         JobProgress::add(&p.files_done, cp.completed.len() as u64);

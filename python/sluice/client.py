@@ -43,6 +43,7 @@ _KNOBS = {
     "normalization_workers": "--normalization-workers",
     "flush_every": "--flush-every",
     "flush_bytes": "--flush-bytes",
+    "flush_interval": "--flush-interval",
     "commit_every": "--commit-every",
     "storage_concurrency": "--storage-concurrency",
     "chunk_size": "--chunk-size",
@@ -60,6 +61,7 @@ _SETTINGS = {
     "normalization_workers": "normalization_workers",
     "flush_every": "flush_every",
     "flush_bytes": "flush_bytes",
+    "flush_interval": "flush_interval_secs",
     "commit_every": "commit_every",
     "storage_concurrency": "storage_concurrency",
     "chunk_size": "chunk_size",
@@ -157,6 +159,7 @@ class Client:
         storage_concurrency: int = 32,
         max_errors: Optional[int] = None,
         flush_bytes: Optional[int] = None,
+        flush_interval: Optional[int] = None,
         segment_seconds: Optional[float] = None,
         file_timeout: Optional[int] = None,
         max_file_size: Optional[int] = None,
@@ -204,7 +207,7 @@ class Client:
             storage_concurrency: Object-store requests in flight.
             max_errors: Stop (raising :class:`IngestError`) once more files
                 than this have failed. Default: never.
-            flush_bytes, segment_seconds, file_timeout, max_file_size,
+            flush_bytes, flush_interval, segment_seconds, file_timeout, max_file_size,
             max_image_pixels, max_pdf_pages: Further knobs (see ``sluice ingest --help``).
             job_id: The job's id (default: a new one).
 
@@ -256,6 +259,7 @@ class Client:
             "chunk_overlap": chunk_overlap,
             "pdf_dpi": pdf_dpi,
             "flush_bytes": flush_bytes,
+            "flush_interval": flush_interval,
             "segment_seconds": segment_seconds,
             "file_timeout": file_timeout,
             "max_file_size": max_file_size,

@@ -1,5 +1,6 @@
 //! Flusher: buffers rows and writes them as uncommitted Lance fragments when
-//! `flush_every` rows or `flush_bytes` bytes are buffered, when every file
+//! `flush_every` rows or `flush_bytes` bytes are buffered, when rows have
+//! waited `flush_interval_secs` (slow files, a trickle), when every file
 //! of the assigned shards is accounted for (so the coordinator learns a shard
 //! finished without waiting for rows that may never come), or on drain. Each
 //! flush carries its [`FlushReason`] into the checkpoint and metrics. Writes
@@ -32,6 +33,8 @@ pub enum FlusherMsg {
     Fail(pb::FileFailed, RpcReplyPort<()>),
     /// Write everything buffered and wait until every write is published.
     Drain(RpcReplyPort<Result<(), String>>),
+    /// `flush_interval_secs` after the first rows since flush `epoch`.
+    Interval { epoch: u64 },
 }
 
 pub struct Flusher {
@@ -49,6 +52,8 @@ pub enum FlushReason {
     Rows,
     /// `flush_bytes` buffered.
     Bytes,
+    /// Rows waited `flush_interval_secs`.
+    Interval,
     /// Every file of the assigned shards is accounted for.
     ShardsDone,
     /// The job is stopping: everything buffered goes.
@@ -60,6 +65,7 @@ impl FlushReason {
         match self {
             FlushReason::Rows => "rows",
             FlushReason::Bytes => "bytes",
+            FlushReason::Interval => "interval",
             FlushReason::ShardsDone => "shards_done",
             FlushReason::Drain => "drain",
         }
@@ -80,6 +86,8 @@ pub struct FlusherState {
     per_file_rows: HashMap<String, (u64, u64)>,
     seq: u64,
     uploads: Option<Arc<Semaphore>>,
+    /// An interval flush is scheduled for the rows since the last flush.
+    timer_set: bool,
 }
 
 impl FlusherState {
@@ -107,8 +115,23 @@ impl Actor for Flusher {
         Ok(FlusherState { uploads: Some(Arc::new(Semaphore::new(MAX_UPLOADS))), ..Default::default() })
     }
 
-    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut FlusherState) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut FlusherState) -> Result<(), ActorProcessingErr> {
+        if matches!(msg, FlusherMsg::Append(..) | FlusherMsg::Fail(..)) && !st.timer_set {
+            // The first rows since the last flush wait at most the interval.
+            st.timer_set = true;
+            let epoch = st.seq;
+            let after = std::time::Duration::from_secs(u64::from(self.settings.flush_interval_secs));
+            myself.send_after(after, move || FlusherMsg::Interval { epoch });
+        }
         match msg {
+            FlusherMsg::Interval { epoch } => {
+                // Stale if a flush happened since it was set.
+                if epoch == st.seq && st.has_pending() {
+                    self.flush(st, FlushReason::Interval).await?;
+                } else if epoch == st.seq {
+                    st.timer_set = false;
+                }
+            }
             FlusherMsg::ShardStarted { shard_id, generation, files } => {
                 st.generations.insert(shard_id.clone(), generation);
                 if files == 0 {
@@ -210,6 +233,7 @@ impl Flusher {
 
     async fn flush(&self, st: &mut FlusherState, reason: FlushReason) -> Result<(), ActorProcessingErr> {
         st.seq += 1;
+        st.timer_set = false;
         metrics::counter!("sluice_worker_flushes_total", "reason" => reason.as_str()).increment(1);
         tracing::debug!(seq = st.seq, rows = st.rows, reason = reason.as_str(), "flush");
         let files = std::mem::take(&mut st.buffer);

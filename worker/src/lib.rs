@@ -9,6 +9,7 @@
 pub mod actors;
 pub mod fetch;
 pub mod isolation;
+pub mod membership;
 pub mod normalize;
 pub mod session;
 mod worker;

@@ -167,6 +167,9 @@ async fn incarnation(
     session: CancellationToken,
 ) -> Result<()> {
     let worker_id = format!("{}-{}", cfg.name, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    // Cancelled if the etcd membership lease is lost (the coordinator then
+    // declares this incarnation dead).
+    let mut membership_lost = CancellationToken::new();
     let (api, addr): (Arc<dyn CoordinatorApi>, String) = match transport {
         Transport::InProcess(api) => (api.clone(), "this process".into()),
         Transport::Grpc(t) => {
@@ -174,7 +177,7 @@ async fn incarnation(
             let channel = t.tls.endpoint(&addr)?.connect_timeout(Duration::from_secs(3)).connect_lazy();
             let client = CoordinatorServiceClient::new(channel).max_decoding_message_size(64 << 20);
             if let Some(etcd) = etcd {
-                sluice_common::meta::register_member(etcd, &t.etcd_prefix, &worker_id, &addr, t.lease_ttl).await?;
+                membership_lost = crate::membership::register(etcd, &t.etcd_prefix, &worker_id, &addr, t.lease_ttl).await?;
             }
             (Arc::new(GrpcCoordinator { client, poll_timeout: Duration::from_secs(10) }), addr)
         }
@@ -219,6 +222,9 @@ async fn incarnation(
         if session.is_cancelled() {
             break Ok(());
         }
+        if membership_lost.is_cancelled() {
+            break Err(Error::Unavailable("the etcd membership lease was lost".into()));
+        }
         let free_slots = u32::from(feed.capacity() > 0);
         let req = pb::PollRequest { worker_id: worker_id.clone(), free_slots };
         let polled = tokio::select! {
@@ -227,6 +233,7 @@ async fn incarnation(
             }
             _ = session.cancelled() => continue,
             _ = fenced.cancelled() => continue,
+            _ = membership_lost.cancelled() => continue,
         };
         match polled {
             Ok(resp) => {

@@ -9,6 +9,7 @@
 mod http;
 mod job;
 mod service;
+mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +17,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use sluice_common::meta::MetaStore;
+use store::MetaStore;
 use sluice_common::settings::Settings;
 use sluice_common::storage::{complete_options, TableLocation};
 use sluice_common::{ids, pb, Error, Result};
@@ -80,7 +81,7 @@ pub struct Cluster {
     workers: Mutex<HashMap<String, WorkerEntry>>,
     work: Arc<Notify>,
     leading: AtomicBool,
-    leadership: std::sync::OnceLock<sluice_common::meta::Leadership>,
+    leadership: std::sync::OnceLock<store::Leadership>,
     /// Jobs that ended under an earlier leader: their last status.
     archived: Mutex<BTreeMap<String, pb::JobStatus>>,
     /// Queries running at once (gRPC and HTTP share them).
@@ -610,7 +611,7 @@ impl Cluster {
         loop {
             tokio::time::sleep(tick).await;
             let members = match &self.store {
-                MetaStore::Etcd { client, prefix } => sluice_common::meta::members(client, prefix).await.ok(),
+                MetaStore::Etcd { client, prefix } => store::members(client, prefix).await.ok(),
                 MetaStore::Memory => None,
             };
             let dead: Vec<String> = {

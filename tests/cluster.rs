@@ -109,6 +109,36 @@ fn status(port: u16, job: &str) -> Option<(String, u64)> {
     Some((state, version))
 }
 
+/// What the leading coordinator says of its workers (`sluice workers
+/// --json`; `extra`: TLS flags), or nothing while it does not answer.
+fn workers_with(coordinator: &str, extra: &[&str]) -> serde_json::Value {
+    let out = sluice().args(["workers", "--json", "--coordinator", coordinator]).args(extra).output().unwrap();
+    match out.status.success() {
+        true => serde_json::from_slice(&out.stdout).unwrap(),
+        false => serde_json::json!({ "workers": [], "workers_lost": 0 }),
+    }
+}
+
+fn list_workers(port: u16) -> serde_json::Value {
+    workers_with(&addr(port), &[])
+}
+
+/// Registered workers named `name` (ids are `<name>-<incarnation>`).
+fn registered(port: u16, name: &str) -> Vec<serde_json::Value> {
+    let prefix = format!("{name}-");
+    let list = list_workers(port);
+    list["workers"].as_array().unwrap().iter().filter(|w| w["worker_id"].as_str().unwrap().starts_with(&prefix)).cloned().collect()
+}
+
+/// Shards handed to the registered worker named `name`.
+fn shards_taken(port: u16, name: &str) -> u64 {
+    registered(port, name).iter().map(|w| w["shards_taken"].as_u64().unwrap()).sum()
+}
+
+fn workers_lost(port: u16) -> u64 {
+    list_workers(port)["workers_lost"].as_u64().unwrap()
+}
+
 /// Submit a job of small commits and wait until the first one landed, so
 /// whatever the test does next happens mid-job.
 fn submit_and_wait_for_a_commit(port: u16, table: &str, corpus: &Path) -> String {
@@ -150,12 +180,12 @@ fn three_workers_ingest_to_s3_through_grpcurl() {
     let cluster = Cluster::new(dir.path());
     let (port, coordinator_metrics, worker_metrics) = (free_port(), free_port(), free_port());
     let metrics_at = format!("127.0.0.1:{coordinator_metrics}");
-    let coordinator = cluster.coordinator_with(port, &["--metrics-listen", &metrics_at, "--storage-uri", "s3://lake/cluster"]);
+    let _coordinator = cluster.coordinator_with(port, &["--metrics-listen", &metrics_at, "--storage-uri", "s3://lake/cluster"]);
     wait_leading(port);
     let mut workers = vec![cluster.worker_with("w0", &["--metrics-listen", &format!("127.0.0.1:{worker_metrics}")])];
     workers.extend((1..3).map(|i| cluster.worker(&format!("w{i}"))));
     wait_for("workers to register", Duration::from_secs(20), || {
-        coordinator.log_text().matches("worker registered").count() >= 3
+        list_workers(port)["workers"].as_array().unwrap().len() >= 3
     });
     let target = format!("127.0.0.1:{port}");
 
@@ -210,9 +240,12 @@ fn three_workers_ingest_to_s3_through_grpcurl() {
     assert!(stream.contains("JOB_STATE_COMPLETED_WITH_ERRORS"), "the watch ends with the job: {stream}");
 
     assert_rows_exactly_once(cluster.rows("s3://lake/cluster/t1"), &expected);
-    for w in &workers {
-        assert!(w.log_text().contains("pipeline started"), "every worker took shards: {}", w.log.display());
+    for name in ["w0", "w1", "w2"] {
+        assert!(shards_taken(port, name) > 0, "every worker took shards: {}", list_workers(port));
     }
+    let listed = list_workers(port);
+    assert_eq!(listed["workers_lost"], 0);
+    assert!(listed["workers"].as_array().unwrap().iter().all(|w| w["shards_held"] == 0 && w["checkpoints"].as_u64() > Some(0)), "{listed}");
     let out = run(grpcurl().args(["-d", &watch, &target, "sluice.v1.JobService/GetJob"]));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["progress"]["filesFailed"], "4", "the bad files are recorded: {status}");
@@ -287,13 +320,13 @@ fn workers_join_and_die_mid_job() {
     let coordinator = cluster.coordinator(port);
     wait_leading(port);
     let mut first = cluster.worker("first");
-    wait_for("the first worker", Duration::from_secs(20), || coordinator.log_text().contains("worker registered"));
+    wait_for("the first worker", Duration::from_secs(20), || !registered(port, "first").is_empty());
 
     let table = "s3://lake/cluster/scale";
     let job = submit_and_wait_for_a_commit(port, table, &corpus);
     let joined: Vec<Proc> = (0..2).map(|i| cluster.worker(&format!("joined{i}"))).collect();
     wait_for("the new workers to take shards", Duration::from_secs(60), || {
-        joined.iter().all(|w| w.log_text().contains("pipeline started"))
+        (0..2).all(|i| shards_taken(port, &format!("joined{i}")) > 0)
     });
     let (state, _) = status(port, &job).unwrap();
     assert_eq!(state, "running", "the kill must land mid-job");
@@ -301,7 +334,9 @@ fn workers_join_and_die_mid_job() {
 
     let out = run(sluice().args(["watch", "--coordinator", &addr(port), &job]));
     assert_eq!(out.status.code(), Some(0), "the job succeeds without the dead worker");
-    assert!(coordinator.log_text().contains("worker declared dead"));
+    assert_eq!(workers_lost(port), 1, "the killed worker was declared dead");
+    assert!(registered(port, "first").is_empty());
+    drop((joined, coordinator));
     assert_rows_exactly_once(cluster.rows(table), &expected);
 }
 
@@ -378,10 +413,10 @@ fn sources_in_object_storage_by_prefix_and_manifest() {
         expected_rows(&corpus).into_iter().map(|(uri, n)| (uri.replace(&local, "s3://lake/src/"), n)).collect();
 
     let port = free_port();
-    let coordinator = cluster.coordinator(port);
+    let _coordinator = cluster.coordinator(port);
     wait_leading(port);
     let _workers: Vec<Proc> = (0..2).map(|i| cluster.worker(&format!("w{i}"))).collect();
-    wait_for("workers", Duration::from_secs(20), || coordinator.log_text().matches("worker registered").count() >= 2);
+    wait_for("workers", Duration::from_secs(20), || list_workers(port)["workers"].as_array().unwrap().len() >= 2);
 
     // A prefix, listed from the store.
     let mut cmd = sluice();
@@ -705,10 +740,11 @@ fn a_partitioned_worker_is_fenced_and_its_shards_finish_elsewhere() {
     let table = "s3://lake/cluster/partition";
     let job = submit(port, table, &corpus, &["--shard-files", "40", "--flush-every", "50", "--commit-every", "200"]);
     wait_for("A to take shards and a commit", Duration::from_secs(120), || {
-        worker_a.log_text().contains("pipeline started") && status(port, &job).is_some_and(|(_, v)| v >= 2)
+        shards_taken(port, "cutoff") > 0 && status(port, &job).is_some_and(|(_, v)| v >= 2)
     });
+    let first_id = registered(port, "cutoff")[0]["worker_id"].clone();
     std::fs::write(&control, "cut").unwrap();
-    wait_for("A to be declared dead", Duration::from_secs(60), || coordinator.log_text().contains("worker declared dead"));
+    wait_for("A to be declared dead", Duration::from_secs(60), || workers_lost(port) == 1);
     let (state, _) = status(port, &job).unwrap();
     assert_eq!(state, "running", "the partition lands mid-job");
 
@@ -717,8 +753,9 @@ fn a_partitioned_worker_is_fenced_and_its_shards_finish_elsewhere() {
     assert_eq!(out.status.code(), Some(0));
     std::fs::remove_file(&control).unwrap();
     wait_for("A to register again, under a new id", Duration::from_secs(60), || {
-        worker_a.log_text().contains("registering again") && coordinator.log_text().matches("worker registered").count() >= 3
+        registered(port, "cutoff").iter().any(|w| w["worker_id"] != first_id)
     });
+    drop((worker_a, coordinator));
     // Nothing A wrote before or after the cut was committed twice or lost.
     assert_rows_exactly_once(cluster.rows(table), &expected);
     let _ = proxy.kill();
@@ -841,8 +878,11 @@ fn tls_everywhere_and_workers_need_a_client_certificate() {
     let out = run(&mut cmd);
     assert_eq!(out.status.code(), Some(0));
     assert_rows_exactly_once(cluster.rows("s3://lake/cluster/tls"), &expected);
-    assert!(coordinator.log_text().contains("good-"), "the worker with a certificate joined");
-    assert!(!coordinator.log_text().contains("nocert-"), "the certificate-less worker never joined");
+    let listed = workers_with(&https, &["--tls-ca", &c("ca.crt")]);
+    let ids: Vec<&str> = listed["workers"].as_array().unwrap().iter().map(|w| w["worker_id"].as_str().unwrap()).collect();
+    assert!(ids.iter().any(|id| id.starts_with("good-")), "the worker with a certificate joined: {listed}");
+    assert!(!ids.iter().any(|id| id.starts_with("nocert-")), "the certificate-less worker never joined: {listed}");
+    drop(coordinator);
 }
 
 /// `count(*)` of a table through the coordinator's SQL endpoint.

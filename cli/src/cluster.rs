@@ -462,6 +462,41 @@ pub async fn cancel(args: JobArgs) -> Result<i32> {
     Ok(0)
 }
 
+#[derive(clap::Args, Debug)]
+pub struct WorkersArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print JSON (one object: workers, workers_lost)
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn workers(args: WorkersArgs) -> Result<i32> {
+    let list = client(&args.client)
+        .await?
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if args.json {
+        println!("{}", sluice_coordinator::cluster::workers_json(&list));
+        return Ok(0);
+    }
+    for w in &list.workers {
+        println!(
+            "{}  seen {:.1}s ago  {} shards held, {} taken, {} checkpoints{}",
+            w.worker_id,
+            w.seconds_since_seen,
+            w.shards_held,
+            w.shards_taken,
+            w.checkpoints,
+            if w.leased { "  (etcd lease)" } else { "" }
+        );
+    }
+    println!("{} workers; {} declared dead", list.workers.len(), list.workers_lost);
+    Ok(0)
+}
+
 pub async fn jobs(args: ClientArgs) -> Result<i32> {
     let list = client(&args)
         .await?

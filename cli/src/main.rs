@@ -62,6 +62,8 @@ enum Command {
     Cancel(cluster::JobArgs),
     /// List the cluster's jobs.
     Jobs(cluster::ClientArgs),
+    /// List the workers the leading coordinator knows.
+    Workers(cluster::WorkersArgs),
     /// Serve media normalization on stdin/stdout (started by workers).
     #[command(hide = true)]
     NormalizeServer,
@@ -112,6 +114,7 @@ fn main() {
             Command::Watch(a) => cluster::watch(a).await,
             Command::Cancel(a) => cluster::cancel(a).await,
             Command::Jobs(a) => cluster::jobs(a).await,
+            Command::Workers(a) => cluster::workers(a).await,
             Command::NormalizeServer => unreachable!("handled before the runtime starts"),
         };
         match result {

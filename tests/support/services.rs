@@ -27,7 +27,7 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 pub fn wait_port(port: u16, what: &str) {
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "{what} did not start on port {port}");
+        assert!(started.elapsed() < Duration::from_secs(90), "{what} did not start on port {port}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -7,7 +7,7 @@
 //! - Tables: `GET /workspaces/{ws}/tables`, `GET|DELETE /workspaces/{ws}/tables/{t}`
 //!   (and the same without `/workspaces/{ws}`).
 //! - Jobs: `POST /v1/jobs`, `GET /v1/jobs`, `GET /v1/jobs/{id}`,
-//!   `POST /v1/jobs/{id}/cancel`, `GET /v1/jobs/{id}/errors`.
+//!   `POST /v1/jobs/{id}/cancel`, `GET /v1/jobs/{id}/errors`; `GET /v1/workers`.
 //! - Operations: `/metrics`, `/healthz`, `/readyz` (open, like gRPC health).
 //!
 //! Everything else takes the job API's bearer tokens. Errors are JSON
@@ -95,6 +95,7 @@ pub fn router(cluster: Arc<Cluster>) -> sluice_common::Result<Router> {
         .route("/tables/{table}", get(describe_root).delete(drop_root))
         .route("/workspaces/{ws}/tables/{table}", get(describe_in_workspace).delete(drop_in_workspace))
         .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/workers", get(list_workers))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/errors", get(job_errors))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
@@ -339,6 +340,30 @@ fn status_of(cluster: &Cluster, id: &str) -> ApiResult<pb::JobStatus> {
 async fn list_jobs(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
     let jobs: Vec<JobView> = cluster.statuses().into_iter().map(JobView::from).collect();
     Json(json!({ "jobs": jobs }))
+}
+
+async fn list_workers(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
+    Json(workers_json(&cluster.workers()))
+}
+
+/// The workers as JSON (HTTP API and `sluice workers --json`).
+pub fn workers_json(list: &pb::ListWorkersResponse) -> Value {
+    let workers: Vec<Value> = list
+        .workers
+        .iter()
+        .map(|w| {
+            json!({
+                "worker_id": w.worker_id,
+                "registered_ms": w.registered_ms,
+                "seconds_since_seen": w.seconds_since_seen,
+                "leased": w.leased,
+                "shards_held": w.shards_held,
+                "shards_taken": w.shards_taken,
+                "checkpoints": w.checkpoints,
+            })
+        })
+        .collect();
+    json!({ "workers": workers, "workers_lost": list.workers_lost })
 }
 
 async fn get_job(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {

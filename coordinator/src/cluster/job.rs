@@ -172,6 +172,12 @@ impl ClusterJob {
         (book.total, book.committed)
     }
 
+    /// Shards `worker_id` holds (assigned, or finished and not committed).
+    pub fn shards_held_by(&self, worker_id: &str) -> u32 {
+        let book = self.book.lock();
+        book.shards.values().filter(|s| matches!(&s.state, ShardState::Assigned(w) | ShardState::Finished(w) if w == worker_id)).count() as u32
+    }
+
     /// Hand up to `n` queued shards to `worker_id`.
     pub fn take_shards(&self, worker_id: &str, n: usize) -> Vec<pb::ShardAssignment> {
         if self.stopping() {

@@ -24,7 +24,7 @@ use sluice_common::{ids, pb, Error, Result};
 use tokio::sync::Notify;
 
 pub use job::{ClusterJob, Phase};
-pub use http::router as http_router;
+pub use http::{router as http_router, workers_json};
 pub use service::{serve, Served};
 
 use crate::job::JobPlan;
@@ -69,9 +69,12 @@ impl std::fmt::Debug for Tokens {
 
 struct WorkerEntry {
     registered: Instant,
+    registered_at: std::time::SystemTime,
     last_seen: Instant,
     /// Holds an etcd membership lease (checked on top of heartbeats).
     leased: bool,
+    shards_taken: u64,
+    checkpoints: u64,
 }
 
 pub struct Cluster {
@@ -79,6 +82,8 @@ pub struct Cluster {
     store: MetaStore,
     jobs: Mutex<BTreeMap<String, Arc<ClusterJob>>>,
     workers: Mutex<HashMap<String, WorkerEntry>>,
+    /// Workers declared dead.
+    workers_lost: std::sync::atomic::AtomicU64,
     work: Arc<Notify>,
     leading: AtomicBool,
     leadership: std::sync::OnceLock<store::Leadership>,
@@ -132,6 +137,7 @@ impl Cluster {
             store,
             jobs: Mutex::default(),
             workers: Mutex::default(),
+            workers_lost: Default::default(),
             work: Arc::new(Notify::new()),
             leading: AtomicBool::new(false),
             leadership: std::sync::OnceLock::new(),
@@ -516,7 +522,14 @@ impl Cluster {
     }
 
     fn admit(&self, worker_id: &str, leased: bool) -> pb::RegisterWorkerResponse {
-        let entry = WorkerEntry { registered: Instant::now(), last_seen: Instant::now(), leased };
+        let entry = WorkerEntry {
+            registered: Instant::now(),
+            registered_at: std::time::SystemTime::now(),
+            last_seen: Instant::now(),
+            leased,
+            shards_taken: 0,
+            checkpoints: 0,
+        };
         self.workers.lock().insert(worker_id.to_string(), entry);
         tracing::info!(%worker_id, "worker registered");
         metrics::gauge!("sluice_workers").set(self.workers.lock().len() as f64);
@@ -548,6 +561,11 @@ impl Cluster {
                 free -= got.len();
                 assignments.extend(got);
             }
+            if !assignments.is_empty() {
+                if let Some(w) = self.workers.lock().get_mut(&req.worker_id) {
+                    w.shards_taken += assignments.len() as u64;
+                }
+            }
             if !assignments.is_empty() || req.free_slots == 0 || tokio::time::Instant::now() >= deadline {
                 return pb::PollResponse { assignments, stop_jobs, reregister: false };
             }
@@ -556,6 +574,30 @@ impl Cluster {
                 return pb::PollResponse { reregister: true, ..Default::default() };
             }
         }
+    }
+
+    /// The workers this coordinator knows, by id.
+    pub fn workers(&self) -> pb::ListWorkersResponse {
+        let jobs = self.jobs();
+        let mut workers: Vec<pb::WorkerInfo> = self
+            .workers
+            .lock()
+            .iter()
+            .map(|(id, w)| pb::WorkerInfo {
+                worker_id: id.clone(),
+                registered_ms: w.registered_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+                seconds_since_seen: w.last_seen.elapsed().as_secs_f64(),
+                leased: w.leased,
+                shards_held: 0,
+                shards_taken: w.shards_taken,
+                checkpoints: w.checkpoints,
+            })
+            .collect();
+        for w in &mut workers {
+            w.shards_held = jobs.iter().map(|j| j.shards_held_by(&w.worker_id)).sum();
+        }
+        workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        pb::ListWorkersResponse { workers, workers_lost: self.workers_lost.load(Ordering::Relaxed) }
     }
 
     /// Note that a worker is alive; false if it is not (or no longer) known.
@@ -585,6 +627,9 @@ impl Cluster {
         let ack = job.publish(cp.clone()).await?;
         if ack.accepted {
             job.absorbed(&cp);
+            if let Some(w) = self.workers.lock().get_mut(&cp.worker_id) {
+                w.checkpoints += 1;
+            }
         }
         Ok(ack)
     }
@@ -637,6 +682,7 @@ impl Cluster {
             }
             for worker_id in dead {
                 tracing::warn!(%worker_id, "worker declared dead");
+                self.workers_lost.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("sluice_workers_lost_total").increment(1);
                 for job in self.jobs() {
                     job.worker_lost(&worker_id).await;

@@ -127,6 +127,11 @@ impl JobService for Api {
         Ok(Response::new(pb::ListJobsResponse { jobs: self.0.statuses() }))
     }
 
+    async fn list_workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        self.lead()?;
+        Ok(Response::new(self.0.workers()))
+    }
+
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
         self.lead()?;
         let job = self.job(&req.into_inner().job_id)?;

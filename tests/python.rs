@@ -58,7 +58,7 @@ fn venv_with(dir: &Path, name: &str, package: &Path, find_links: &[&Path]) -> Pa
     }
     pip.arg(package)
         .env("CARGO_TARGET_DIR", target)
-        .env("MATURIN_PEP517_ARGS", format!("--profile {profile}"))
+        .env("MATURIN_PEP517_ARGS", format!("--profile {profile} --features testing"))
         .env_remove("VIRTUAL_ENV");
     let out = run(&mut pip);
     assert!(out.status.success(), "pip install {} failed (are the wheels in {}? run scripts/setup.sh)", package.display(), wheels().display());
@@ -78,7 +78,9 @@ fn install_from_wheel(dir: &Path) -> PathBuf {
     let out = dir.join("dist");
     let (target, profile) = build_env();
     let mut build = build_command(repo().join("scripts/build-wheel.sh"));
-    build.args(["--profile", profile]).env("SLUICE_WHEEL_DIR", &out).env("CARGO_TARGET_DIR", target);
+    // With the test hooks, as the rest of the tests build the binary (the
+    // test slows files down to act mid-job).
+    build.args(["--profile", profile, "--features", "testing"]).env("SLUICE_WHEEL_DIR", &out).env("CARGO_TARGET_DIR", target);
     // The maturin next to the tests' Python, if there is one; else the
     // script looks on PATH and in the setup venv.
     let maturin = Path::new(&python()).with_file_name("maturin");

@@ -79,7 +79,7 @@ fn write_media(dir: &Path, files: usize) -> Result<()> {
     for i in 0..files.div_ceil(50) {
         let pages: Vec<String> = (1..=3).map(|p| format!("Sample document {i}, page {p}")).collect();
         let pages: Vec<&str> = pages.iter().map(String::as_str).collect();
-        let pdf = sluice_common::fixtures::minimal_pdf(&pages, (612.0, 792.0), &format!("Sample {i}"));
+        let pdf = sluice_common::samples::minimal_pdf(&pages, (612.0, 792.0), &format!("Sample {i}"));
         std::fs::write(dir.join(format!("doc-{i:04}.pdf")), pdf)?;
     }
     for i in 0..files.div_ceil(100) {

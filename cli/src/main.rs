@@ -17,8 +17,14 @@ mod table;
 
 use clap::{Parser, Subcommand};
 
+/// The version, and whether this build carries the test hooks.
+#[cfg(feature = "testing")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (with test hooks)");
+#[cfg(not(feature = "testing"))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Ingest files of every kind into one versioned Lance table")]
+#[command(name = "sluice", version = VERSION, about = "Ingest files of every kind into one versioned Lance table")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

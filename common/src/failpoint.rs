@@ -2,11 +2,17 @@
 //! 2nd [`hit`] of `after_commit` abort the process (like `kill -9`, no
 //! cleanup); `fragment_write=3` makes the 3rd [`fails`] of `fragment_write`
 //! return true, so the caller injects an error there.
+//!
+//! Only with the `testing` feature; without it every failpoint is inert.
 
-use std::collections::HashMap;
+#[cfg(feature = "testing")]
 use parking_lot::Mutex;
+#[cfg(feature = "testing")]
+use std::collections::HashMap;
+#[cfg(feature = "testing")]
 use std::sync::OnceLock;
 
+#[cfg(feature = "testing")]
 fn armed() -> &'static Mutex<HashMap<String, u64>> {
     static ARMED: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
     ARMED.get_or_init(|| {
@@ -21,6 +27,7 @@ fn armed() -> &'static Mutex<HashMap<String, u64>> {
 }
 
 /// Count down this failpoint; true exactly when it reaches zero.
+#[cfg(feature = "testing")]
 pub fn fails(name: &str) -> bool {
     let mut map = armed().lock();
     match map.get_mut(name) {
@@ -30,6 +37,13 @@ pub fn fails(name: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// Never: this build has no test hooks.
+#[cfg(not(feature = "testing"))]
+#[inline(always)]
+pub fn fails(_name: &str) -> bool {
+    false
 }
 
 /// Abort the process here if this failpoint's countdown reaches zero.

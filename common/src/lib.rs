@@ -5,7 +5,7 @@
 pub mod attributes;
 pub mod error;
 pub mod failpoint;
-pub mod fixtures;
+pub mod samples;
 pub mod describe;
 pub mod ids;
 pub mod insert;

@@ -12,6 +12,14 @@ use futures::TryStreamExt;
 pub mod services;
 
 pub fn sluice() -> Command {
+    static HOOKS: std::sync::Once = std::sync::Once::new();
+    HOOKS.call_once(|| {
+        let version = Command::new(env!("CARGO_BIN_EXE_sluice")).arg("--version").output().expect("run sluice --version");
+        assert!(
+            String::from_utf8_lossy(&version.stdout).contains("test hooks"),
+            "the tests need the binary's test hooks: cargo nextest run --workspace --features sluice/testing"
+        );
+    });
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
     c.env_remove("SLUICE_FAILPOINTS");
     c
@@ -169,4 +177,4 @@ pub fn python() -> String {
 }
 
 #[allow(unused_imports)]
-pub use sluice_common::fixtures::minimal_pdf as make_pdf;
+pub use sluice_common::samples::minimal_pdf as make_pdf;

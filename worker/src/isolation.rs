@@ -162,7 +162,12 @@ pub fn serve(input: impl Read, mut out: impl Write) -> std::io::Result<()> {
 
 /// Test hooks: `SLUICE_TEST_CRASH_ON` / `SLUICE_TEST_HANG_ON` make the child
 /// abort / hang on files whose path contains the given text, standing in
-/// for a decoder that crashes or loops on a hostile file.
+/// for a decoder that crashes or loops on a hostile file. Only with the
+/// `testing` feature.
+#[cfg(not(feature = "testing"))]
+fn crash_hooks(_path: &std::path::Path) {}
+
+#[cfg(feature = "testing")]
 fn crash_hooks(path: &std::path::Path) {
     let path = path.to_string_lossy();
     if std::env::var("SLUICE_TEST_CRASH_ON").is_ok_and(|s| !s.is_empty() && path.contains(&s)) {

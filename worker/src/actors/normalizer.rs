@@ -159,6 +159,11 @@ impl Actor for Normalizer {
 /// that long, so tests can act while a job is surely still running;
 /// `SLUICE_TEST_ABORT_ON` aborts the whole worker process on files whose
 /// URI contains it, standing in for a poison file that kills workers.
+/// Only with the `testing` feature.
+#[cfg(not(feature = "testing"))]
+async fn test_hooks(_uri: &str) {}
+
+#[cfg(feature = "testing")]
 async fn test_hooks(uri: &str) {
     if std::env::var("SLUICE_TEST_ABORT_ON").is_ok_and(|s| !s.is_empty() && uri.contains(&s)) {
         std::process::abort();

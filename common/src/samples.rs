@@ -1,4 +1,4 @@
-//! Small, well-formed sample files for demos and tests.
+//! Small, well-formed sample files: the `sluice bench` corpus writes them, and the tests use them.
 
 /// A minimal, valid PDF: one page per text, each `size` points, Helvetica.
 pub fn minimal_pdf(texts: &[&str], size: (f32, f32), title: &str) -> Vec<u8> {

@@ -7,6 +7,9 @@
 //! stdin; the child answers with frames on stdout: `[kind: u8][len: u32 LE]
 //! [payload]`, a `HASH` frame, any number of `ROWS` frames, then `DONE` or
 //! `ERROR`.
+//!
+//! Both sides are here: [`serve`] is the child (`sluice normalize-server`),
+//! [`ChildProc`] the parent's handle on one.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -223,3 +226,112 @@ mod tests {
         assert!(decode_rows(vec![9, 0, 0, 0, 1]).is_err());
     }
 }
+
+/// A normalizer's child process, kept across files while it stays healthy.
+pub struct ChildProc {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    /// Lent to the task reading a file's frames, given back when it ends
+    /// cleanly; missing: the child must not be reused.
+    stdout: Option<tokio::process::ChildStdout>,
+}
+
+/// What a file's normalization yields: its outcome and, from a child
+/// process that is still healthy, its stdout back.
+pub type Work = (Result<(), String>, Option<tokio::process::ChildStdout>);
+
+impl ChildProc {
+    fn spawn(exe: &std::path::Path) -> Result<Self, String> {
+        let mut child = tokio::process::Command::new(exe)
+            .arg("normalize-server")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start normalizer process {}: {e}", exe.display()))?;
+        let stdin = child.stdin.take().ok_or("the normalizer process has no stdin")?;
+        let stdout = child.stdout.take();
+        if let Some(out) = &stdout {
+            widen_pipe(out);
+        }
+        Ok(Self { child, stdin, stdout })
+    }
+
+    /// Kill the child and say how it ended.
+    pub async fn end(mut self) -> String {
+        let _ = self.child.start_kill();
+        match self.child.wait().await {
+            Ok(status) => status.to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Take back the stdout a cleanly finished file lent out.
+    pub fn give_back(&mut self, stdout: tokio::process::ChildStdout) {
+        self.stdout = Some(stdout);
+    }
+
+    /// Send `request` to the child in `slot` (started first if there is
+    /// none) and stream its pieces into `tx`. Err: the file fails (the child
+    /// could not be started or is gone).
+    pub async fn start(
+        slot: &mut Option<ChildProc>,
+        exe: &std::path::Path,
+        request: &Request,
+        tx: tokio::sync::mpsc::Sender<normalize::Piece>,
+    ) -> Result<tokio::task::JoinHandle<Work>, String> {
+        use tokio::io::AsyncWriteExt;
+        if slot.is_none() {
+            *slot = Some(ChildProc::spawn(exe)?);
+        }
+        let Some(proc) = slot.as_mut() else { return Err("no normalizer process".into()) };
+        let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        let stdout = proc.stdout.take();
+        let written = proc.stdin.write_all(&line).await;
+        let (Ok(()), Some(mut out)) = (written, stdout) else {
+            let status = match slot.take() {
+                Some(proc) => proc.end().await,
+                None => "gone".into(),
+            };
+            return Err(format!("normalizer process is gone ({status})"));
+        };
+        Ok(tokio::spawn(async move {
+            use normalize::Piece;
+            let result = loop {
+                let frame = match read_frame(&mut out).await {
+                    Ok(Some(frame)) => frame,
+                    _ => return (Err("died".to_string()), None),
+                };
+                let sent = match frame {
+                    (HASH, p) => tx.send(Piece::Hash(String::from_utf8_lossy(&p).into_owned())).await,
+                    (ROWS, p) => match rows_from_frame(p) {
+                        Ok(rows) => tx.send(Piece::Rows(rows)).await,
+                        Err(e) => return (Err(e), None),
+                    },
+                    (DONE, _) => break Ok(()),
+                    (ERROR, p) => break Err(String::from_utf8_lossy(&p).into_owned()),
+                    (other, _) => return (Err(format!("unknown frame {other} from normalizer process")), None),
+                };
+                if sent.is_err() {
+                    return (Err("pipeline stopped".to_string()), None);
+                }
+            };
+            (result, Some(out))
+        }))
+    }
+}
+
+/// Segments and renders are megabytes each: a 1 MiB pipe (Linux's default
+/// is 64 KiB) moves them in far fewer wakeups. Best effort.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; failure leaves the default size.
+    unsafe {
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn widen_pipe<T>(_: &T) {}

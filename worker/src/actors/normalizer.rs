@@ -1,18 +1,22 @@
-//! Normalizer: pulls files from the pipeline's bounded work queue, fetches and
-//! normalizes each on a blocking thread (with a per-file timeout and panic
-//! capture), and hands the rows, or the failure, to the flusher.
+//! The normalizer pool: takes files from the pipeline's bounded work queue
+//! and normalizes up to `normalization_workers` at once, each on a blocking
+//! thread or in a child process (with a per-file timeout and panic capture),
+//! handing the rows, or the failure, to the flusher. A file that breaks after
+//! some of its rows were handed on fails the pool, and so the pipeline.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use sluice_common::pb;
 use sluice_common::schema::{FileRows, Kind, Row, SourceInfo};
 use sluice_common::settings::Settings;
-use sluice_common::pb;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::flusher::FlusherMsg;
+use crate::isolation::ChildProc;
 use crate::normalize::{self, Piece};
 
 /// One file to normalize.
@@ -21,17 +25,16 @@ pub struct FileTask {
     pub file: pb::FileRef,
 }
 
-pub enum NormalizerMsg {
-    /// Take the next file from the queue.
-    Pull,
+pub enum PoolMsg {
+    /// Normalize files until the queue closes, then stop.
+    Run,
 }
 
-pub struct Normalizer {
+pub struct NormalizerPool {
     pub settings: Arc<Settings>,
     /// Executable that serves media normalization in a child process
     /// (`sluice normalize-server`); `None` runs it in this process.
     pub isolation: Option<std::path::PathBuf>,
-    pub queue: Arc<Mutex<mpsc::Receiver<FileTask>>>,
     pub flusher: ActorRef<FlusherMsg>,
     pub busy: Arc<BusyGauge>,
 }
@@ -56,103 +59,98 @@ impl BusyGauge {
     }
 }
 
-/// A normalizer's child process, kept across files while it stays healthy.
-pub struct ChildProc {
-    child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    stdout: Option<tokio::process::ChildStdout>,
-}
+/// A place to normalize one file at a time; its child process (if any) is
+/// kept across files while it stays healthy.
+type Slot = Option<ChildProc>;
 
-impl ChildProc {
-    fn spawn(exe: &std::path::Path) -> Result<Self, String> {
-        let mut child = tokio::process::Command::new(exe)
-            .arg("normalize-server")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start normalizer process {}: {e}", exe.display()))?;
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = child.stdout.take();
-        if let Some(out) = &stdout {
-            widen_pipe(out);
-        }
-        Ok(Self { child, stdin, stdout })
+/// A slot back from its file, and whether the file broke the pipeline.
+type Done = (Slot, Result<(), String>);
+
+impl Actor for NormalizerPool {
+    type Msg = PoolMsg;
+    type State = Option<mpsc::Receiver<FileTask>>;
+    type Arguments = mpsc::Receiver<FileTask>;
+
+    async fn pre_start(&self, myself: ActorRef<PoolMsg>, queue: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_message(PoolMsg::Run)?;
+        Ok(Some(queue))
     }
 
-    /// Kill the child and say how it ended.
-    async fn end(mut self) -> String {
-        let _ = self.child.start_kill();
-        match self.child.wait().await {
-            Ok(status) => status.to_string(),
-            Err(e) => e.to_string(),
-        }
-    }
-}
-
-/// Segments and renders are megabytes each: a 1 MiB pipe (Linux's default
-/// is 64 KiB) moves them in far fewer wakeups. Best effort.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
-    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; failure leaves the default size.
-    unsafe {
-        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn widen_pipe<T>(_: &T) {}
-
-impl Actor for Normalizer {
-    type Msg = NormalizerMsg;
-    type State = Option<ChildProc>;
-    type Arguments = ();
-
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<Option<ChildProc>, ActorProcessingErr> {
-        myself.send_message(NormalizerMsg::Pull)?;
-        Ok(None)
-    }
-
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, child: &mut Option<ChildProc>) -> Result<(), ActorProcessingErr> {
-        let NormalizerMsg::Pull = msg;
-        // Holding the lock while waiting hands files out one at a time, to
-        // whichever normalizer is free first.
-        let task = self.queue.lock().await.recv().await;
-        let Some(task) = task else {
-            myself.stop(Some("queue closed".into()));
-            return Ok(());
-        };
-        self.busy.enter();
-        test_hooks(&task.file.uri).await;
-        let outcome = process(&task.file, &self.settings, &self.flusher, self.isolation.as_deref(), child).await;
-        self.busy.exit();
-        let label = match &outcome {
-            Ok(()) => "ingested",
-            Err(Outcome::Failed(..)) => "failed",
-            Err(Outcome::Fatal(_)) => "fatal",
-        };
-        metrics::counter!("sluice_worker_files_total", "outcome" => label).increment(1);
-        match outcome {
-            Ok(()) => {}
-            Err(Outcome::Failed(kind, reason)) => {
-                tracing::info!(file = %task.file.uri, %reason, "file failed");
-                let failed = pb::FileFailed {
-                    uri: task.file.uri.clone(),
-                    shard_id: task.file.shard_id.clone(),
-                    kind: kind.map(|k| k.to_string()).unwrap_or_default(),
-                    reason: reason.trim().to_string(),
-                };
-                self.flusher.call(|reply| FlusherMsg::Fail(failed, reply), None).await?;
+    async fn handle(&self, myself: ActorRef<PoolMsg>, msg: PoolMsg, queue: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        let PoolMsg::Run = msg;
+        let Some(mut queue) = queue.take() else { return Ok(()) };
+        let mut idle: Vec<Slot> = (0..self.settings.normalization_workers).map(|_| None).collect();
+        let mut running: JoinSet<Done> = JoinSet::new();
+        loop {
+            // A file is taken only when a slot is free: the queue's bound
+            // then holds back the worker's intake.
+            if idle.is_empty() {
+                let done = running.join_next().await.expect("slots are busy");
+                idle.push(settle(done)?);
+                continue;
             }
-            // Rows of this file were already handed on: only a pipeline
-            // restart (and the resume that follows) keeps them out.
-            Err(Outcome::Fatal(e)) => return Err(e.into()),
+            tokio::select! {
+                task = queue.recv() => match task {
+                    Some(task) => {
+                        let slot = idle.pop().expect("a free slot");
+                        running.spawn(self.normalize_one(task, slot));
+                    }
+                    None => break,
+                },
+                Some(done) = running.join_next(), if !running.is_empty() => idle.push(settle(done)?),
+            }
         }
-        myself.send_message(NormalizerMsg::Pull)?;
+        while let Some(done) = running.join_next().await {
+            settle(done)?;
+        }
+        myself.stop(Some("queue closed".into()));
         Ok(())
     }
+}
 
+/// A finished file's slot, or the failure that ends the pool.
+fn settle(done: Result<Done, tokio::task::JoinError>) -> Result<Slot, ActorProcessingErr> {
+    match done {
+        Ok((slot, Ok(()))) => Ok(slot),
+        Ok((_, Err(fatal))) => Err(fatal.into()),
+        Err(join) => Err(describe_join(join).into()),
+    }
+}
+
+impl NormalizerPool {
+    /// Normalize one file in `slot`; a failed file is handed to the flusher.
+    fn normalize_one(&self, task: FileTask, mut slot: Slot) -> impl std::future::Future<Output = Done> + Send + 'static {
+        let (settings, flusher, isolation, busy) = (self.settings.clone(), self.flusher.clone(), self.isolation.clone(), self.busy.clone());
+        async move {
+            busy.enter();
+            test_hooks(&task.file.uri).await;
+            let outcome = process(&task.file, &settings, &flusher, isolation.as_deref(), &mut slot).await;
+            busy.exit();
+            let label = match &outcome {
+                Ok(()) => "ingested",
+                Err(Outcome::Failed(..)) => "failed",
+                Err(Outcome::Fatal(_)) => "fatal",
+            };
+            metrics::counter!("sluice_worker_files_total", "outcome" => label).increment(1);
+            let result = match outcome {
+                Ok(()) => Ok(()),
+                Err(Outcome::Failed(kind, reason)) => {
+                    tracing::info!(file = %task.file.uri, %reason, "file failed");
+                    let failed = pb::FileFailed {
+                        uri: task.file.uri.clone(),
+                        shard_id: task.file.shard_id.clone(),
+                        kind: kind.map(|k| k.to_string()).unwrap_or_default(),
+                        reason: reason.trim().to_string(),
+                    };
+                    flusher.call(|reply| FlusherMsg::Fail(failed, reply), None).await.map(|_| ()).map_err(|e| e.to_string())
+                }
+                // Rows of this file were already handed on: only a pipeline
+                // restart (and the resume that follows) keeps them out.
+                Err(Outcome::Fatal(e)) => Err(e),
+            };
+            (slot, result)
+        }
+    }
 }
 
 /// Test hooks: `SLUICE_TEST_FILE_DELAY_MS` makes every file take at least
@@ -315,10 +313,7 @@ async fn process_streamed(
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(1);
     let (s, path) = (settings.clone(), probe.path.clone());
-    // The work yields its outcome and, for a child process that is still
-    // healthy, its stdout back; `None` means the child must not be reused.
-    type Work = (Result<(), String>, Option<tokio::process::ChildStdout>);
-    let work: tokio::task::JoinHandle<Work> = match isolation {
+    let work: tokio::task::JoinHandle<crate::isolation::Work> = match isolation {
         None => tokio::task::spawn_blocking(move || {
             let run = || -> Result<(), String> {
                 normalize::normalize_streamed(file_kind, &path, &s, &mut |piece| {
@@ -329,43 +324,8 @@ async fn process_streamed(
             (run(), None)
         }),
         Some(exe) => {
-            use tokio::io::AsyncWriteExt;
-            if child.is_none() {
-                *child = Some(ChildProc::spawn(exe).map_err(|e| failed(kind, e))?);
-            }
-            let proc = child.as_mut().expect("just set");
             let request = crate::isolation::Request { path: path.clone(), kind: file_kind, settings: (*s).clone() };
-            let mut line = serde_json::to_vec(&request).map_err(|e| Outcome::Fatal(e.to_string()))?;
-            line.push(b'\n');
-            let mut stdout = proc.stdout.take();
-            if proc.stdin.write_all(&line).await.is_err() || stdout.is_none() {
-                let status = child.take().expect("present").end().await;
-                return Err(failed(kind, format!("normalizer process is gone ({status})")));
-            }
-            tokio::spawn(async move {
-                use crate::isolation::{read_frame, rows_from_frame, DONE, ERROR, HASH, ROWS};
-                let out = stdout.as_mut().expect("checked");
-                let result = loop {
-                    let frame = match read_frame(out).await {
-                        Ok(Some(frame)) => frame,
-                        _ => return (Err("died".to_string()), None),
-                    };
-                    let sent = match frame {
-                        (HASH, p) => tx.send(Piece::Hash(String::from_utf8_lossy(&p).into_owned())).await,
-                        (ROWS, p) => match rows_from_frame(p) {
-                            Ok(rows) => tx.send(Piece::Rows(rows)).await,
-                            Err(e) => return (Err(e), None),
-                        },
-                        (DONE, _) => break Ok(()),
-                        (ERROR, p) => break Err(String::from_utf8_lossy(&p).into_owned()),
-                        (other, _) => return (Err(format!("unknown frame {other} from normalizer process")), None),
-                    };
-                    if sent.is_err() {
-                        return (Err("pipeline stopped".to_string()), None);
-                    }
-                };
-                (result, stdout)
-            })
+            ChildProc::start(child, exe, &request, tx).await.map_err(|e| failed(kind, e))?
         }
     };
     tokio::pin!(work);
@@ -395,7 +355,11 @@ async fn process_streamed(
                 let (result, stdout) = r.map_err(|j| (Err(describe_join(j)), None)).unwrap_or_else(|e| e);
                 if isolation.is_some() {
                     match stdout {
-                        Some(out) => child.as_mut().expect("in use").stdout = Some(out),
+                        Some(out) => {
+                            if let Some(proc) = child.as_mut() {
+                                proc.give_back(out);
+                            }
+                        }
                         None => {
                             // Crashed, aborted, or spoke nonsense: never reuse it.
                             let status = match child.take() {

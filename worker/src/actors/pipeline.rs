@@ -1,9 +1,10 @@
 //! ShardPipeline: the supervisor of one job's actors on a worker. It spawns
-//! the publisher, the flusher and `normalization_workers` normalizers, linked
-//! to itself. A child that fails marks the pipeline failed, stops the intake
-//! of files and reports the failure at once (the coordinator then stops the
-//! job, committing only up to the last clean checkpoint); a later drain
-//! reports it too. Nothing is lost by that: uncommitted files are redone.
+//! the publisher, the flusher and the normalizer pool (`normalization_workers`
+//! files at once), linked to itself. A child that fails marks the pipeline
+//! failed, stops the intake of files and reports the failure at once (the
+//! coordinator then stops the job, committing only up to the last clean
+//! checkpoint); a later drain reports it too. Nothing is lost by that:
+//! uncommitted files are redone.
 
 use std::sync::Arc;
 
@@ -12,12 +13,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use sluice_common::link::CoordinatorApi;
 use sluice_common::settings::Settings;
 use sluice_common::table::TableHandle;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::flusher::{Flusher, FlusherMsg};
-use super::normalizer::{BusyGauge, FileTask, Normalizer};
+use super::normalizer::{BusyGauge, FileTask, NormalizerPool};
 use super::publisher::CheckpointPublisher;
 
 pub enum PipelineMsg {
@@ -56,7 +57,8 @@ pub struct ShardPipeline;
 
 pub struct PipelineState {
     flusher: ActorRef<FlusherMsg>,
-    normalizers: Vec<JoinHandle<()>>,
+    /// The normalizer pool; it ends when the queue is closed and drained.
+    normalizers: Option<JoinHandle<()>>,
     failure: Option<String>,
     stop: CancellationToken,
     failed: mpsc::UnboundedSender<String>,
@@ -85,20 +87,14 @@ impl Actor for ShardPipeline {
             publisher,
         };
         let (flusher, _) = Actor::spawn_linked(None, flusher, (), myself.get_cell()).await?;
-        let queue = Arc::new(Mutex::new(a.queue));
-        let mut normalizers = Vec::new();
-        for _ in 0..a.settings.normalization_workers {
-            let n = Normalizer {
-                settings: a.settings.clone(),
-                isolation: a.isolation.clone(),
-                queue: queue.clone(),
-                flusher: flusher.clone(),
-                busy: a.stats.normalizers.clone(),
-            };
-            let (_, handle) = Actor::spawn_linked(None, n, (), myself.get_cell()).await?;
-            normalizers.push(handle);
-        }
-        Ok(PipelineState { flusher, normalizers, failure: None, stop: a.stop, failed: a.failed })
+        let pool = NormalizerPool {
+            settings: a.settings.clone(),
+            isolation: a.isolation.clone(),
+            flusher: flusher.clone(),
+            busy: a.stats.normalizers.clone(),
+        };
+        let (_, normalizers) = Actor::spawn_linked(None, pool, a.queue, myself.get_cell()).await?;
+        Ok(PipelineState { flusher, normalizers: Some(normalizers), failure: None, stop: a.stop, failed: a.failed })
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut PipelineState) -> Result<(), ActorProcessingErr> {
@@ -108,8 +104,8 @@ impl Actor for ShardPipeline {
                 let _ = reply.send(());
             }
             PipelineMsg::Drain(reply) => {
-                for handle in st.normalizers.drain(..) {
-                    let _ = handle.await;
+                if let Some(pool) = st.normalizers.take() {
+                    let _ = pool.await;
                 }
                 let result = match st.failure.clone() {
                     Some(e) => Err(e),

@@ -37,8 +37,6 @@ pub enum Error {
     /// pipeline that broke): not the caller's doing, not worth a blind retry.
     #[error("{0}")]
     Internal(String),
-    #[error("link to peer failed: {0}")]
-    Link(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -61,7 +59,7 @@ impl Error {
     /// Whether the same request may succeed if tried again later: what
     /// retries (workers, clients) decide by.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::Busy(_) | Error::Timeout(_) | Error::Link(_))
+        matches!(self, Error::Unavailable(_) | Error::Busy(_) | Error::Timeout(_))
     }
 
     /// The message without the kind's prefix, for answers that carry the

@@ -35,7 +35,7 @@ pub async fn sql_stream(ds: &Dataset, sql: &str, name: &str, limit: usize, blobs
     // JSON columns come out of the scan as JSONB: give them back as JSON text.
     Ok(stream
         .map(|b| {
-            let batch = b.map_err(|e| Error::Link(format!("query failed: {e}")))?;
+            let batch = b.map_err(|e| Error::Internal(format!("query failed: {e}")))?;
             Ok(lance_arrow::json::convert_lance_json_to_arrow(&batch)?)
         })
         .boxed())

@@ -618,9 +618,9 @@ fn scalar(value: &Value) -> datafusion::scalar::ScalarValue {
 /// storage and I/O failures are not.
 fn user_error(e: DataFusionError) -> Error {
     match e.find_root() {
-        DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) | DataFusionError::ResourcesExhausted(_) | DataFusionError::Internal(_) => {
-            Error::Link(format!("query failed: {e}"))
-        }
+        DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => Error::Unavailable(format!("query failed: {e}")),
+        DataFusionError::ResourcesExhausted(_) => Error::Busy(format!("query failed: {e}")),
+        DataFusionError::Internal(_) => Error::Internal(format!("query failed: {e}")),
         _ => Error::InvalidInput(crate::query::concise_datafusion(&e)),
     }
 }

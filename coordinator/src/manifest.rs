@@ -174,7 +174,7 @@ pub async fn attribute_columns(inputs: &Inputs) -> Result<Vec<pb::ColumnDef>> {
         let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(reader));
         let mut head = Vec::new();
         while head.len() < HEAD_LINES {
-            match lines.next_line().await.map_err(|e| Error::Link(format!("reading manifest {m}: {e}")))? {
+            match lines.next_line().await.map_err(|e| Error::Unavailable(format!("reading manifest {m}: {e}")))? {
                 Some(l) => head.push(l),
                 None => break,
             }
@@ -430,7 +430,7 @@ async fn walk_remote_uri(uri: &str, attributes: &str, tx: &mpsc::Sender<Planned>
                     "cannot list {uri}: HTTP sources are listed only from WebDAV servers; name the files or use a manifest ({e})"
                 ))
             } else {
-                Error::Link(format!("listing {uri}: {e}"))
+                Error::Unavailable(format!("listing {uri}: {e}"))
             }
         })?;
         any = true;
@@ -480,7 +480,7 @@ pub async fn walk_remote(inputs: &Inputs, tx: mpsc::Sender<Planned>) -> Result<(
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(reader));
     let mut entries = ManifestReader::new(ManifestFormat::of(manifest));
     let mut number = 0;
-    while let Some(line) = lines.next_line().await.map_err(|e| Error::Link(format!("reading manifest {manifest}: {e}")))? {
+    while let Some(line) = lines.next_line().await.map_err(|e| Error::Unavailable(format!("reading manifest {manifest}: {e}")))? {
         number += 1;
         let entry = match entries.entry(&line) {
             Ok(Some(e)) => e,

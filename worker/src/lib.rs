@@ -7,6 +7,7 @@
 //! checkpoints; the coordinator commits them.
 
 pub mod actors;
+pub mod error;
 pub mod fetch;
 pub mod isolation;
 pub mod membership;
@@ -14,4 +15,5 @@ pub mod normalize;
 pub mod session;
 mod worker;
 
+pub use error::PipelineError;
 pub use worker::Worker;

@@ -97,7 +97,7 @@ impl Worker {
         drop(job.queue);
         let error = match job.pipeline.call(PipelineMsg::Drain, None).await {
             Ok(ractor::rpc::CallResult::Success(Ok(()))) => String::new(),
-            Ok(ractor::rpc::CallResult::Success(Err(e))) => e,
+            Ok(ractor::rpc::CallResult::Success(Err(e))) => e.to_string(),
             Ok(_) => "the pipeline did not answer the drain".into(),
             Err(e) => format!("the pipeline is gone: {e}"),
         };
@@ -156,7 +156,7 @@ impl Worker {
         tokio::spawn(async move {
             // The first failure is the cause; later ones follow from it.
             if let Some(error) = failures.recv().await {
-                let ended = pb::JobEnded { job_id: job_id.clone(), worker_id, error };
+                let ended = pb::JobEnded { job_id: job_id.clone(), worker_id, error: error.to_string() };
                 if let Err(e) = api.end_job(ended).await {
                     tracing::warn!(%job_id, error = %e, "cannot report the pipeline's failure");
                 }

@@ -28,7 +28,6 @@ fn status(e: Error) -> Status {
         Error::Busy(m) => Status::resource_exhausted(m),
         Error::Timeout(m) => Status::deadline_exceeded(m),
         Error::Unavailable(m) => Status::unavailable(m),
-        e @ Error::Link(_) => Status::unavailable(e.to_string()),
         e @ Error::InvalidSettings(_) => Status::invalid_argument(e.to_string()),
         other => Status::internal(other.to_string()),
     }

@@ -20,6 +20,7 @@ use sluice_common::table::TableHandle;
 use tokio::sync::Semaphore;
 
 use super::publisher::{CheckpointDraft, PublisherMsg};
+use crate::PipelineError;
 
 /// Fragment writes in flight at once; bounds memory to this many buffers.
 pub const MAX_UPLOADS: usize = 2;
@@ -32,7 +33,7 @@ pub enum FlusherMsg {
     /// A file that produced no rows.
     Fail(pb::FileFailed, RpcReplyPort<()>),
     /// Write everything buffered and wait until every write is published.
-    Drain(RpcReplyPort<Result<(), String>>),
+    Drain(RpcReplyPort<Result<(), PipelineError>>),
     /// `flush_interval_secs` after the first rows since flush `epoch`.
     Interval { epoch: u64 },
 }
@@ -189,13 +190,9 @@ impl Actor for Flusher {
                 // the drain fails (the job commits up to the last clean
                 // checkpoint; a rerun redoes the rest).
                 if !st.open_files.is_empty() {
-                    let mut cut: Vec<&str> = st.open_files.iter().map(String::as_str).collect();
+                    let mut cut: Vec<String> = st.open_files.iter().cloned().collect();
                     cut.sort_unstable();
-                    let result = Err(format!(
-                        "{} file(s) ended before their last rows (a normalizer failed mid-file): {}",
-                        cut.len(),
-                        cut.join(", ")
-                    ));
+                    let result = Err(PipelineError::CutOff(cut));
                     let uploads = st.uploads.clone().expect("set in pre_start");
                     drop(uploads.acquire_many(MAX_UPLOADS as u32).await?);
                     let _ = reply.send(result);
@@ -214,7 +211,7 @@ impl Actor for Flusher {
                     .call(PublisherMsg::Drain, None)
                     .await?
                     .success_or(ractor::MessagingErr::<()>::ChannelClosed)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| PipelineError::Gone(format!("the checkpoint publisher: {e}")))
                     .and_then(|r| r);
                 let _ = reply.send(result);
             }
@@ -264,7 +261,11 @@ impl Flusher {
         let (table, dataset, job_id, publisher) =
             (self.table.clone(), self.dataset.clone(), self.job_id.clone(), self.publisher.clone());
         tokio::spawn(async move {
-            let result = write(&table, dataset, &job_id, files).await;
+            // Supervised: even a panicking write yields a result, so the
+            // publisher never waits for a sequence number that cannot come.
+            use futures::FutureExt;
+            let written = std::panic::AssertUnwindSafe(write(&table, dataset, &job_id, files)).catch_unwind().await;
+            let result = written.unwrap_or_else(|_| Err(PipelineError::Write("the fragment write panicked".into())));
             if let Err(e) = &result {
                 tracing::error!(seq = draft.seq, error = %e, "fragment write failed");
             }
@@ -277,12 +278,12 @@ impl Flusher {
     }
 }
 
-async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: Vec<FileRows>) -> Result<Vec<Vec<u8>>, String> {
+async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: Vec<FileRows>) -> Result<Vec<Vec<u8>>, PipelineError> {
     if files.iter().all(|f| f.rows.is_empty()) {
         return Ok(Vec::new());
     }
     if sluice_common::failpoint::fails("fragment_write") {
-        return Err("injected fragment write failure (failpoint fragment_write)".into());
+        return Err(PipelineError::Write("injected fragment write failure (failpoint fragment_write)".into()));
     }
     let job = job_id.to_string();
     let now = chrono::Utc::now().timestamp_micros();
@@ -290,10 +291,10 @@ async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: 
     let schema = sluice_common::insert::insert_schema(&dataset);
     let batch = tokio::task::spawn_blocking(move || build_batch_for(&schema, &files, &job, now))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| PipelineError::Write(format!("building the batch: {e}")))?
+        .map_err(|e| PipelineError::Write(e.to_string()))?;
     let bytes = batch.get_array_memory_size();
-    let fragments = table.write_uncommitted(dataset, batch).await.map_err(|e| e.to_string())?;
+    let fragments = table.write_uncommitted(dataset, batch).await.map_err(|e| PipelineError::Write(e.to_string()))?;
     metrics::counter!("sluice_worker_fragments_written_total").increment(fragments.len() as u64);
     metrics::counter!("sluice_worker_rows_written_total").increment(rows as u64);
     metrics::counter!("sluice_worker_bytes_written_total").increment(bytes as u64);

@@ -20,12 +20,13 @@ use tokio_util::sync::CancellationToken;
 use super::flusher::{Flusher, FlusherMsg};
 use super::normalizer::{BusyGauge, FileTask, NormalizerPool};
 use super::publisher::CheckpointPublisher;
+use crate::PipelineError;
 
 pub enum PipelineMsg {
     /// Tell the flusher a shard's files are coming; replies once it knows.
     ShardStarted { shard_id: String, generation: u64, files: usize, reply: RpcReplyPort<()> },
     /// The queue is closed: finish every file, flush, publish, reply.
-    Drain(RpcReplyPort<Result<(), String>>),
+    Drain(RpcReplyPort<Result<(), PipelineError>>),
 }
 
 pub struct PipelineArgs {
@@ -41,7 +42,7 @@ pub struct PipelineArgs {
     /// Cancelled when the coordinator refuses this worker's checkpoints.
     pub fenced: CancellationToken,
     /// Failures of a child or of a checkpoint, as they happen.
-    pub failed: mpsc::UnboundedSender<String>,
+    pub failed: mpsc::UnboundedSender<PipelineError>,
     pub stats: Arc<PipelineStats>,
     /// Run media normalizers in child processes of this executable.
     pub isolation: Option<std::path::PathBuf>,
@@ -59,9 +60,9 @@ pub struct PipelineState {
     flusher: ActorRef<FlusherMsg>,
     /// The normalizer pool; it ends when the queue is closed and drained.
     normalizers: Option<JoinHandle<()>>,
-    failure: Option<String>,
+    failure: Option<PipelineError>,
     stop: CancellationToken,
-    failed: mpsc::UnboundedSender<String>,
+    failed: mpsc::UnboundedSender<PipelineError>,
 }
 
 impl Actor for ShardPipeline {
@@ -111,8 +112,8 @@ impl Actor for ShardPipeline {
                     Some(e) => Err(e),
                     None => match st.flusher.call(FlusherMsg::Drain, None).await {
                         Ok(ractor::rpc::CallResult::Success(r)) => r,
-                        Ok(_) => Err("flusher did not answer".into()),
-                        Err(e) => Err(format!("flusher is gone: {e}")),
+                        Ok(_) => Err(PipelineError::Gone("the flusher did not answer".into())),
+                        Err(e) => Err(PipelineError::Gone(format!("the flusher is gone: {e}"))),
                     },
                 };
                 let result = match (result, st.failure.clone()) {
@@ -134,7 +135,7 @@ impl Actor for ShardPipeline {
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(who, err) = evt {
             tracing::error!(actor = %who.get_id(), error = %err, "pipeline actor failed");
-            let failure = st.failure.get_or_insert_with(|| format!("pipeline actor failed: {err}")).clone();
+            let failure = st.failure.get_or_insert_with(|| PipelineError::Actor(err.to_string())).clone();
             st.stop.cancel();
             let _ = st.failed.send(failure);
         }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sluice_common::link::CoordinatorApi;
 use sluice_common::pb;
+
+use crate::PipelineError;
 use tokio_util::sync::CancellationToken;
 
 /// What a flush produced, apart from the fragments themselves.
@@ -24,9 +26,9 @@ pub struct CheckpointDraft {
 }
 
 pub enum PublisherMsg {
-    Written { draft: CheckpointDraft, result: Result<Vec<Vec<u8>>, String> },
+    Written { draft: CheckpointDraft, result: Result<Vec<Vec<u8>>, PipelineError> },
     /// Reply once everything received so far is published (or failed).
-    Drain(RpcReplyPort<Result<(), String>>),
+    Drain(RpcReplyPort<Result<(), PipelineError>>),
 }
 
 pub struct CheckpointPublisher {
@@ -39,14 +41,14 @@ pub struct CheckpointPublisher {
     /// worker was fenced) or cannot be reached: the session is over.
     pub fenced: CancellationToken,
     /// Told at once when a checkpoint is lost, so the job stops.
-    pub failed: tokio::sync::mpsc::UnboundedSender<String>,
+    pub failed: tokio::sync::mpsc::UnboundedSender<PipelineError>,
 }
 
 #[derive(Default)]
 pub struct PublisherState {
     next: u64,
-    waiting: BTreeMap<u64, (CheckpointDraft, Result<Vec<Vec<u8>>, String>)>,
-    error: Option<String>,
+    waiting: BTreeMap<u64, (CheckpointDraft, Result<Vec<Vec<u8>>, PipelineError>)>,
+    error: Option<PipelineError>,
 }
 
 impl Actor for CheckpointPublisher {
@@ -76,9 +78,8 @@ impl Actor for CheckpointPublisher {
                         Err(e) => {
                             // The job cannot go on without these rows: the
                             // coordinator stops it at once.
-                            let error = format!("writing fragments failed: {e}");
-                            let _ = self.failed.send(error.clone());
-                            st.error = Some(error);
+                            let _ = self.failed.send(e.clone());
+                            st.error = Some(e);
                         }
                     }
                     if st.error.is_some() {
@@ -100,7 +101,7 @@ impl Actor for CheckpointPublisher {
 }
 
 impl CheckpointPublisher {
-    async fn publish(&self, d: CheckpointDraft, fragments: Vec<Vec<u8>>) -> Result<(), String> {
+    async fn publish(&self, d: CheckpointDraft, fragments: Vec<Vec<u8>>) -> Result<(), PipelineError> {
         let cp = pb::Checkpoint {
             job_id: self.job_id.clone(),
             worker_id: self.worker_id.clone(),
@@ -119,7 +120,7 @@ impl CheckpointPublisher {
             Ok(ack) => ack,
             Err(e) => {
                 self.fenced.cancel();
-                return Err(e.to_string());
+                return Err(PipelineError::Publish { seq: d.seq, reason: e.to_string() });
             }
         };
         if ack.stop {
@@ -129,7 +130,7 @@ impl CheckpointPublisher {
             }
         }
         if !ack.accepted {
-            return Err(format!("coordinator refused checkpoint {}: {}", d.seq, ack.reason));
+            return Err(PipelineError::Publish { seq: d.seq, reason: format!("refused: {}", ack.reason) });
         }
         Ok(())
     }

@@ -44,16 +44,21 @@ pub async fn leader_address(client: &Client, prefix: &str) -> Result<Option<Stri
     }
 }
 
-/// Refresh `lease` every third of its TTL. An etcd that is briefly away
+/// Refresh `lease` every third of its TTL until `release` is cancelled
+/// (then the lease is revoked, best effort). An etcd that is briefly away
 /// (restarted, a blip) is retried until the lease would have expired; only
 /// then is the lease lost, and the returned token cancelled.
-pub fn keep_alive(client: Client, lease: i64, ttl: Duration, what: &'static str) -> CancellationToken {
+pub fn keep_alive(client: Client, lease: i64, ttl: Duration, what: &'static str, release: CancellationToken) -> CancellationToken {
     let lost = CancellationToken::new();
     let token = lost.clone();
     tokio::spawn(async move {
         let every = (ttl / 3).max(Duration::from_millis(100));
         let mut renewed = tokio::time::Instant::now();
         let why = loop {
+            if release.is_cancelled() {
+                let _ = client.clone().lease_revoke(lease).await;
+                return;
+            }
             if renewed.elapsed() > ttl {
                 break "could not renew it within its TTL".to_string();
             }
@@ -62,7 +67,10 @@ pub fn keep_alive(client: Client, lease: i64, ttl: Duration, what: &'static str)
                 Ok(false) => break "the lease expired".to_string(),
                 Err(e) => tracing::warn!(error = %e, lease = what, "cannot renew the lease yet; retrying"),
             }
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = release.cancelled() => {}
+            }
         };
         tracing::warn!(%why, lease = what, "lease lost");
         token.cancel();

@@ -177,7 +177,7 @@ async fn incarnation(
             let channel = t.tls.endpoint(&addr)?.connect_timeout(Duration::from_secs(3)).connect_lazy();
             let client = CoordinatorServiceClient::new(channel).max_decoding_message_size(64 << 20);
             if let Some(etcd) = etcd {
-                membership_lost = crate::membership::register(etcd, &t.etcd_prefix, &worker_id, &addr, t.lease_ttl).await?;
+                membership_lost = crate::membership::register(etcd, &t.etcd_prefix, &worker_id, &addr, t.lease_ttl, session.clone()).await?;
             }
             (Arc::new(GrpcCoordinator { client, poll_timeout: Duration::from_secs(10) }), addr)
         }

@@ -61,7 +61,8 @@ impl MetaStore {
         let mut client = client.clone();
         let ttl_secs = ttl.as_secs().max(1) as i64;
         let lease = client.lease_grant(ttl_secs, None).await.map_err(|e| etcd_err("lease", e))?.id();
-        let lost = keep_alive(client.clone(), lease, ttl, "leadership");
+        // Held until the process ends (or the lease is lost).
+        let lost = keep_alive(client.clone(), lease, ttl, "leadership", CancellationToken::new());
         tracing::info!(%advertise, "campaigning for leadership");
         let won = client
             .campaign(key(prefix, "leader"), advertise, lease)

@@ -23,6 +23,8 @@ struct RunningJob {
     /// Cancelled when the job takes no more files: told to stop, failed,
     /// or the session ended.
     stop: CancellationToken,
+    /// Cancelled to drop the job's files in flight at once.
+    abandon: CancellationToken,
 }
 
 /// One worker session's jobs.
@@ -84,6 +86,7 @@ impl Worker {
     pub async fn abandon_job(&self, job_id: &str) {
         if let Some(job) = self.jobs.lock().await.remove(job_id) {
             job.stop.cancel();
+            job.abandon.cancel();
             job.pipeline.kill();
         }
     }
@@ -96,8 +99,10 @@ impl Worker {
         job.stop.cancel();
         drop(job.queue);
         let error = match job.pipeline.call(PipelineMsg::Drain, None).await {
-            Ok(ractor::rpc::CallResult::Success(Ok(()))) => String::new(),
-            Ok(ractor::rpc::CallResult::Success(Err(e))) => e.to_string(),
+            Ok(ractor::rpc::CallResult::Success(drained)) => {
+                tracing::info!(%job_id, normalizers = ?drained.normalizers, flusher = ?drained.flusher, "job drained");
+                drained.result().err().map(|e| e.to_string()).unwrap_or_default()
+            }
             Ok(_) => "the pipeline did not answer the drain".into(),
             Err(e) => format!("the pipeline is gone: {e}"),
         };
@@ -132,6 +137,7 @@ impl Worker {
         let dataset = Arc::new(table.open().await?);
         let (tx, rx) = mpsc::channel(settings.normalization_workers as usize);
         let stop = self.session.child_token();
+        let abandon = CancellationToken::new();
         let (failed, mut failures) = mpsc::unbounded_channel();
         let args = PipelineArgs {
             table: table.clone(),
@@ -143,6 +149,7 @@ impl Worker {
             queue: rx,
             stop: stop.clone(),
             fenced: self.fenced.clone(),
+            abandon: abandon.clone(),
             failed,
             stats: self.stats.clone(),
             isolation: self.isolation.clone(),
@@ -152,10 +159,11 @@ impl Worker {
             .map_err(|e| Error::Internal(format!("cannot start pipeline: {e}")))?;
         // A failed pipeline is reported at once, so the coordinator stops
         // the job instead of waiting for shards that will not finish.
-        let (api, job_id, worker_id) = (self.api.clone(), a.job_id.clone(), self.id.clone());
+        let (api, job_id, worker_id, intake) = (self.api.clone(), a.job_id.clone(), self.id.clone(), stop.clone());
         tokio::spawn(async move {
             // The first failure is the cause; later ones follow from it.
             if let Some(error) = failures.recv().await {
+                intake.cancel();
                 let ended = pb::JobEnded { job_id: job_id.clone(), worker_id, error: error.to_string() };
                 if let Err(e) = api.end_job(ended).await {
                     tracing::warn!(%job_id, error = %e, "cannot report the pipeline's failure");
@@ -163,7 +171,7 @@ impl Worker {
             }
         });
         tracing::info!(job_id = %a.job_id, worker_id = %self.id, "pipeline started");
-        Ok(RunningJob { pipeline, queue: tx, stop })
+        Ok(RunningJob { pipeline, queue: tx, stop, abandon })
     }
 
     /// Queue a shard's files; waits while the pipeline's queue is full.

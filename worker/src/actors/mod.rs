@@ -6,6 +6,6 @@ pub(crate) mod pipeline;
 mod publisher;
 
 pub use flusher::{FlushReason, Flusher, FlusherMsg};
-pub use normalizer::{FileTask, NormalizerPool, PoolMsg};
+pub use normalizer::{FileTask, NormalizerPool};
 pub use pipeline::{PipelineStats, ShardPipeline};
 pub use publisher::{CheckpointPublisher, PublisherMsg};

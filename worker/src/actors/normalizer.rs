@@ -2,32 +2,31 @@
 //! and normalizes up to `normalization_workers` at once, each on a blocking
 //! thread or in a child process (with a per-file timeout and panic capture),
 //! handing the rows, or the failure, to the flusher. A file that breaks after
-//! some of its rows were handed on fails the pool, and so the pipeline.
+//! some of its rows were handed on fails the pool, and so the pipeline. The
+//! pool is a task the pipeline awaits when it drains: its result says how
+//! the normalizers ended.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::ActorRef;
 use sluice_common::pb;
 use sluice_common::schema::{FileRows, Kind, Row, SourceInfo};
 use sluice_common::settings::Settings;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::flusher::FlusherMsg;
 use crate::isolation::ChildProc;
 use crate::normalize::{self, Piece};
+use crate::PipelineError;
 
 /// One file to normalize.
 #[derive(Debug, Clone)]
 pub struct FileTask {
     pub file: pb::FileRef,
-}
-
-pub enum PoolMsg {
-    /// Normalize files until the queue closes, then stop.
-    Run,
 }
 
 pub struct NormalizerPool {
@@ -66,33 +65,44 @@ type Slot = Option<ChildProc>;
 /// A slot back from its file, and whether the file broke the pipeline.
 type Done = (Slot, Result<(), String>);
 
-impl Actor for NormalizerPool {
-    type Msg = PoolMsg;
-    type State = Option<mpsc::Receiver<FileTask>>;
-    type Arguments = mpsc::Receiver<FileTask>;
-
-    async fn pre_start(&self, myself: ActorRef<PoolMsg>, queue: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        myself.send_message(PoolMsg::Run)?;
-        Ok(Some(queue))
+impl NormalizerPool {
+    /// Normalize files until the queue closes (then wait for the files in
+    /// flight) or `abandon` is cancelled (then drop them). A failure that
+    /// ends the pool is also sent to `failed` at once.
+    pub async fn run(
+        self,
+        mut queue: mpsc::Receiver<FileTask>,
+        abandon: CancellationToken,
+        failed: mpsc::UnboundedSender<PipelineError>,
+    ) -> Result<(), PipelineError> {
+        let result = tokio::select! {
+            r = self.serve(&mut queue) => r,
+            _ = abandon.cancelled() => Err(PipelineError::Gone("the job was abandoned".into())),
+        };
+        if let Err(e) = &result {
+            if !abandon.is_cancelled() {
+                tracing::error!(error = %e, "normalizer pool failed");
+                let _ = failed.send(e.clone());
+            }
+        }
+        result
     }
 
-    async fn handle(&self, myself: ActorRef<PoolMsg>, msg: PoolMsg, queue: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        let PoolMsg::Run = msg;
-        let Some(mut queue) = queue.take() else { return Ok(()) };
+    async fn serve(&self, queue: &mut mpsc::Receiver<FileTask>) -> Result<(), PipelineError> {
         let mut idle: Vec<Slot> = (0..self.settings.normalization_workers).map(|_| None).collect();
         let mut running: JoinSet<Done> = JoinSet::new();
         loop {
             // A file is taken only when a slot is free: the queue's bound
             // then holds back the worker's intake.
             if idle.is_empty() {
-                let done = running.join_next().await.expect("slots are busy");
+                let Some(done) = running.join_next().await else { unreachable!("no free slot, none running") };
                 idle.push(settle(done)?);
                 continue;
             }
             tokio::select! {
                 task = queue.recv() => match task {
                     Some(task) => {
-                        let slot = idle.pop().expect("a free slot");
+                        let slot = idle.pop().unwrap_or_default();
                         running.spawn(self.normalize_one(task, slot));
                     }
                     None => break,
@@ -103,17 +113,16 @@ impl Actor for NormalizerPool {
         while let Some(done) = running.join_next().await {
             settle(done)?;
         }
-        myself.stop(Some("queue closed".into()));
         Ok(())
     }
 }
 
 /// A finished file's slot, or the failure that ends the pool.
-fn settle(done: Result<Done, tokio::task::JoinError>) -> Result<Slot, ActorProcessingErr> {
+fn settle(done: Result<Done, tokio::task::JoinError>) -> Result<Slot, PipelineError> {
     match done {
         Ok((slot, Ok(()))) => Ok(slot),
-        Ok((_, Err(fatal))) => Err(fatal.into()),
-        Err(join) => Err(describe_join(join).into()),
+        Ok((_, Err(fatal))) => Err(PipelineError::Actor(fatal)),
+        Err(join) => Err(PipelineError::Actor(describe_join(join))),
     }
 }
 

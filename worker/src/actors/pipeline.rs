@@ -25,8 +25,26 @@ use crate::PipelineError;
 pub enum PipelineMsg {
     /// Tell the flusher a shard's files are coming; replies once it knows.
     ShardStarted { shard_id: String, generation: u64, files: usize, reply: RpcReplyPort<()> },
-    /// The queue is closed: finish every file, flush, publish, reply.
-    Drain(RpcReplyPort<Result<(), PipelineError>>),
+    /// The queue is closed: finish every file, flush, publish, then reply
+    /// how each part ended.
+    Drain(RpcReplyPort<Drained>),
+}
+
+/// How each part of a pipeline ended when it drained.
+#[derive(Debug, Clone)]
+pub struct Drained {
+    /// The normalizer pool: every file normalized (or recorded as failed).
+    pub normalizers: Result<(), PipelineError>,
+    /// The flusher and the publisher behind it: everything written and
+    /// published. Not asked (and so the pool's error) when the pool failed.
+    pub flusher: Result<(), PipelineError>,
+}
+
+impl Drained {
+    /// The first failure, if any.
+    pub fn result(self) -> Result<(), PipelineError> {
+        self.normalizers.and(self.flusher)
+    }
 }
 
 pub struct PipelineArgs {
@@ -41,6 +59,8 @@ pub struct PipelineArgs {
     pub stop: CancellationToken,
     /// Cancelled when the coordinator refuses this worker's checkpoints.
     pub fenced: CancellationToken,
+    /// Cancelled to drop the job at once (files in flight included).
+    pub abandon: CancellationToken,
     /// Failures of a child or of a checkpoint, as they happen.
     pub failed: mpsc::UnboundedSender<PipelineError>,
     pub stats: Arc<PipelineStats>,
@@ -59,7 +79,8 @@ pub struct ShardPipeline;
 pub struct PipelineState {
     flusher: ActorRef<FlusherMsg>,
     /// The normalizer pool; it ends when the queue is closed and drained.
-    normalizers: Option<JoinHandle<()>>,
+    normalizers: Option<JoinHandle<Result<(), PipelineError>>>,
+    abandon: CancellationToken,
     failure: Option<PipelineError>,
     stop: CancellationToken,
     failed: mpsc::UnboundedSender<PipelineError>,
@@ -94,8 +115,15 @@ impl Actor for ShardPipeline {
             flusher: flusher.clone(),
             busy: a.stats.normalizers.clone(),
         };
-        let (_, normalizers) = Actor::spawn_linked(None, pool, a.queue, myself.get_cell()).await?;
-        Ok(PipelineState { flusher, normalizers: Some(normalizers), failure: None, stop: a.stop, failed: a.failed })
+        let normalizers = tokio::spawn(pool.run(a.queue, a.abandon.clone(), a.failed.clone()));
+        Ok(PipelineState {
+            flusher,
+            normalizers: Some(normalizers),
+            abandon: a.abandon,
+            failure: None,
+            stop: a.stop,
+            failed: a.failed,
+        })
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut PipelineState) -> Result<(), ActorProcessingErr> {
@@ -105,25 +133,30 @@ impl Actor for ShardPipeline {
                 let _ = reply.send(());
             }
             PipelineMsg::Drain(reply) => {
-                if let Some(pool) = st.normalizers.take() {
-                    let _ = pool.await;
-                }
-                let result = match st.failure.clone() {
-                    Some(e) => Err(e),
-                    None => match st.flusher.call(FlusherMsg::Drain, None).await {
+                let normalizers = match st.normalizers.take() {
+                    Some(pool) => pool.await.unwrap_or_else(|e| Err(PipelineError::Gone(format!("the normalizer pool: {e}")))),
+                    None => Ok(()),
+                };
+                // A flusher or publisher that failed before: that is how it ended.
+                let flusher = match (&normalizers, st.failure.clone()) {
+                    (_, Some(e)) => Err(e),
+                    (Err(e), None) => Err(e.clone()),
+                    (Ok(()), None) => match st.flusher.call(FlusherMsg::Drain, None).await {
                         Ok(ractor::rpc::CallResult::Success(r)) => r,
                         Ok(_) => Err(PipelineError::Gone("the flusher did not answer".into())),
                         Err(e) => Err(PipelineError::Gone(format!("the flusher is gone: {e}"))),
                     },
                 };
-                let result = match (result, st.failure.clone()) {
-                    (Ok(()), Some(e)) => Err(e),
-                    (r, _) => r,
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(Drained { normalizers, flusher });
                 myself.stop(None);
             }
         }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _: ActorRef<Self::Msg>, st: &mut PipelineState) -> Result<(), ActorProcessingErr> {
+        // Stopped without a drain: nothing of this pipeline runs on.
+        st.abandon.cancel();
         Ok(())
     }
 

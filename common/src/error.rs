@@ -33,6 +33,10 @@ pub enum Error {
     /// later or elsewhere.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller did not prove who it is (a bearer token, a client
+    /// certificate).
+    #[error("{0}")]
+    Unauthenticated(String),
     /// Sluice's own machinery failed (a task or actor that stopped, a
     /// pipeline that broke): not the caller's doing, not worth a blind retry.
     #[error("{0}")]
@@ -47,6 +51,7 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         match self {
             Error::InvalidInput(_) | Error::InvalidSettings(_) => 400,
+            Error::Unauthenticated(_) => 401,
             Error::NotFound(_) => 404,
             Error::Timeout(_) => 408,
             Error::Conflict(_) => 409,

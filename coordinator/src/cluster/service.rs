@@ -28,6 +28,7 @@ fn status(e: Error) -> Status {
         Error::Busy(m) => Status::resource_exhausted(m),
         Error::Timeout(m) => Status::deadline_exceeded(m),
         Error::Unavailable(m) => Status::unavailable(m),
+        Error::Unauthenticated(m) => Status::unauthenticated(m),
         e @ Error::InvalidSettings(_) => Status::invalid_argument(e.to_string()),
         other => Status::internal(other.to_string()),
     }
@@ -45,23 +46,19 @@ impl Api {
     /// The worker protocol under mutual TLS: a verified client certificate.
     fn worker<T>(&self, req: &Request<T>) -> Result<(), Status> {
         if self.0.requires_worker_certs() && req.peer_certs().is_none_or(|c| c.is_empty()) {
-            return Err(Status::unauthenticated("workers must present a client certificate signed by the cluster CA"));
+            return Err(status(Error::Unauthenticated("workers must present a client certificate signed by the cluster CA".into())));
         }
         self.lead()
     }
 
     fn lead(&self) -> Result<(), Status> {
-        if self.0.is_leader() {
-            Ok(())
-        } else {
-            Err(Status::unavailable("this coordinator is a standby; the leader serves the API"))
-        }
+        self.0.check_leading().map_err(status)
     }
 
     /// A table named in a request (URI, absolute path, or name under the storage root).
     fn table(&self, given: &str) -> Result<sluice_common::table::TableHandle, Status> {
         if given.trim().is_empty() {
-            return Err(Status::invalid_argument("table is required"));
+            return Err(status(Error::InvalidInput("table is required".into())));
         }
         let location = self.0.table_location(given, Default::default()).map_err(status)?;
         Ok(sluice_common::table::TableHandle::new(location, 32))
@@ -69,9 +66,9 @@ impl Api {
 
     fn job(&self, id: &str) -> Result<Arc<super::ClusterJob>, Status> {
         if id.is_empty() {
-            return Err(Status::invalid_argument("job_id is required"));
+            return Err(status(Error::InvalidInput("job_id is required".into())));
         }
-        self.0.job(id).ok_or_else(|| Status::not_found(format!("no job {id}")))
+        self.0.job(id).ok_or_else(|| status(Error::NotFound(format!("no job {id}"))))
     }
 }
 
@@ -81,7 +78,7 @@ type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::JobStatus, Status>> + S
 impl JobService for Api {
     async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
         self.lead()?;
-        let spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let spec = req.into_inner().spec.ok_or_else(|| status(Error::InvalidInput("spec is required".into())))?;
         let job_id = self.0.submit(spec).await.map_err(status)?;
         Ok(Response::new(pb::SubmitJobResponse { job_id }))
     }
@@ -224,7 +221,7 @@ impl TableService for Api {
         self.lead()?;
         let req = req.into_inner();
         if req.sql.trim().is_empty() {
-            return Err(Status::invalid_argument("sql is required"));
+            return Err(status(Error::InvalidInput("sql is required".into())));
         }
         let table = self.table(&req.table)?;
         let uri = table.location.uri.clone();
@@ -240,7 +237,7 @@ impl TableService for Api {
             n => n.min(100_000) as usize,
         };
         let name = sluice_common::query::table_name(&uri);
-        let timed_out = move || Status::deadline_exceeded(format!("query timed out after {timeout:?}"));
+        let timed_out = move || status(Error::Timeout(format!("query timed out after {timeout:?}")));
         let mut batches = tokio::time::timeout_at(
             deadline,
             sluice_common::query::sql_stream(&dataset, &req.sql, &name, limit, req.include_blobs),
@@ -345,7 +342,7 @@ fn bearer_auth(cluster: Arc<Cluster>) -> impl tonic::service::Interceptor + Clon
         if cluster.authorized(token) {
             Ok(req)
         } else {
-            Err(Status::unauthenticated("a valid bearer token is required (authorization: Bearer <token>)"))
+            Err(status(Error::Unauthenticated("a valid bearer token is required (authorization: Bearer <token>)".into())))
         }
     }
 }

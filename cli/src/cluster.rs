@@ -233,8 +233,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<i32> {
     }
     let cluster = Cluster::new(cfg).await?;
     if let Some(addr) = args.http_listen {
-        let routes = sluice_coordinator::cluster::http_router(cluster.clone())?;
-        sluice_common::telemetry::serve_router(addr, routes).await?;
+        let leader = cluster.clone();
+        let ops = crate::telemetry::ops_routes(Arc::new(move || leader.is_leader()))?;
+        let routes = ops.merge(sluice_coordinator::cluster::http_router(cluster.clone())?);
+        crate::telemetry::serve_router(addr, routes).await?;
     }
     match sluice_coordinator::cluster::serve(cluster, args.listen, ctrl_c()).await? {
         Served::Shutdown => Ok(0),
@@ -270,7 +272,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
     }
     if let Some(addr) = args.metrics_listen {
         let r = ready.clone();
-        sluice_common::telemetry::serve(addr, Arc::new(move || r.load(Ordering::SeqCst))).await?;
+        crate::telemetry::serve(addr, Arc::new(move || r.load(Ordering::SeqCst))).await?;
     }
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();

@@ -14,6 +14,7 @@ mod query;
 mod sql;
 mod storage_args;
 mod table;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 

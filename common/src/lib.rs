@@ -20,7 +20,6 @@ pub mod sql;
 pub mod sources;
 pub mod storage;
 pub mod table;
-pub mod telemetry;
 pub mod tls;
 
 pub use error::{Error, Result};

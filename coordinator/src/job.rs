@@ -99,7 +99,7 @@ pub async fn run_job(job: &JobPlan, book: Arc<ClusterJob>, hooks: JobHooks) -> R
     let planned = plan_and_assign(job, &job_id, &target, &book, &tx, &progress).await;
     if let Err(e) = &planned {
         // Workers stop and flush what they have.
-        progress.abort(&format!("planning failed: {e}"));
+        progress.abort(format!("planning failed: {e}"));
     }
     let drained = book.drain().await;
     let storage = table.limiter.stats();

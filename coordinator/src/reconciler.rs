@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::progress::JobProgress;
 
 pub enum ReconcilerMsg {
-    Checkpoint(pb::Checkpoint, oneshot::Sender<Result<pb::CheckpointAck>>),
+    Checkpoint(Box<pb::Checkpoint>, oneshot::Sender<Result<pb::CheckpointAck>>),
     /// Inputs that failed before reaching a worker.
     PlanningFailed(Vec<pb::FileFailed>),
     /// Commit what is left and stop: everything when the workers drained
@@ -137,7 +137,7 @@ impl CommitReconciler {
         while let Some(msg) = rx.recv().await {
             match msg {
                 ReconcilerMsg::Checkpoint(cp, reply) => {
-                    let r = self.absorb(cp).await;
+                    let r = self.absorb(*cp).await;
                     let fatal = r.as_ref().err().map(|e| e.to_string());
                     let _ = reply.send(r);
                     if let Some(e) = fatal {

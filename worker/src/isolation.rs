@@ -202,31 +202,6 @@ pub fn rows_from_frame(payload: Vec<u8>) -> Result<Vec<Row>, String> {
     decode_rows(payload)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rows_survive_the_wire() {
-        let rows = vec![
-            Row { chunk_index: 0, mime_type: "video/mp4".into(), data: Some(Bytes::from_static(b"abc")), thumbnail: Some(vec![1, 2]), start_seconds: Some(0.5), ..Default::default() },
-            Row { chunk_index: 1, mime_type: "image/jpeg".into(), text: Some("page".into()), page: Some(2), ..Default::default() },
-        ];
-        let mut frame = Vec::new();
-        write_rows(&mut frame, rows).unwrap();
-        assert_eq!(frame[0], ROWS);
-        assert_eq!(u32::from_le_bytes(frame[1..5].try_into().unwrap()) as usize, frame.len() - 5);
-        let back = decode_rows(frame[5..].to_vec()).unwrap();
-        assert_eq!(back.len(), 2);
-        assert_eq!(back[0].data.as_deref(), Some(&b"abc"[..]));
-        assert_eq!(back[0].thumbnail, Some(vec![1, 2]));
-        assert_eq!(back[0].start_seconds, Some(0.5));
-        assert_eq!(back[1].text.as_deref(), Some("page"));
-        assert!(back[1].data.is_none());
-        assert!(decode_rows(vec![9, 0, 0, 0, 1]).is_err());
-    }
-}
-
 /// A normalizer's child process, kept across files while it stays healthy.
 pub struct ChildProc {
     child: tokio::process::Child,
@@ -335,3 +310,28 @@ fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
 
 #[cfg(not(target_os = "linux"))]
 fn widen_pipe<T>(_: &T) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_survive_the_wire() {
+        let rows = vec![
+            Row { chunk_index: 0, mime_type: "video/mp4".into(), data: Some(Bytes::from_static(b"abc")), thumbnail: Some(vec![1, 2]), start_seconds: Some(0.5), ..Default::default() },
+            Row { chunk_index: 1, mime_type: "image/jpeg".into(), text: Some("page".into()), page: Some(2), ..Default::default() },
+        ];
+        let mut frame = Vec::new();
+        write_rows(&mut frame, rows).unwrap();
+        assert_eq!(frame[0], ROWS);
+        assert_eq!(u32::from_le_bytes(frame[1..5].try_into().unwrap()) as usize, frame.len() - 5);
+        let back = decode_rows(frame[5..].to_vec()).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].data.as_deref(), Some(&b"abc"[..]));
+        assert_eq!(back[0].thumbnail, Some(vec![1, 2]));
+        assert_eq!(back[0].start_seconds, Some(0.5));
+        assert_eq!(back[1].text.as_deref(), Some("page"));
+        assert!(back[1].data.is_none());
+        assert!(decode_rows(vec![9, 0, 0, 0, 1]).is_err());
+    }
+}

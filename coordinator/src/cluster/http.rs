@@ -78,10 +78,9 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-/// Every route: the API behind bearer tokens, operations endpoints open.
+/// Every API route, behind bearer tokens (the process adds its open
+/// operations endpoints).
 pub fn router(cluster: Arc<Cluster>) -> sluice_common::Result<Router> {
-    let leader = cluster.clone();
-    let ops = sluice_common::telemetry::ops_routes(Arc::new(move || leader.is_leader()))?;
     let sql_routes = Router::new()
         .route("/tables/query", post(root_sql))
         .route("/workspaces/{ws}/tables/query", post(workspace_sql))
@@ -101,7 +100,7 @@ pub fn router(cluster: Arc<Cluster>) -> sluice_common::Result<Router> {
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(cluster.clone(), guard))
         .with_state(cluster);
-    Ok(ops.merge(api))
+    Ok(api)
 }
 
 /// Bearer tokens (when configured) and leadership, for every API route.

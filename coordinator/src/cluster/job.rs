@@ -229,7 +229,7 @@ impl ClusterJob {
         let gone = || sluice_common::Error::Internal("the job's reconciler has stopped".into());
         let reconciler = self.reconciler.get().ok_or_else(gone)?;
         let (reply, answer) = oneshot::channel();
-        reconciler.send(ReconcilerMsg::Checkpoint(cp, reply)).await.map_err(|_| gone())?;
+        reconciler.send(ReconcilerMsg::Checkpoint(Box::new(cp), reply)).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 

@@ -44,10 +44,13 @@ pub struct CheckpointPublisher {
     pub failed: tokio::sync::mpsc::UnboundedSender<PipelineError>,
 }
 
+/// A flush's draft and its fragment write's outcome.
+type Written = (CheckpointDraft, Result<Vec<Vec<u8>>, PipelineError>);
+
 #[derive(Default)]
 pub struct PublisherState {
     next: u64,
-    waiting: BTreeMap<u64, (CheckpointDraft, Result<Vec<Vec<u8>>, PipelineError>)>,
+    waiting: BTreeMap<u64, Written>,
     error: Option<PipelineError>,
 }
 

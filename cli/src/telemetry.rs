@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::{Error, Result};
+use sluice_common::{Error, Result};
 
 /// Install the process-wide metrics recorder (once).
 pub fn install_recorder() -> Result<PrometheusHandle> {

@@ -34,6 +34,29 @@ pub fn peer() -> ExponentialBuilder {
         .with_jitter()
 }
 
+/// A call that may be retried until `total` has passed in waits: 100 ms
+/// doubling up to 1 s, with jitter (etcd briefly away while a lease lives).
+pub fn within(total: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_factor(2.0)
+        .without_max_times()
+        .with_total_delay(Some(total))
+        .with_jitter()
+}
+
+/// A call retried for as long as it takes (campaigning for leadership):
+/// 200 ms doubling up to 5 s, with jitter.
+pub fn forever() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times()
+        .with_jitter()
+}
+
 /// Whether a failed storage write may be tried again: anything but the
 /// caller's mistake (bad input or settings, a missing or existing thing).
 pub fn storage_retryable(e: &Error) -> bool {

@@ -388,15 +388,11 @@ pub async fn serve(
     let leading = {
         let (cluster, health, lost) = (cluster.clone(), health.clone(), lost.clone());
         tokio::spawn(async move {
-            loop {
-                match cluster.lead().await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot campaign for leadership; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
+            use backon::Retryable;
+            let _ = (|| cluster.lead())
+                .retry(sluice_common::retry::forever())
+                .notify(|e, after| tracing::error!(error = %e, ?after, "cannot campaign for leadership; retrying"))
+                .await;
             health.set_serving::<JobServiceServer<Api>>().await;
             health.set_serving::<CoordinatorServiceServer<Api>>().await;
             health.set_serving::<TableServiceServer<Api>>().await;

@@ -80,18 +80,16 @@ impl MetaStore {
         let MetaStore::Etcd { client, .. } = self else { return true };
         // etcd may be briefly away; nobody else can lead before our lease
         // runs out, so keep asking until then.
-        let deadline = tokio::time::Instant::now() + leadership.ttl;
-        loop {
-            match client.clone().get(leadership.key.clone(), None).await {
-                Ok(resp) => return resp.kvs().first().is_some_and(|kv| kv.lease() == leadership.lease),
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "cannot confirm leadership yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot confirm leadership");
-                    return false;
-                }
+        use backon::Retryable;
+        let asked = (|| async { client.clone().get(leadership.key.clone(), None).await })
+            .retry(sluice_common::retry::within(leadership.ttl))
+            .notify(|e, _| tracing::warn!(error = %e, "cannot confirm leadership yet; retrying"))
+            .await;
+        match asked {
+            Ok(resp) => resp.kvs().first().is_some_and(|kv| kv.lease() == leadership.lease),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot confirm leadership");
+                false
             }
         }
     }

@@ -11,7 +11,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".sluice.v1.TableVersion", "#[derive(serde::Serialize)]")
         .type_attribute(".sluice.v1.ListVersionsResponse", "#[derive(serde::Serialize)]")
         .type_attribute(".sluice.v1.TableInfo", "#[derive(serde::Serialize)]")
-        .type_attribute(".sluice.v1.InsertRowsResponse", "#[derive(serde::Serialize)]")
         // Job progress in the HTTP API.
         .type_attribute(".sluice.v1.JobProgress", "#[derive(serde::Serialize)]")
         .compile_protos(&["sluice/v1/worker.proto", "sluice/v1/job.proto"], &["."])?;

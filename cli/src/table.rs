@@ -85,7 +85,7 @@ pub async fn insert(args: InsertArgs) -> Result<i32> {
         Some(_) => None,
         None => Some(TableHandle::new(args.storage.location(&args.table)?, 32)),
     };
-    let mut total = pb::InsertRowsResponse::default();
+    let mut total = sluice_common::insert::Inserted::default();
     let mut lines = input.lines();
     let (mut line_no, mut batch_no) = (0usize, 0usize);
     loop {
@@ -118,7 +118,7 @@ pub async fn insert(args: InsertArgs) -> Result<i32> {
                     ..Default::default()
                 })
                 .await
-                .map(tonic::Response::into_inner)
+                .map(|r| r.into_inner().into())
                 .map_err(rpc_error),
             (None, Some(handle)) => match parse_json_rows(batch.iter().map(String::as_str)) {
                 Ok(rows) => insert_rows(handle, InsertRequest { rows, create_columns: columns.clone(), idempotency_key: key })

@@ -431,14 +431,39 @@ fn assign_serials(rows: &mut [Map<String, Value>], next: &mut HashMap<String, i6
     }
 }
 
+/// What an insert did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Inserted {
+    pub table_uri: String,
+    /// The table version holding the rows.
+    pub version: u64,
+    pub rows_inserted: u64,
+    /// This request created the table.
+    pub created: bool,
+    /// The idempotency key had been applied before: nothing was inserted now.
+    pub replayed: bool,
+}
+
+impl From<Inserted> for pb::InsertRowsResponse {
+    fn from(i: Inserted) -> Self {
+        pb::InsertRowsResponse { table_uri: i.table_uri, version: i.version, rows_inserted: i.rows_inserted, created: i.created, replayed: i.replayed }
+    }
+}
+
+impl From<pb::InsertRowsResponse> for Inserted {
+    fn from(r: pb::InsertRowsResponse) -> Self {
+        Inserted { table_uri: r.table_uri, version: r.version, rows_inserted: r.rows_inserted, created: r.created, replayed: r.replayed }
+    }
+}
+
 /// Append `req.rows` to the table in one commit (creating the table first
 /// when asked), at most once per idempotency key.
-pub async fn insert_rows(handle: &TableHandle, req: InsertRequest) -> Result<pb::InsertRowsResponse> {
+pub async fn insert_rows(handle: &TableHandle, req: InsertRequest) -> Result<Inserted> {
     let uri = handle.location.uri.clone();
     let lock = table_lock(&uri);
     let _serialized = lock.lock().await;
     let (ds, created) = open_or_create(handle, &req.create_columns).await?;
-    let mut response = pb::InsertRowsResponse { table_uri: uri.clone(), version: ds.version().version, created, ..Default::default() };
+    let mut response = Inserted { table_uri: uri.clone(), version: ds.version().version, created, ..Default::default() };
     let schema = insert_schema(&ds);
     let serials: Vec<&Field> = schema.fields().iter().map(|f| f.as_ref()).filter(|f| is_serial(f)).collect();
     let mut serial_next = HashMap::new();

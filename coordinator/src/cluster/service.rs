@@ -177,7 +177,7 @@ impl TableService for Api {
         };
         let done = sluice_common::insert::insert_rows(&table, insert).await.map_err(status)?;
         tracing::info!(table = %done.table_uri, rows = done.rows_inserted, version = done.version, replayed = done.replayed, "rows inserted");
-        Ok(Response::new(done))
+        Ok(Response::new(done.into()))
     }
 
     async fn describe_table(

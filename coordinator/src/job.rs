@@ -43,19 +43,13 @@ impl JobPlan {
     }
 }
 
-/// Optional hooks into a job's commits.
-#[derive(Default)]
-pub struct JobHooks {
-    pub observer: Option<CommitObserver>,
-    pub guard: Option<CommitGuard>,
-}
-
 /// Failed files listed in a summary; all of them are in the error ledger.
 pub const MAX_SUMMARY_ERRORS: usize = 100;
 
 /// Run `job`, queueing its shards in `book`, until every shard is committed
-/// (or the job stops).
-pub async fn run_job(job: &JobPlan, book: Arc<ClusterJob>, hooks: JobHooks) -> Result<JobSummary> {
+/// (or the job stops). `guard` is asked before every write to the table: a
+/// coordinator that no longer leads must not write.
+pub async fn run_job(job: &JobPlan, book: Arc<ClusterJob>, guard: CommitGuard) -> Result<JobSummary> {
     let progress = book.progress.clone();
     let started = Instant::now();
     job.settings.validate()?;
@@ -85,17 +79,16 @@ pub async fn run_job(job: &JobPlan, book: Arc<ClusterJob>, hooks: JobHooks) -> R
         ledger.clone(),
         progress.clone(),
     );
-    if let Some(observer) = hooks.observer {
-        reconciler = reconciler.with_observer(observer);
-    }
-    let guard = hooks.guard;
-    if let Some(guard) = &guard {
-        reconciler = reconciler.with_guard(guard.clone());
-    }
+    // Commits tell the shard book which files and shards are done.
+    let observer = {
+        let book = book.clone();
+        Arc::new(move |cps: &[pb::Checkpoint]| book.committed(cps)) as CommitObserver
+    };
+    reconciler = reconciler.with_observer(observer).with_guard(guard.clone());
     let reconciling = tokio::spawn(reconciler.run(rx));
     book.attach(tx.clone());
 
-    let target = Target { table: &table, committed: &committed, attributes: &attributes, guard: guard.clone() };
+    let target = Target { table: &table, committed: &committed, attributes: &attributes, guard };
     let planned = plan_and_assign(job, &job_id, &target, &book, &tx, &progress).await;
     if let Err(e) = &planned {
         // Workers stop and flush what they have.
@@ -166,7 +159,7 @@ pub(crate) struct Target<'a> {
     pub attributes: &'a [arrow_schema::Field],
     /// Asked before rows of changed files are removed, as before each
     /// commit: a coordinator that no longer leads must not write.
-    pub guard: Option<CommitGuard>,
+    pub guard: CommitGuard,
 }
 
 /// Walk the inputs, skip files the table already has unchanged, and hand
@@ -275,9 +268,7 @@ async fn remove_replaced(target: &Target<'_>, files: &[pb::FileRef]) -> Result<(
     if replaced.is_empty() {
         return Ok(());
     }
-    if let Some(guard) = &target.guard {
-        guard().await?;
-    }
+    (target.guard)().await?;
     let list = replaced.iter().map(|u| format!("'{}'", u.replace('\'', "''"))).collect::<Vec<_>>().join(", ");
     let mut ds = target.table.open().await?;
     ds.delete(&format!("{} IN ({list})", sluice_common::schema::col::SOURCE_URI)).await?;
@@ -339,14 +330,14 @@ mod tests {
 
         // A coordinator that no longer leads removes nothing.
         let refuse: CommitGuard = Arc::new(|| Box::pin(async { Err(Error::Unavailable("no longer leads".into())) }));
-        let target = Target { table: &table, committed: &committed, attributes: &[], guard: Some(refuse) };
+        let target = Target { table: &table, committed: &committed, attributes: &[], guard: refuse };
         let err = remove_replaced(&target, &changed).await.unwrap_err();
         assert!(err.to_string().contains("no longer leads"), "{err}");
         assert_eq!(count().await, 1);
 
         // Files not marked as replacing anything are never touched.
         let allow: CommitGuard = Arc::new(|| Box::pin(async { Ok(()) }));
-        let target = Target { guard: Some(allow), ..target };
+        let target = Target { guard: allow, ..target };
         let unchanged = [pb::FileRef { uri: uri.into(), ..Default::default() }];
         remove_replaced(&target, &unchanged).await.unwrap();
         assert_eq!(count().await, 1);

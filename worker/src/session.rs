@@ -82,6 +82,12 @@ fn transport_err(what: &str, s: tonic::Status) -> Error {
     }
 }
 
+/// A call that failed on the way (the coordinator is away or slow) and is
+/// worth repeating: the protocol's writes are idempotent.
+fn transient(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
+}
+
 #[async_trait]
 impl CoordinatorApi for GrpcCoordinator {
     async fn register(&self, req: pb::RegisterWorkerRequest) -> Result<pb::RegisterWorkerResponse> {
@@ -105,7 +111,7 @@ impl CoordinatorApi for GrpcCoordinator {
             async move { client.publish_checkpoint(cp).await }
         })
         .retry(sluice_common::retry::peer())
-        .when(|s: &tonic::Status| matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded))
+        .when(transient)
         .notify(|s, after| tracing::warn!(seq = cp.seq, error = %s.message(), ?after, "publishing a checkpoint; retrying"))
         .await;
         published.map(|r| r.into_inner()).map_err(|s| transport_err(&format!("publishing checkpoint {}", cp.seq), s))
@@ -118,7 +124,7 @@ impl CoordinatorApi for GrpcCoordinator {
             async move { client.end_job(ended).await }
         })
         .retry(sluice_common::retry::peer())
-        .when(|s: &tonic::Status| matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded))
+        .when(transient)
         .await
         .map(|_| ())
         .map_err(|s| transport_err("reporting a job's end", s))

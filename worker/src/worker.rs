@@ -56,10 +56,6 @@ impl Worker {
         }
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// Normalize media (video, PDF) in child processes of `exe`
     /// (`exe normalize-server`), so a crashing or hanging decoder costs one
     /// file, not the worker.
@@ -118,10 +114,6 @@ impl Worker {
     /// Jobs this worker is running.
     pub async fn job_ids(&self) -> Vec<String> {
         self.jobs.lock().await.keys().cloned().collect()
-    }
-
-    pub fn stats(&self) -> Arc<PipelineStats> {
-        self.stats.clone()
     }
 
     async fn start_job(&self, a: &pb::ShardAssignment) -> Result<RunningJob> {

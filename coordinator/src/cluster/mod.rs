@@ -410,10 +410,6 @@ impl Cluster {
         self.save(&job).await;
         let (me, runner) = (self.clone(), job.clone());
         tokio::spawn(async move {
-            let observer = {
-                let job = runner.clone();
-                Arc::new(move |cps: &[pb::Checkpoint]| job.committed(cps)) as crate::reconciler::CommitObserver
-            };
             let guard = {
                 let me = me.clone();
                 Arc::new(move || {
@@ -428,8 +424,7 @@ impl Cluster {
                     }) as futures::future::BoxFuture<'static, Result<()>>
                 }) as crate::reconciler::CommitGuard
             };
-            let hooks = crate::job::JobHooks { observer: Some(observer), guard: Some(guard) };
-            let result = crate::job::run_job(&def, runner.clone(), hooks).await;
+            let result = crate::job::run_job(&def, runner.clone(), guard).await;
             let (state, message) = match &result {
                 Ok(summary) if runner.is_cancelled() => (pb::JobState::Cancelled, format!("cancelled; {} files ingested", summary.files_ingested)),
                 Ok(summary) => {

@@ -375,7 +375,7 @@ pub async fn submit(args: SubmitArgs) -> Result<i32> {
         job_id: args.job_id.clone().unwrap_or_default(),
         shard_files: args.shard_files,
         shard_bytes: 0,
-        columns: args.columns.as_deref().map(sluice_common::insert::parse_columns).transpose()?.unwrap_or_default(),
+        columns: args.columns.as_deref().map(sluice_common::insert::parse_columns).transpose()?.unwrap_or_default().into_iter().map(Into::into).collect(),
     };
     let mut c = client(&args.client).await?;
     let job_id = c

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use sluice_common::describe::{TableDescription, TableVersion};
 use sluice_common::pb;
 use sluice_common::schema::col;
 use sluice_common::table::TableHandle;
@@ -39,8 +40,8 @@ pub struct InspectArgs {
 #[derive(Serialize)]
 struct Report {
     #[serde(flatten)]
-    table: pb::TableDescription,
-    versions: Vec<pb::TableVersion>,
+    table: TableDescription,
+    versions: Vec<TableVersion>,
     samples: Vec<serde_json::Value>,
 }
 
@@ -53,9 +54,9 @@ pub async fn run(args: InspectArgs) -> Result<()> {
                 job_id: args.job.clone().unwrap_or_default(),
                 max_errors,
             };
-            let table = c.describe_table(request).await.map_err(rpc_error)?.into_inner();
+            let table = c.describe_table(request).await.map_err(rpc_error)?.into_inner().into();
             let request = pb::ListVersionsRequest { table: args.table.clone(), limit: args.versions as u32 };
-            let versions = c.list_versions(request).await.map_err(rpc_error)?.into_inner().versions;
+            let versions = c.list_versions(request).await.map_err(rpc_error)?.into_inner().versions.into_iter().map(Into::into).collect();
             (table, versions)
         }
         None => {
@@ -85,7 +86,7 @@ pub async fn run(args: InspectArgs) -> Result<()> {
 
 /// Sample rows: for ingest tables, where each came from and the start of
 /// its text; for others, every column that is not binary.
-fn sample_sql(table: &pb::TableDescription, n: usize) -> String {
+fn sample_sql(table: &TableDescription, n: usize) -> String {
     let has = |name: &str| table.columns.iter().any(|c| c.name == name);
     let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
     let select = if [col::SOURCE_URI, col::KIND, col::CHUNK_INDEX, col::MIME_TYPE, col::TEXT].iter().all(|c| has(c)) {
@@ -100,7 +101,7 @@ fn sample_sql(table: &pb::TableDescription, n: usize) -> String {
         )
     } else {
         let cols: Vec<String> =
-            table.columns.iter().filter(|c| !matches!(c.r#type.as_str(), "binary" | "blob")).map(|c| quoted(&c.name)).collect();
+            table.columns.iter().filter(|c| !matches!(c.ty.as_str(), "binary" | "blob")).map(|c| quoted(&c.name)).collect();
         if cols.is_empty() { "count(*) AS rows".into() } else { cols.join(", ") }
     };
     format!("SELECT {select} FROM {} LIMIT {n}", quoted(&table.name))
@@ -118,7 +119,7 @@ fn print(report: &Report) {
     }
     println!("\nColumns:");
     for c in &t.columns {
-        println!("  {}: {}{}", c.name, c.r#type, if c.nullable { "" } else { " not null" });
+        println!("  {}: {}{}", c.name, c.ty, if c.nullable { "" } else { " not null" });
     }
     println!("\nVersions (newest first):");
     for v in &report.versions {

@@ -113,7 +113,7 @@ pub async fn insert(args: InsertArgs) -> Result<i32> {
                 .insert_rows(pb::InsertRowsRequest {
                     table: args.table.clone(),
                     json_rows: batch,
-                    create_columns: columns.clone(),
+                    create_columns: columns.iter().cloned().map(Into::into).collect(),
                     idempotency_key: key.unwrap_or_default(),
                     ..Default::default()
                 })
@@ -173,7 +173,7 @@ pub struct TablesArgs {
 
 pub async fn tables(args: TablesArgs) -> Result<i32> {
     let tables = match args.remote.client().await? {
-        Some(mut c) => c.list_tables(pb::ListTablesRequest {}).await.map_err(rpc_error)?.into_inner().tables,
+        Some(mut c) => c.list_tables(pb::ListTablesRequest {}).await.map_err(rpc_error)?.into_inner().tables.into_iter().map(Into::into).collect(),
         None => {
             let Some(root) = &args.root else { bail!("give the directory or URI holding the tables, or --coordinator") };
             sluice_common::describe::list_tables(Some(&args.storage.location(root)?), &[]).await?

@@ -12,14 +12,14 @@ use std::collections::HashSet;
 use arrow_schema::{DataType, Field, TimeUnit};
 use serde_json::{Map, Value};
 
-use crate::insert::{field_of, type_name};
+use crate::insert::{field_of, type_name, ColumnDef};
 use crate::schema::table_schema;
-use crate::{pb, Error, Result};
+use crate::{Error, Result};
 
 /// The Arrow fields of attribute columns, checked: valid names, no name
 /// twice, none of the columns sluice fills itself. All are nullable (a file
 /// without a value gets null), except those declared required.
-pub fn fields(columns: &[pb::ColumnDef]) -> Result<Vec<Field>> {
+pub fn fields(columns: &[ColumnDef]) -> Result<Vec<Field>> {
     let base = table_schema();
     let mut seen = HashSet::new();
     columns
@@ -45,7 +45,7 @@ pub fn fields(columns: &[pb::ColumnDef]) -> Result<Vec<Field>> {
 /// JSON for objects and arrays, and for keys whose values disagree.
 /// Columns come in the order keys are first seen (within one row, by
 /// name); a key whose values are all null is text.
-pub fn infer<'a>(rows: impl IntoIterator<Item = &'a Map<String, Value>>) -> Vec<pb::ColumnDef> {
+pub fn infer<'a>(rows: impl IntoIterator<Item = &'a Map<String, Value>>) -> Vec<ColumnDef> {
     let mut order: Vec<String> = Vec::new();
     let mut kinds: std::collections::HashMap<String, &'static str> = Default::default();
     for row in rows {
@@ -74,14 +74,14 @@ pub fn infer<'a>(rows: impl IntoIterator<Item = &'a Map<String, Value>>) -> Vec<
         .into_iter()
         .map(|name| {
             let ty = kinds.get(&name).copied().unwrap_or("string");
-            pb::ColumnDef { name, r#type: ty.into(), required: false }
+            ColumnDef { name, ty: ty.into(), required: false }
         })
         .collect()
 }
 
 /// Text columns named by a manifest's header (CSV columns beyond the first).
-pub fn text_columns(names: &[String]) -> Vec<pb::ColumnDef> {
-    names.iter().map(|n| pb::ColumnDef { name: n.clone(), r#type: "string".into(), required: false }).collect()
+pub fn text_columns(names: &[String]) -> Vec<ColumnDef> {
+    names.iter().map(|n| ColumnDef { name: n.clone(), ty: "string".into(), required: false }).collect()
 }
 
 /// Check one file's values against the job's attribute columns and give
@@ -206,20 +206,20 @@ mod tests {
     fn types_are_inferred_from_every_value() {
         let rows = [obj(json!({"label": "cat", "n": 1, "x": 1, "ok": true, "meta": {"a": 1}})), obj(json!({"n": 2, "x": 0.5, "mixed": 1})), obj(json!({"mixed": "one", "empty": null}))];
         let cols = infer(&rows);
-        let got: Vec<(&str, &str)> = cols.iter().map(|c| (c.name.as_str(), c.r#type.as_str())).collect();
+        let got: Vec<(&str, &str)> = cols.iter().map(|c| (c.name.as_str(), c.ty.as_str())).collect();
         assert_eq!(got, [("label", "string"), ("meta", "json"), ("n", "int64"), ("ok", "bool"), ("x", "float64"), ("mixed", "json")]);
     }
 
     #[test]
     fn values_are_checked_and_normalized_per_column() {
         let cols = fields(&[
-            pb::ColumnDef { name: "label".into(), r#type: "text".into(), required: false },
-            pb::ColumnDef { name: "n".into(), r#type: "int32".into(), required: false },
-            pb::ColumnDef { name: "score".into(), r#type: "float64".into(), required: false },
-            pb::ColumnDef { name: "ok".into(), r#type: "bool".into(), required: false },
-            pb::ColumnDef { name: "at".into(), r#type: "timestamp".into(), required: false },
-            pb::ColumnDef { name: "day".into(), r#type: "date".into(), required: false },
-            pb::ColumnDef { name: "meta".into(), r#type: "jsonb".into(), required: false },
+            ColumnDef { name: "label".into(), ty: "text".into(), required: false },
+            ColumnDef { name: "n".into(), ty: "int32".into(), required: false },
+            ColumnDef { name: "score".into(), ty: "float64".into(), required: false },
+            ColumnDef { name: "ok".into(), ty: "bool".into(), required: false },
+            ColumnDef { name: "at".into(), ty: "timestamp".into(), required: false },
+            ColumnDef { name: "day".into(), ty: "date".into(), required: false },
+            ColumnDef { name: "meta".into(), ty: "jsonb".into(), required: false },
         ])
         .unwrap();
         // CSV values are text: numbers, booleans and dates are parsed.
@@ -239,7 +239,7 @@ mod tests {
 
     #[test]
     fn names_sluice_fills_are_refused() {
-        let err = fields(&[pb::ColumnDef { name: "kind".into(), r#type: "text".into(), required: false }]).unwrap_err();
+        let err = fields(&[ColumnDef { name: "kind".into(), ty: "text".into(), required: false }]).unwrap_err();
         assert!(err.to_string().contains("`kind` has the name of a column sluice fills"), "{err}");
     }
 }

@@ -8,12 +8,68 @@ use arrow_array::{Array, StringArray};
 use futures::{StreamExt, TryStreamExt};
 use lance::Dataset;
 
+use serde::Serialize;
+
 use crate::insert::{type_name, IDEMPOTENCY_KEY};
-use crate::ledger::ErrorLedger;
+use crate::ledger::{ErrorLedger, ErrorRecord};
 use crate::schema::col;
 use crate::storage::TableLocation;
 use crate::table::{prop, TableHandle};
 use crate::{pb, Error, Result};
+
+/// A column as users name its type (`json`, `blob`, `int64`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub nullable: bool,
+}
+
+/// What a table holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableDescription {
+    pub table_uri: String,
+    /// The table's name in SQL.
+    pub name: String,
+    pub version: u64,
+    pub rows: u64,
+    pub columns: Vec<ColumnInfo>,
+    /// Rows per `kind` (tables written by ingest jobs).
+    pub rows_per_kind: HashMap<String, u64>,
+    /// Failed files in all (`errors` may list fewer).
+    pub failed_files: u64,
+    pub errors: Vec<ErrorRecord>,
+}
+
+/// One version of a table and what wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableVersion {
+    pub version: u64,
+    /// RFC 3339.
+    pub timestamp: String,
+    /// Append, Overwrite, Delete, ...
+    pub operation: String,
+    /// The ingest job that wrote it, if one did.
+    pub job_id: String,
+    /// Rows and files the commit added and failed files it recorded
+    /// (sluice commits).
+    pub rows: u64,
+    pub files: u64,
+    pub failed: u64,
+    pub commit_id: String,
+    /// The insert's idempotency key, if the version is an insert with one.
+    pub idempotency_key: String,
+}
+
+/// A table found under a storage root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableInfo {
+    pub name: String,
+    pub table_uri: String,
+    pub version: u64,
+    pub rows: u64,
+}
 
 /// Open a table, with a not-found error that names it.
 pub async fn open(handle: &TableHandle) -> Result<Dataset> {
@@ -26,12 +82,12 @@ pub async fn open(handle: &TableHandle) -> Result<Dataset> {
 }
 
 /// The table's columns as users name their types.
-pub fn columns(ds: &Dataset) -> Vec<pb::ColumnInfo> {
+pub fn columns(ds: &Dataset) -> Vec<ColumnInfo> {
     let schema: arrow_schema::Schema = ds.schema().into();
     schema
         .fields()
         .iter()
-        .map(|f| pb::ColumnInfo { name: f.name().clone(), r#type: type_name(f), nullable: f.is_nullable() })
+        .map(|f| ColumnInfo { name: f.name().clone(), ty: type_name(f), nullable: f.is_nullable() })
         .collect()
 }
 
@@ -44,10 +100,10 @@ pub async fn describe(
     ds: &Dataset,
     job_id: Option<&str>,
     max_errors: usize,
-) -> Result<pb::TableDescription> {
+) -> Result<TableDescription> {
     let columns = columns(ds);
     let mut rows_per_kind = HashMap::new();
-    if columns.iter().any(|c| c.name == col::KIND && c.r#type == "string") {
+    if columns.iter().any(|c| c.name == col::KIND && c.ty == "string") {
         let mut scan = ds.scan();
         scan.project(&[col::KIND])?;
         let mut stream = scan.try_into_stream().await?;
@@ -76,7 +132,7 @@ pub async fn describe(
             }
         }
     };
-    Ok(pb::TableDescription {
+    Ok(TableDescription {
         table_uri: handle.location.uri.clone(),
         name: crate::query::table_name(&handle.location.uri),
         version: ds.version().version,
@@ -84,16 +140,12 @@ pub async fn describe(
         columns,
         rows_per_kind,
         failed_files: errors.len() as u64,
-        errors: errors
-            .into_iter()
-            .take(max_errors)
-            .map(|e| pb::FailedFile { uri: e.uri, kind: e.kind, reason: e.reason, job_id: e.job_id, recorded_at: e.recorded_at })
-            .collect(),
+        errors: errors.into_iter().take(max_errors).collect(),
     })
 }
 
 /// The newest `limit` versions, newest first, with what wrote each.
-pub async fn versions(ds: &Dataset, limit: usize) -> Result<Vec<pb::TableVersion>> {
+pub async fn versions(ds: &Dataset, limit: usize) -> Result<Vec<TableVersion>> {
     let mut all = ds.versions().await?;
     all.sort_by_key(|v| std::cmp::Reverse(v.version));
     all.truncate(limit);
@@ -102,7 +154,7 @@ pub async fn versions(ds: &Dataset, limit: usize) -> Result<Vec<pb::TableVersion
         let props = txn.as_ref().and_then(|t| t.transaction_properties.clone()).unwrap_or_default();
         let get = |k: &str| props.get(k).cloned().unwrap_or_default();
         let num = |k: &str| props.get(k).and_then(|n| n.parse().ok()).unwrap_or(0);
-        Ok::<_, Error>(pb::TableVersion {
+        Ok::<_, Error>(TableVersion {
             version: v.version,
             timestamp: v.timestamp.to_rfc3339(),
             operation: txn.as_ref().map_or_else(String::new, |t| t.operation.to_string()),
@@ -125,7 +177,7 @@ const MAX_TABLES: usize = 1000;
 
 /// Tables directly below `root` (directories holding a Lance table), plus
 /// `others` given by URI (e.g. tables jobs wrote elsewhere).
-pub async fn list_tables(root: Option<&TableLocation>, others: &[String]) -> Result<Vec<pb::TableInfo>> {
+pub async fn list_tables(root: Option<&TableLocation>, others: &[String]) -> Result<Vec<TableInfo>> {
     let mut found: Vec<(String, TableLocation)> = Vec::new();
     if let Some(root) = root {
         let (store, base) = root.object_store()?;
@@ -151,11 +203,111 @@ pub async fn list_tables(root: Option<&TableLocation>, others: &[String]) -> Res
         let table_uri = location.uri.clone();
         let ds = TableHandle::new(location, 8).open().await.ok()?;
         let rows = ds.count_rows(None).await.ok()? as u64;
-        Some(pb::TableInfo { name, table_uri, version: ds.version().version, rows })
+        Some(TableInfo { name, table_uri, version: ds.version().version, rows })
     }))
     .buffered(8)
     .filter_map(|t| async move { t })
     .collect::<Vec<_>>()
     .await;
     Ok(infos)
+}
+
+// The protobuf form, for the coordinator's `TableService` and its clients.
+
+impl From<ColumnInfo> for pb::ColumnInfo {
+    fn from(c: ColumnInfo) -> Self {
+        pb::ColumnInfo { name: c.name, r#type: c.ty, nullable: c.nullable }
+    }
+}
+
+impl From<pb::ColumnInfo> for ColumnInfo {
+    fn from(c: pb::ColumnInfo) -> Self {
+        ColumnInfo { name: c.name, ty: c.r#type, nullable: c.nullable }
+    }
+}
+
+impl From<ErrorRecord> for pb::FailedFile {
+    fn from(e: ErrorRecord) -> Self {
+        pb::FailedFile { uri: e.uri, kind: e.kind, reason: e.reason, job_id: e.job_id, recorded_at: e.recorded_at }
+    }
+}
+
+impl From<pb::FailedFile> for ErrorRecord {
+    fn from(e: pb::FailedFile) -> Self {
+        ErrorRecord { job_id: e.job_id, uri: e.uri, kind: e.kind, reason: e.reason, recorded_at: e.recorded_at }
+    }
+}
+
+impl From<TableDescription> for pb::TableDescription {
+    fn from(t: TableDescription) -> Self {
+        pb::TableDescription {
+            table_uri: t.table_uri,
+            name: t.name,
+            version: t.version,
+            rows: t.rows,
+            columns: t.columns.into_iter().map(Into::into).collect(),
+            rows_per_kind: t.rows_per_kind,
+            failed_files: t.failed_files,
+            errors: t.errors.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<pb::TableDescription> for TableDescription {
+    fn from(t: pb::TableDescription) -> Self {
+        TableDescription {
+            table_uri: t.table_uri,
+            name: t.name,
+            version: t.version,
+            rows: t.rows,
+            columns: t.columns.into_iter().map(Into::into).collect(),
+            rows_per_kind: t.rows_per_kind,
+            failed_files: t.failed_files,
+            errors: t.errors.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<TableVersion> for pb::TableVersion {
+    fn from(v: TableVersion) -> Self {
+        pb::TableVersion {
+            version: v.version,
+            timestamp: v.timestamp,
+            operation: v.operation,
+            job_id: v.job_id,
+            rows: v.rows,
+            files: v.files,
+            failed: v.failed,
+            commit_id: v.commit_id,
+            idempotency_key: v.idempotency_key,
+        }
+    }
+}
+
+impl From<pb::TableVersion> for TableVersion {
+    fn from(v: pb::TableVersion) -> Self {
+        TableVersion {
+            version: v.version,
+            timestamp: v.timestamp,
+            operation: v.operation,
+            job_id: v.job_id,
+            rows: v.rows,
+            files: v.files,
+            failed: v.failed,
+            commit_id: v.commit_id,
+            idempotency_key: v.idempotency_key,
+        }
+    }
+}
+
+impl From<TableInfo> for pb::TableInfo {
+    fn from(t: TableInfo) -> Self {
+        pb::TableInfo { name: t.name, table_uri: t.table_uri, version: t.version, rows: t.rows }
+    }
+}
+
+impl From<pb::TableInfo> for TableInfo {
+    fn from(t: pb::TableInfo) -> Self {
+        TableInfo { name: t.name, table_uri: t.table_uri, version: t.version, rows: t.rows }
+    }
 }

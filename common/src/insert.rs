@@ -33,17 +33,38 @@ use crate::{pb, Error, Result};
 /// Transaction property holding an insert's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "sluice.idempotency_key";
 
+/// A column to create, as users write it: a name, a type name (SQL or
+/// Arrow spelling, see [`field_of`]) and whether it is NOT NULL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDef {
+    pub name: String,
+    pub ty: String,
+    pub required: bool,
+}
+
+impl From<pb::ColumnDef> for ColumnDef {
+    fn from(c: pb::ColumnDef) -> Self {
+        ColumnDef { name: c.name, ty: c.r#type, required: c.required }
+    }
+}
+
+impl From<ColumnDef> for pb::ColumnDef {
+    fn from(c: ColumnDef) -> Self {
+        pb::ColumnDef { name: c.name, r#type: c.ty, required: c.required }
+    }
+}
+
 /// What to insert: rows and, optionally, the columns to create the table with.
 #[derive(Debug, Default, Clone)]
 pub struct InsertRequest {
     pub rows: Vec<Map<String, Value>>,
-    pub create_columns: Vec<pb::ColumnDef>,
+    pub create_columns: Vec<ColumnDef>,
     pub idempotency_key: Option<String>,
 }
 
 /// Parse column definitions written SQL-style:
 /// `filename TEXT NOT NULL, metadata JSONB, size BIGINT`.
-pub fn parse_columns(spec: &str) -> Result<Vec<pb::ColumnDef>> {
+pub fn parse_columns(spec: &str) -> Result<Vec<ColumnDef>> {
     let mut out = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let words: Vec<&str> = part.split_whitespace().collect();
@@ -56,7 +77,7 @@ pub fn parse_columns(spec: &str) -> Result<Vec<pb::ColumnDef>> {
             "not null" => true,
             other => return Err(Error::InvalidInput(format!("column `{name}`: unexpected `{other}` (only NOT NULL)"))),
         };
-        let def = pb::ColumnDef { name: name.trim_matches('"').to_string(), r#type: ty.to_string(), required };
+        let def = ColumnDef { name: name.trim_matches('"').to_string(), ty: ty.to_string(), required };
         field_of(&def)?;
         out.push(def);
     }
@@ -64,14 +85,14 @@ pub fn parse_columns(spec: &str) -> Result<Vec<pb::ColumnDef>> {
 }
 
 /// The Arrow field a column definition stands for.
-pub fn field_of(def: &pb::ColumnDef) -> Result<Field> {
+pub fn field_of(def: &ColumnDef) -> Result<Field> {
     let name = def.name.trim();
     if name.is_empty() || name.starts_with('_') || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
         return Err(Error::InvalidInput(format!(
             "column name `{name}`: letters, digits and '_' only, not starting with '_'"
         )));
     }
-    let t = def.r#type.trim().to_ascii_lowercase();
+    let t = def.ty.trim().to_ascii_lowercase();
     let data_type = match t.as_str() {
         "string" | "text" | "utf8" | "varchar" => DataType::Utf8,
         "int64" | "bigint" | "long" | "int8" => DataType::Int64,
@@ -296,7 +317,7 @@ fn table_lock(uri: &str) -> Arc<tokio::sync::Mutex<()>> {
 
 /// Open the table, creating it with `columns` when absent. Given columns
 /// must match an existing table's.
-async fn open_or_create(handle: &TableHandle, columns: &[pb::ColumnDef]) -> Result<(Dataset, bool)> {
+async fn open_or_create(handle: &TableHandle, columns: &[ColumnDef]) -> Result<(Dataset, bool)> {
     match handle.open().await {
         Ok(ds) => {
             let schema = insert_schema(&ds);

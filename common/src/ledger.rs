@@ -13,7 +13,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::TableLocation;
-use crate::{pb, Result};
+use crate::Result;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorRecord {
@@ -39,7 +39,7 @@ impl ErrorLedger {
     }
 
     /// Record the failures that belong to one commit.
-    pub async fn record(&self, job_id: &str, commit_id: &str, failed: &[pb::FileFailed]) -> Result<()> {
+    pub async fn record(&self, job_id: &str, commit_id: &str, failed: &[crate::protocol::FileFailed]) -> Result<()> {
         if failed.is_empty() {
             return Ok(());
         }
@@ -49,7 +49,7 @@ impl ErrorLedger {
             let rec = ErrorRecord {
                 job_id: job_id.to_string(),
                 uri: f.uri.clone(),
-                kind: f.kind.clone(),
+                kind: f.kind.map(|k| k.to_string()).unwrap_or_default(),
                 reason: f.reason.clone(),
                 recorded_at: now.clone(),
             };

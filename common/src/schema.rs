@@ -57,6 +57,11 @@ impl Kind {
             Kind::Other => "other",
         }
     }
+
+    /// The kind named `s` (as [`Kind::as_str`] writes it).
+    pub fn parse(s: &str) -> Option<Kind> {
+        [Kind::Text, Kind::Image, Kind::Video, Kind::Pdf, Kind::Other].into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 /// File name extensions (lower case) and the kind each suggests: the one

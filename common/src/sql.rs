@@ -37,7 +37,7 @@ use lance_core::datatypes::BlobHandling;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::insert::{self, field_of, insert_rows, InsertRequest, PRIMARY_KEY, SERIAL};
+use crate::insert::{self, field_of, insert_rows, ColumnDef, InsertRequest, PRIMARY_KEY, SERIAL};
 use crate::storage::{complete_options, TableLocation};
 use crate::table::TableHandle;
 use crate::{pb, Error, Result};
@@ -155,7 +155,7 @@ impl Catalog {
     }
 
     /// The tables of a workspace (or directly under the root).
-    pub async fn tables(&self, workspace: Option<&str>) -> Result<Vec<pb::TableInfo>> {
+    pub async fn tables(&self, workspace: Option<&str>) -> Result<Vec<crate::describe::TableInfo>> {
         let root = match workspace {
             Some(ws) if !valid_name(ws) => return Err(Error::InvalidInput(format!("workspace name `{ws}` is not valid"))),
             Some(ws) => format!("{}/{ws}", self.root.trim_end_matches('/')),
@@ -343,7 +343,7 @@ async fn create_table(catalog: &Catalog, workspace: Option<&str>, create: ast::C
                 other => return Err(invalid(format!("column `{name}`: `{other}` is not supported"))),
             }
         }
-        let mut field = field_of(&pb::ColumnDef { name: name.clone(), r#type: ty.into(), required })?;
+        let mut field = field_of(&ColumnDef { name: name.clone(), ty: ty.into(), required })?;
         let mut metadata = field.metadata().clone();
         if serial {
             metadata.insert(SERIAL.into(), "true".into());

@@ -205,20 +205,6 @@ fn fit_json_columns(ds: &Dataset, batch: RecordBatch) -> Result<RecordBatch> {
 /// checkpoints were dropped when their worker was fenced): each data file
 /// and the blob sidecar directory beside it. Best effort; returns how many
 /// data files were removed.
-/// A fragment as it crosses the wire: Lance's own `DataFragment` protobuf.
-pub fn fragment_to_bytes(fragment: &Fragment) -> Vec<u8> {
-    use prost::Message;
-    lance_table::format::pb::DataFragment::from(fragment).encode_to_vec()
-}
-
-/// A fragment from its wire form ([`fragment_to_bytes`]).
-pub fn fragment_from_bytes(bytes: &[u8]) -> Result<Fragment> {
-    use prost::Message;
-    let pb = lance_table::format::pb::DataFragment::decode(bytes)
-        .map_err(|e| Error::InvalidInput(format!("not a Lance fragment: {e}")))?;
-    Ok(Fragment::try_from(pb)?)
-}
-
 pub async fn discard_fragments(dataset: &Dataset, fragments: &[Fragment]) -> usize {
     let store = match dataset.object_store(None).await {
         Ok(s) => s,

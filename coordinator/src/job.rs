@@ -11,7 +11,8 @@ use sluice_common::ledger::ErrorLedger;
 use sluice_common::settings::Settings;
 use sluice_common::storage::{StorageLimiter, TableLocation};
 use sluice_common::table::{committed_files, CommittedFile, TableHandle};
-use sluice_common::{ids, pb, Error, Result};
+use sluice_common::protocol::{Checkpoint, FileFailed, FileRef};
+use sluice_common::{ids, Error, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::ClusterJob;
@@ -31,7 +32,7 @@ pub struct JobPlan {
     pub shard_files: usize,
     pub shard_bytes: u64,
     /// Columns of per-file values; empty: inferred from the inputs.
-    pub columns: Vec<pb::ColumnDef>,
+    pub columns: Vec<sluice_common::insert::ColumnDef>,
     /// Share this limiter with the process's workers, so that
     /// `storage_concurrency` bounds every request of one process.
     pub limiter: Option<StorageLimiter>,
@@ -82,7 +83,7 @@ pub async fn run_job(job: &JobPlan, book: Arc<ClusterJob>, guard: CommitGuard) -
     // Commits tell the shard book which files and shards are done.
     let observer = {
         let book = book.clone();
-        Arc::new(move |cps: &[pb::Checkpoint]| book.committed(cps)) as CommitObserver
+        Arc::new(move |cps: &[Checkpoint]| book.committed(cps)) as CommitObserver
     };
     reconciler = reconciler.with_observer(observer).with_guard(guard.clone());
     let reconciling = tokio::spawn(reconciler.run(rx));
@@ -186,16 +187,6 @@ pub(crate) async fn plan_and_assign(
 
     let mut planner = ShardPlanner::new(job_id, job.shard_files, job.shard_bytes);
     let mut bad = Vec::new();
-    let table_ref = pb::TableRef { uri: job.table.uri.clone(), storage_options: job.table.storage_options.clone() };
-    let settings = pb::PipelineSettings::from(&job.settings);
-    let assign = |shard_id: String, files: Vec<pb::FileRef>| pb::ShardAssignment {
-        job_id: job_id.to_string(),
-        shard_id,
-        generation: 1,
-        table: Some(table_ref.clone()),
-        settings: Some(settings),
-        files,
-    };
     let mut shards = Vec::new();
     while let Some(item) = rx.recv().await {
         if progress.abort_reason().is_some() {
@@ -208,7 +199,7 @@ pub(crate) async fn plan_and_assign(
         match item {
             Planned::Bad { uri, reason } => {
                 JobProgress::add(&progress.files_rejected, 1);
-                bad.push(pb::FileFailed { uri, shard_id: String::new(), kind: String::new(), reason });
+                bad.push(FileFailed { uri, shard_id: String::new(), kind: None, reason });
                 if bad.len() >= 256 {
                     send_failures(reconciler, std::mem::take(&mut bad)).await?;
                 }
@@ -229,7 +220,7 @@ pub(crate) async fn plan_and_assign(
             }
         }
         for (id, files) in shards.drain(..) {
-            dispatch(target, book, assign(id, files)).await?;
+            dispatch(target, book, id, files).await?;
         }
     }
     drop(rx);
@@ -241,7 +232,7 @@ pub(crate) async fn plan_and_assign(
         if progress.abort_reason().is_some() {
             break;
         }
-        dispatch(target, book, assign(id, files)).await?;
+        dispatch(target, book, id, files).await?;
     }
     progress.planning_done.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
@@ -249,7 +240,7 @@ pub(crate) async fn plan_and_assign(
 
 /// A file whose per-file values fit the job's columns, with the values
 /// normalized; otherwise a failed file saying why.
-fn checked_attributes(mut file: pb::FileRef, columns: &[arrow_schema::Field]) -> Planned {
+fn checked_attributes(mut file: FileRef, columns: &[arrow_schema::Field]) -> Planned {
     let normalized = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&file.attributes)
         .map_err(|e| format!("per-file values are not a JSON object: {e}"))
         .and_then(|values| sluice_common::attributes::normalize(columns, &values));
@@ -263,7 +254,7 @@ fn checked_attributes(mut file: pb::FileRef, columns: &[arrow_schema::Field]) ->
 }
 
 /// Delete the rows of `files` marked as replacing an earlier version.
-async fn remove_replaced(target: &Target<'_>, files: &[pb::FileRef]) -> Result<()> {
+async fn remove_replaced(target: &Target<'_>, files: &[FileRef]) -> Result<()> {
     let replaced: Vec<&str> = files.iter().filter(|f| f.replaces_previous).map(|f| f.uri.as_str()).collect();
     if replaced.is_empty() {
         return Ok(());
@@ -276,7 +267,7 @@ async fn remove_replaced(target: &Target<'_>, files: &[pb::FileRef]) -> Result<(
     Ok(())
 }
 
-async fn send_failures(reconciler: &mpsc::Sender<ReconcilerMsg>, failed: Vec<pb::FileFailed>) -> Result<()> {
+async fn send_failures(reconciler: &mpsc::Sender<ReconcilerMsg>, failed: Vec<FileFailed>) -> Result<()> {
     reconciler
         .send(ReconcilerMsg::PlanningFailed(failed))
         .await
@@ -288,9 +279,9 @@ async fn send_failures(reconciler: &mpsc::Sender<ReconcilerMsg>, failed: Vec<pb:
 /// next run ingests it. The removal passes the job's guard first: a
 /// coordinator that lost the lead could otherwise delete rows its successor
 /// has since written again.
-async fn dispatch(target: &Target<'_>, book: &ClusterJob, a: pb::ShardAssignment) -> Result<()> {
-    remove_replaced(target, &a.files).await?;
-    if !book.queue_shard(a).await {
+async fn dispatch(target: &Target<'_>, book: &ClusterJob, shard_id: String, files: Vec<FileRef>) -> Result<()> {
+    remove_replaced(target, &files).await?;
+    if !book.queue_shard(shard_id, files).await {
         tracing::debug!("job stopping: shard not queued");
     }
     Ok(())
@@ -325,7 +316,7 @@ mod tests {
         let uri = "file:///data/it's.txt";
         let table = table_with(dir.path(), uri).await;
         let committed = HashMap::new();
-        let changed = [pb::FileRef { uri: uri.into(), replaces_previous: true, ..Default::default() }];
+        let changed = [FileRef { uri: uri.into(), replaces_previous: true, ..Default::default() }];
         let count = || async { table.open().await.unwrap().count_rows(None).await.unwrap() };
 
         // A coordinator that no longer leads removes nothing.
@@ -338,7 +329,7 @@ mod tests {
         // Files not marked as replacing anything are never touched.
         let allow: CommitGuard = Arc::new(|| Box::pin(async { Ok(()) }));
         let target = Target { guard: allow, ..target };
-        let unchanged = [pb::FileRef { uri: uri.into(), ..Default::default() }];
+        let unchanged = [FileRef { uri: uri.into(), ..Default::default() }];
         remove_replaced(&target, &unchanged).await.unwrap();
         assert_eq!(count().await, 1);
 

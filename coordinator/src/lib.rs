@@ -1,5 +1,5 @@
 //! The sluice coordinator: plans a job's files into shards, serves them to
-//! workers through the worker protocol ([`sluice_common::link::CoordinatorApi`],
+//! workers through the worker protocol ([`sluice_common::protocol::CoordinatorApi`],
 //! in process or over gRPC), and reconciles the workers' checkpoints into
 //! exactly-once Lance commits.
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
-use sluice_common::{pb, sources, Error, Result};
+use sluice_common::protocol::FileRef;
+use sluice_common::{sources, Error, Result};
 use tokio::sync::mpsc;
 
 /// What the user asked to ingest. Paths may be object-store URIs
@@ -151,7 +152,7 @@ fn bad_line(manifest: &str, number: usize, reason: String) -> Planned {
 /// Per-file value columns the inputs imply when the job declares none:
 /// inferred from inline values, from a CSV manifest's header (text), or
 /// from a JSON-lines manifest's first entry.
-pub async fn attribute_columns(inputs: &Inputs) -> Result<Vec<pb::ColumnDef>> {
+pub async fn attribute_columns(inputs: &Inputs) -> Result<Vec<sluice_common::insert::ColumnDef>> {
     use sluice_common::attributes;
     if inputs.attributes.iter().any(|a| !a.is_empty()) {
         let values = inputs
@@ -210,7 +211,7 @@ pub fn within_roots(path: &Path, roots: &[PathBuf]) -> bool {
 /// One entry of the walk: a file to ingest, or an input that cannot be.
 #[derive(Debug, Clone)]
 pub enum Planned {
-    File(pb::FileRef),
+    File(FileRef),
     Bad { uri: String, reason: String },
 }
 
@@ -294,7 +295,7 @@ impl Walker<'_> {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as i64);
         let attributes = self.attributes.clone();
-        self.emit(Planned::File(pb::FileRef { uri: file_uri(path), size: m.len(), modified_ms, attributes, ..Default::default() }))
+        self.emit(Planned::File(FileRef { uri: file_uri(path), size: m.len(), modified_ms, attributes, ..Default::default() }))
     }
 
     fn dir(&mut self, root: &Path) -> bool {
@@ -388,7 +389,7 @@ pub fn walk(inputs: &Inputs, exclude: Option<PathBuf>, tx: mpsc::Sender<Planned>
 }
 
 fn remote_file(root: &str, m: &object_store::ObjectMeta, attributes: &str) -> Planned {
-    Planned::File(pb::FileRef {
+    Planned::File(FileRef {
         uri: format!("{root}{}", m.location),
         size: m.size,
         modified_ms: m.last_modified.timestamp_millis(),
@@ -499,7 +500,7 @@ pub async fn walk_remote(inputs: &Inputs, tx: mpsc::Sender<Planned>) -> Result<(
             let outside = inputs.allowed_roots.as_ref().is_some_and(|roots| !within_roots(&path, roots));
             let planned = match tokio::fs::metadata(&path).await {
                 Ok(_) if outside => Planned::Bad { uri: file_uri(&path), reason: "outside the allowed roots".into() },
-                Ok(m) if m.is_file() => Planned::File(pb::FileRef {
+                Ok(m) if m.is_file() => Planned::File(FileRef {
                     uri: file_uri(&path),
                     size: m.len(),
                     modified_ms: m
@@ -593,13 +594,13 @@ mod tests {
         let csv = dir.path().join("m.csv");
         std::fs::write(&csv, "# files\npath,label\n/a,cat\n").unwrap();
         let cols = attribute_columns(&Inputs { manifest: Some(csv), ..Default::default() }).await.unwrap();
-        assert_eq!(cols.iter().map(|c| (c.name.as_str(), c.r#type.as_str())).collect::<Vec<_>>(), [("label", "string")]);
+        assert_eq!(cols.iter().map(|c| (c.name.as_str(), c.ty.as_str())).collect::<Vec<_>>(), [("label", "string")]);
         let jsonl = dir.path().join("m.jsonl");
         std::fs::write(&jsonl, "{\"path\": \"/a\", \"n\": 1, \"ok\": true}\n").unwrap();
         let cols = attribute_columns(&Inputs { manifest: Some(jsonl), ..Default::default() }).await.unwrap();
-        assert_eq!(cols.iter().map(|c| (c.name.as_str(), c.r#type.as_str())).collect::<Vec<_>>(), [("n", "int64"), ("ok", "bool")]);
+        assert_eq!(cols.iter().map(|c| (c.name.as_str(), c.ty.as_str())).collect::<Vec<_>>(), [("n", "int64"), ("ok", "bool")]);
         let inline = Inputs { paths: vec!["/a".into(), "/b".into()], attributes: vec![r#"{"s": 1}"#.into(), r#"{"s": 1.5}"#.into()], ..Default::default() };
-        assert_eq!(attribute_columns(&inline).await.unwrap()[0].r#type, "float64");
+        assert_eq!(attribute_columns(&inline).await.unwrap()[0].ty, "float64");
         assert!(attribute_columns(&Inputs { paths: vec!["/a".into()], ..Default::default() }).await.unwrap().is_empty());
     }
 

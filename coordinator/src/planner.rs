@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use sluice_common::pb;
+use sluice_common::protocol::FileRef;
 use sluice_common::schema::Kind;
 
 /// Files are grouped by the kind their name suggests.
@@ -15,7 +15,7 @@ pub struct ShardPlanner {
     job_id: String,
     max_files: usize,
     max_bytes: u64,
-    open: HashMap<Kind, (Vec<pb::FileRef>, u64)>,
+    open: HashMap<Kind, (Vec<FileRef>, u64)>,
     next: u64,
 }
 
@@ -24,15 +24,15 @@ impl ShardPlanner {
         Self { job_id: job_id.to_string(), max_files: max_files.max(1), max_bytes: max_bytes.max(1), open: HashMap::new(), next: 0 }
     }
 
-    fn seal(&mut self, files: Vec<pb::FileRef>) -> (String, Vec<pb::FileRef>) {
+    fn seal(&mut self, files: Vec<FileRef>) -> (String, Vec<FileRef>) {
         self.next += 1;
         let id = format!("{}-{:06}", self.job_id, self.next);
-        let files = files.into_iter().map(|f| pb::FileRef { shard_id: id.clone(), ..f }).collect();
+        let files = files.into_iter().map(|f| FileRef { shard_id: id.clone(), ..f }).collect();
         (id, files)
     }
 
     /// Add a file; returns a shard when one fills up.
-    pub fn push(&mut self, file: pb::FileRef) -> Option<(String, Vec<pb::FileRef>)> {
+    pub fn push(&mut self, file: FileRef) -> Option<(String, Vec<FileRef>)> {
         let b = bucket(&file.uri);
         let entry = self.open.entry(b).or_default();
         entry.1 += file.size;
@@ -45,7 +45,7 @@ impl ShardPlanner {
     }
 
     /// The remaining partly filled shards.
-    pub fn finish(&mut self) -> Vec<(String, Vec<pb::FileRef>)> {
+    pub fn finish(&mut self) -> Vec<(String, Vec<FileRef>)> {
         let mut rest: Vec<_> = self.open.drain().map(|(_, (files, _))| files).collect();
         rest.sort_by(|a, b| a[0].uri.cmp(&b[0].uri));
         rest.into_iter().map(|files| self.seal(files)).collect()
@@ -56,8 +56,8 @@ impl ShardPlanner {
 mod tests {
     use super::*;
 
-    fn f(uri: &str, size: u64) -> pb::FileRef {
-        pb::FileRef { uri: uri.into(), size, ..Default::default() }
+    fn f(uri: &str, size: u64) -> FileRef {
+        FileRef { uri: uri.into(), size, ..Default::default() }
     }
 
     #[test]

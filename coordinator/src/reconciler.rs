@@ -14,15 +14,16 @@ use lance::Dataset;
 use lance_table::format::Fragment;
 use sluice_common::ledger::ErrorLedger;
 use sluice_common::table::{commit_append, prop, TableHandle};
-use sluice_common::{ids, pb, Error, Result};
+use sluice_common::protocol::{Checkpoint, CheckpointAck, FileFailed};
+use sluice_common::{ids, Error, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::progress::JobProgress;
 
 pub enum ReconcilerMsg {
-    Checkpoint(Box<pb::Checkpoint>, oneshot::Sender<Result<pb::CheckpointAck>>),
+    Checkpoint(Box<Checkpoint>, oneshot::Sender<Result<CheckpointAck>>),
     /// Inputs that failed before reaching a worker.
-    PlanningFailed(Vec<pb::FileFailed>),
+    PlanningFailed(Vec<FileFailed>),
     /// Commit what is left and stop: everything when the workers drained
     /// cleanly, otherwise only up to each worker's last clean checkpoint.
     Finish { complete: bool, reply: oneshot::Sender<Result<()>> },
@@ -33,7 +34,7 @@ pub enum ReconcilerMsg {
 
 /// Called with the checkpoints of every commit once it landed (including
 /// commits that only recorded failures).
-pub type CommitObserver = Arc<dyn Fn(&[pb::Checkpoint]) + Send + Sync>;
+pub type CommitObserver = Arc<dyn Fn(&[Checkpoint]) + Send + Sync>;
 
 /// Asked right before each commit; an error stops the commit (a
 /// coordinator that no longer leads must not commit).
@@ -42,7 +43,7 @@ pub type CommitGuard = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Resul
 #[derive(Default)]
 struct WorkerStream {
     next_seq: u64,
-    pending: Vec<pb::Checkpoint>,
+    pending: Vec<Checkpoint>,
 }
 
 pub struct CommitReconciler {
@@ -105,12 +106,7 @@ impl CommitReconciler {
     fn fence(&mut self, worker_id: String) {
         if let Some(stream) = self.streams.remove(&worker_id) {
             // Their fragments will never be committed: remove the files.
-            let orphans: Vec<Fragment> = stream
-                .pending
-                .iter()
-                .flat_map(|cp| &cp.fragments)
-                .filter_map(|f| sluice_common::table::fragment_from_bytes(f).ok())
-                .collect();
+            let orphans: Vec<Fragment> = stream.pending.iter().flat_map(|cp| cp.fragments.iter().cloned()).collect();
             if !orphans.is_empty() {
                 let dataset = self.dataset.clone();
                 tokio::spawn(async move {
@@ -176,31 +172,29 @@ impl CommitReconciler {
         }
     }
 
-    pub async fn absorb(&mut self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
+    pub async fn absorb(&mut self, cp: Checkpoint) -> Result<CheckpointAck> {
         if cp.job_id != self.job_id {
-            return Ok(pb::CheckpointAck { accepted: false, reason: format!("unknown job {}", cp.job_id), stop: true });
+            return Ok(CheckpointAck::refused(format!("unknown job {}", cp.job_id)));
         }
         if self.fenced.contains(&cp.worker_id) {
-            return Ok(pb::CheckpointAck {
-                accepted: false,
-                reason: format!("worker {} was declared dead; its shards went to other workers", cp.worker_id),
-                stop: true,
-            });
+            return Ok(CheckpointAck::refused(format!(
+                "worker {} was declared dead; its shards went to other workers",
+                cp.worker_id
+            )));
         }
         let stream = self.streams.entry(cp.worker_id.clone()).or_insert(WorkerStream { next_seq: 1, pending: vec![] });
         if cp.seq < stream.next_seq {
             // A retried publish of a checkpoint we already hold.
-            return Ok(pb::CheckpointAck { accepted: true, reason: "duplicate".into(), stop: false });
+            return Ok(CheckpointAck { accepted: true, reason: "duplicate".into(), stop: false });
         }
         if cp.seq > stream.next_seq {
-            return Ok(pb::CheckpointAck {
-                accepted: false,
-                reason: format!("expected checkpoint {} from {}, got {}", stream.next_seq, cp.worker_id, cp.seq),
-                stop: true,
-            });
+            return Ok(CheckpointAck::refused(format!(
+                "expected checkpoint {} from {}, got {}",
+                stream.next_seq, cp.worker_id, cp.seq
+            )));
         }
         stream.next_seq += 1;
-        let reason = if cp.flush_reason.is_empty() { "unknown" } else { cp.flush_reason.as_str() };
+        let reason = cp.flush_reason.map_or("unknown", |r| r.as_str());
         metrics::counter!("sluice_checkpoints_total", "flush_reason" => reason.to_string()).increment(1);
         self.progress.flushed(reason);
         metrics::counter!("sluice_files_failed_total").increment(cp.failed.len() as u64);
@@ -215,7 +209,7 @@ impl CommitReconciler {
             self.commit_ready(false).await?;
         }
         let stop = self.check_errors();
-        Ok(pb::CheckpointAck { accepted: true, reason: String::new(), stop })
+        Ok(CheckpointAck::accepted(stop))
     }
 
     /// Commit each worker's pending checkpoints up to its last clean one (or all).
@@ -238,16 +232,14 @@ impl CommitReconciler {
         Ok(())
     }
 
-    async fn commit(&mut self, worker: &str, cps: Vec<pb::Checkpoint>) -> Result<()> {
+    async fn commit(&mut self, worker: &str, cps: Vec<Checkpoint>) -> Result<()> {
         let (first, last) = (cps[0].seq, cps[cps.len() - 1].seq);
         let commit_id = ids::commit_id(&self.job_id, worker, first, last);
         let mut fragments: Vec<Fragment> = Vec::new();
         let mut failed = Vec::new();
         let (mut rows, mut files) = (0u64, 0u64);
         for cp in &cps {
-            for f in &cp.fragments {
-                fragments.push(sluice_common::table::fragment_from_bytes(f)?);
-            }
+            fragments.extend(cp.fragments.iter().cloned());
             rows += cp.rows;
             files += cp.completed.len() as u64;
             failed.extend(cp.failed.iter().cloned());
@@ -309,20 +301,12 @@ mod tests {
         }
     }
 
-    async fn checkpoint(table: &TableHandle, seq: u64, files: Vec<FileRows>, clean: bool) -> pb::Checkpoint {
+    async fn checkpoint(table: &TableHandle, seq: u64, files: Vec<FileRows>, clean: bool) -> Checkpoint {
         let ds = Arc::new(table.open().await.unwrap());
         let rows = files.iter().map(|f| f.rows.len() as u64).sum();
         let batch = build_batch(&files, "job", 0).unwrap();
         let fragments = table.write_uncommitted(ds, batch).await.unwrap();
-        pb::Checkpoint {
-            job_id: "job".into(),
-            worker_id: "w".into(),
-            seq,
-            fragments: fragments.iter().map(sluice_common::table::fragment_to_bytes).collect(),
-            rows,
-            clean,
-            ..Default::default()
-        }
+        Checkpoint { fragments, rows, clean, ..Checkpoint::empty("job", "w", seq) }
     }
 
     /// A reconciler committing every row, over a new table in `dir`.
@@ -347,7 +331,7 @@ mod tests {
         assert!(r.absorb(cp1.clone()).await.unwrap().accepted);
         assert_eq!(table.open().await.unwrap().count_rows(None).await.unwrap(), 0, "A is incomplete: nothing committed");
 
-        let gap = pb::Checkpoint { seq: 5, ..cp2.clone() };
+        let gap = Checkpoint { seq: 5, ..cp2.clone() };
         assert!(!r.absorb(gap).await.unwrap().accepted, "a gap in the sequence is refused");
         assert!(r.absorb(cp2.clone()).await.unwrap().accepted);
         assert_eq!(table.open().await.unwrap().count_rows(None).await.unwrap(), 4, "A and B land together");

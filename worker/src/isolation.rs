@@ -145,16 +145,14 @@ pub fn serve(input: impl Read, mut out: impl Write) -> std::io::Result<()> {
             }
         };
         crash_hooks(&req.path);
-        let result = (|| -> Result<(), String> {
-            normalize::normalize_streamed(req.kind, &req.path, &req.settings, &mut |piece| {
-                match piece {
-                    normalize::Piece::Hash(hash) => write_frame(&mut out, HASH, hash.as_bytes()),
-                    normalize::Piece::Rows(rows) => write_rows(&mut out, rows),
-                }
-                .map_err(|e| NormalizeError::new(e.to_string()))
-            })
-            .map_err(|e| e.0)
-        })();
+        let result = normalize::normalize_streamed(req.kind, &req.path, &req.settings, &mut |piece| {
+            match piece {
+                normalize::Piece::Hash(hash) => write_frame(&mut out, HASH, hash.as_bytes()),
+                normalize::Piece::Rows(rows) => write_rows(&mut out, rows),
+            }
+            .map_err(|e| NormalizeError::new(e.to_string()))
+        })
+        .map_err(|e| e.0);
         match result {
             Ok(()) => write_frame(&mut out, DONE, b"")?,
             Err(e) => write_frame(&mut out, ERROR, e.as_bytes())?,

@@ -1,7 +1,7 @@
 //! The sluice worker: fetch → normalizers → flusher → checkpoint publisher.
 //!
 //! A worker session ([`session::run_worker`]) speaks the worker protocol
-//! ([`sluice_common::link::CoordinatorApi`]) to the coordinator in this
+//! ([`sluice_common::protocol::CoordinatorApi`]) to the coordinator in this
 //! process or over gRPC, and its [`Worker`] runs one [`actors::ShardPipeline`]
 //! per job. Uncommitted Lance fragments are handed to the coordinator in
 //! checkpoints; the coordinator commits them.

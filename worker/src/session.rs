@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sluice_common::link::CoordinatorApi;
+use sluice_common::protocol::{Admission, Checkpoint, CheckpointAck, CoordinatorApi, JobEnded, PollRequest, PollResponse, Registration, ShardAssignment};
 use sluice_common::storage::StorageLimiter;
 use sluice_common::{pb, Error, Result};
 use tokio::sync::mpsc;
@@ -90,22 +90,24 @@ fn transient(s: &tonic::Status) -> bool {
 
 #[async_trait]
 impl CoordinatorApi for GrpcCoordinator {
-    async fn register(&self, req: pb::RegisterWorkerRequest) -> Result<pb::RegisterWorkerResponse> {
+    async fn register(&self, req: Registration) -> Result<Admission> {
+        let req = pb::RegisterWorkerRequest::from(req);
         let resp = self.client.clone().register_worker(req).await.map_err(|s| transport_err("registering", s))?;
-        Ok(resp.into_inner())
+        Ok(resp.into_inner().into())
     }
 
-    async fn poll(&self, req: pb::PollRequest) -> Result<pb::PollResponse> {
-        let mut request = tonic::Request::new(req);
+    async fn poll(&self, req: PollRequest) -> Result<PollResponse> {
+        let mut request = tonic::Request::new(pb::PollRequest::from(req));
         request.set_timeout(self.poll_timeout);
         let resp = self.client.clone().poll(request).await.map_err(|s| transport_err("polling", s))?;
-        Ok(resp.into_inner())
+        resp.into_inner().try_into()
     }
 
-    async fn publish_checkpoint(&self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
+    async fn publish_checkpoint(&self, cp: Checkpoint) -> Result<CheckpointAck> {
         // Retry transport errors for a while: the checkpoint is idempotent
         // (the coordinator takes each sequence number once).
         use backon::Retryable;
+        let cp = pb::Checkpoint::from(cp);
         let published = (|| {
             let (mut client, cp) = (self.client.clone(), cp.clone());
             async move { client.publish_checkpoint(cp).await }
@@ -114,11 +116,12 @@ impl CoordinatorApi for GrpcCoordinator {
         .when(transient)
         .notify(|s, after| tracing::warn!(seq = cp.seq, error = %s.message(), ?after, "publishing a checkpoint; retrying"))
         .await;
-        published.map(|r| r.into_inner()).map_err(|s| transport_err(&format!("publishing checkpoint {}", cp.seq), s))
+        published.map(|r| r.into_inner().into()).map_err(|s| transport_err(&format!("publishing checkpoint {}", cp.seq), s))
     }
 
-    async fn end_job(&self, ended: pb::JobEnded) -> Result<()> {
+    async fn end_job(&self, ended: JobEnded) -> Result<()> {
         use backon::Retryable;
+        let ended = pb::JobEnded::from(ended);
         (|| {
             let (mut client, ended) = (self.client.clone(), ended.clone());
             async move { client.end_job(ended).await }
@@ -189,10 +192,9 @@ async fn incarnation(
         }
     };
     let reg = api
-        .register(pb::RegisterWorkerRequest { worker_id: worker_id.clone(), leased: etcd.is_some(), ..Default::default() })
+        .register(Registration { worker_id: worker_id.clone(), leased: etcd.is_some() })
         .await?;
-    let heartbeat = Duration::from_millis(u64::from(reg.heartbeat_ms.max(100)));
-    let timeout = Duration::from_millis(u64::from(reg.timeout_ms.max(1000)));
+    let Admission { heartbeat, timeout } = reg;
     tracing::info!(%worker_id, coordinator = %addr, "registered");
     cfg.ready.store(true, Ordering::SeqCst);
 
@@ -205,15 +207,15 @@ async fn incarnation(
 
     // Shards are fed one at a time: `assign_shard` returns once the shard's
     // files are all queued, so the next poll asks for more only then.
-    let (feed, mut shards) = mpsc::channel::<pb::ShardAssignment>(1);
+    let (feed, mut shards) = mpsc::channel::<ShardAssignment>(1);
     let feeder = {
         let worker = worker.clone();
         tokio::spawn(async move {
             while let Some(a) = shards.recv().await {
                 let (job_id, shard_id) = (a.job_id.clone(), a.shard_id.clone());
                 match worker.assign_shard(a).await {
-                    Ok(ack) if !ack.accepted => tracing::warn!(%job_id, %shard_id, reason = %ack.reason, "shard not taken"),
-                    Ok(_) => {}
+                    Ok(Some(reason)) => tracing::warn!(%job_id, %shard_id, %reason, "shard not taken"),
+                    Ok(None) => {}
                     Err(e) => tracing::error!(%job_id, %shard_id, error = %e, "shard failed to start"),
                 }
             }
@@ -232,7 +234,7 @@ async fn incarnation(
             break Err(Error::Unavailable("the etcd membership lease was lost".into()));
         }
         let free_slots = u32::from(feed.capacity() > 0);
-        let req = pb::PollRequest { worker_id: worker_id.clone(), free_slots };
+        let req = PollRequest { worker_id: worker_id.clone(), free_slots };
         let polled = tokio::select! {
             r = tokio::time::timeout(heartbeat * 3 + Duration::from_secs(2), api.poll(req)) => {
                 r.unwrap_or_else(|_| Err(Error::Timeout("poll".into())))

@@ -6,11 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorRef};
-use sluice_common::link::CoordinatorApi;
-use sluice_common::settings::Settings;
-use sluice_common::storage::{StorageLimiter, TableLocation};
+use sluice_common::protocol::{CoordinatorApi, JobEnded, ShardAssignment};
+use sluice_common::storage::StorageLimiter;
 use sluice_common::table::TableHandle;
-use sluice_common::{pb, Error, Result};
+use sluice_common::{Error, Result};
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -102,10 +101,11 @@ impl Worker {
             Ok(_) => "the pipeline did not answer the drain".into(),
             Err(e) => format!("the pipeline is gone: {e}"),
         };
-        if !error.is_empty() {
+        let error = (!error.is_empty()).then_some(error);
+        if let Some(error) = &error {
             tracing::error!(%job_id, %error, "job stopped with an error");
         }
-        let ended = pb::JobEnded { job_id: job_id.to_string(), worker_id: self.id.clone(), error };
+        let ended = JobEnded { job_id: job_id.to_string(), worker_id: self.id.clone(), error };
         if let Err(e) = self.api.end_job(ended).await {
             tracing::warn!(%job_id, error = %e, "cannot report the job's end");
         }
@@ -116,12 +116,9 @@ impl Worker {
         self.jobs.lock().await.keys().cloned().collect()
     }
 
-    async fn start_job(&self, a: &pb::ShardAssignment) -> Result<RunningJob> {
-        let settings = Settings::try_from(&a.settings.unwrap_or_default())?;
-        let table_ref = a.table.clone().ok_or_else(|| Error::InvalidInput("assignment without a table".into()))?;
-        let mut options = table_ref.storage_options;
-        sluice_common::storage::complete_options(&table_ref.uri, &mut options);
-        let location = TableLocation::new(&table_ref.uri, options)?;
+    async fn start_job(&self, a: &ShardAssignment) -> Result<RunningJob> {
+        let settings = a.settings.clone();
+        let location = a.table.clone();
         let table = match &self.limiter {
             Some(limiter) => TableHandle::with_limiter(location, limiter.clone()),
             None => TableHandle::new(location, settings.storage_concurrency),
@@ -156,7 +153,7 @@ impl Worker {
             // The first failure is the cause; later ones follow from it.
             if let Some(error) = failures.recv().await {
                 intake.cancel();
-                let ended = pb::JobEnded { job_id: job_id.clone(), worker_id, error: error.to_string() };
+                let ended = JobEnded { job_id: job_id.clone(), worker_id, error: Some(error.to_string()) };
                 if let Err(e) = api.end_job(ended).await {
                     tracing::warn!(%job_id, error = %e, "cannot report the pipeline's failure");
                 }
@@ -167,7 +164,9 @@ impl Worker {
     }
 
     /// Queue a shard's files; waits while the pipeline's queue is full.
-    pub async fn assign_shard(&self, a: pb::ShardAssignment) -> Result<pb::AssignmentAck> {
+    /// `Ok(Some(reason))`: the shard was not (wholly) taken, because the
+    /// job is stopping here; the coordinator hands it out again.
+    pub async fn assign_shard(&self, a: ShardAssignment) -> Result<Option<&'static str>> {
         let (pipeline, queue, stop) = {
             let mut jobs = self.jobs.lock().await;
             if !jobs.contains_key(&a.job_id) {
@@ -178,7 +177,7 @@ impl Worker {
             (job.pipeline.clone(), job.queue.clone(), job.stop.clone())
         };
         if stop.is_cancelled() {
-            return Ok(pb::AssignmentAck { accepted: false, reason: "worker is stopping this job".into() });
+            return Ok(Some("worker is stopping this job"));
         }
         let files = a.files.len();
         pipeline
@@ -196,10 +195,10 @@ impl Worker {
                     }
                 }
                 _ = stop.cancelled() => {
-                    return Ok(pb::AssignmentAck { accepted: false, reason: "worker stopped taking files".into() });
+                    return Ok(Some("worker stopped taking files"));
                 }
             }
         }
-        Ok(pb::AssignmentAck { accepted: true, reason: String::new() })
+        Ok(None)
     }
 }

@@ -173,15 +173,15 @@ async fn list_tables(State(cluster): State<Arc<Cluster>>, workspace: Option<Stri
     Ok(Json(json!({ "tables": tables })))
 }
 
-async fn describe_root(state: State<Arc<Cluster>>, Path(table): Path<String>) -> ApiResult<Json<pb::TableDescription>> {
+async fn describe_root(state: State<Arc<Cluster>>, Path(table): Path<String>) -> ApiResult<Json<sluice_common::describe::TableDescription>> {
     describe(state, None, table).await
 }
 
-async fn describe_in_workspace(state: State<Arc<Cluster>>, Path((ws, table)): Path<(String, String)>) -> ApiResult<Json<pb::TableDescription>> {
+async fn describe_in_workspace(state: State<Arc<Cluster>>, Path((ws, table)): Path<(String, String)>) -> ApiResult<Json<sluice_common::describe::TableDescription>> {
     describe(state, Some(ws), table).await
 }
 
-async fn describe(State(cluster): State<Arc<Cluster>>, workspace: Option<String>, table: String) -> ApiResult<Json<pb::TableDescription>> {
+async fn describe(State(cluster): State<Arc<Cluster>>, workspace: Option<String>, table: String) -> ApiResult<Json<sluice_common::describe::TableDescription>> {
     let handle = cluster.catalog()?.handle(workspace.as_deref(), &table)?;
     let ds = sluice_common::describe::open(&handle).await?;
     Ok(Json(sluice_common::describe::describe(&handle, &ds, None, 100).await?))

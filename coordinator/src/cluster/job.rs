@@ -9,6 +9,9 @@ use parking_lot::Mutex;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use sluice_common::protocol::{Checkpoint, CheckpointAck, FileFailed, FileRef, ShardAssignment};
+use sluice_common::settings::Settings;
+use sluice_common::storage::TableLocation;
 use sluice_common::{pb, Error, Result};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -36,7 +39,7 @@ enum ShardState {
 
 #[derive(Debug)]
 struct Shard {
-    files: Vec<pb::FileRef>,
+    files: Vec<FileRef>,
     generation: u64,
     state: ShardState,
     /// Files of this shard already committed (or recorded as failed).
@@ -67,8 +70,8 @@ pub struct ClusterJob {
     pub submitted: SystemTime,
     pub started: Instant,
     pub progress: Arc<JobProgress>,
-    table: pb::TableRef,
-    settings: pb::PipelineSettings,
+    table: TableLocation,
+    settings: Settings,
     book: Mutex<Book>,
     phase: Mutex<Phase>,
     cancelled: AtomicBool,
@@ -86,8 +89,7 @@ pub struct ClusterJob {
 }
 
 impl ClusterJob {
-    pub fn new(id: String, spec: pb::JobSpec, settings: pb::PipelineSettings, work: Arc<Notify>) -> Self {
-        let table = spec.table.clone().unwrap_or_default();
+    pub fn new(id: String, spec: pb::JobSpec, table: TableLocation, settings: Settings, work: Arc<Notify>) -> Self {
         Self {
             id,
             spec,
@@ -179,7 +181,7 @@ impl ClusterJob {
     }
 
     /// Hand up to `n` queued shards to `worker_id`.
-    pub fn take_shards(&self, worker_id: &str, n: usize) -> Vec<pb::ShardAssignment> {
+    pub fn take_shards(&self, worker_id: &str, n: usize) -> Vec<ShardAssignment> {
         if self.stopping() {
             return Vec::new();
         }
@@ -189,12 +191,12 @@ impl ClusterJob {
             let Some(id) = book.queue.pop_front() else { break };
             let Some(shard) = book.shards.get_mut(&id) else { continue };
             shard.state = ShardState::Assigned(worker_id.to_string());
-            out.push(pb::ShardAssignment {
+            out.push(ShardAssignment {
                 job_id: self.id.clone(),
                 shard_id: id.clone(),
                 generation: shard.generation,
-                table: Some(self.table.clone()),
-                settings: Some(self.settings),
+                table: self.table.clone(),
+                settings: self.settings.clone(),
                 files: shard.files.clone(),
             });
             tracing::debug!(job_id = %self.id, shard_id = %id, %worker_id, generation = shard.generation, "shard assigned");
@@ -204,7 +206,7 @@ impl ClusterJob {
 
     /// Check a checkpoint against the book: every shard it speaks of must be
     /// this worker's, in its current generation (fencing).
-    pub fn check_generations(&self, cp: &pb::Checkpoint) -> std::result::Result<(), String> {
+    pub fn check_generations(&self, cp: &Checkpoint) -> std::result::Result<(), String> {
         let book = self.book.lock();
         for (shard_id, generation) in &cp.shard_generations {
             let Some(shard) = book.shards.get(shard_id) else {
@@ -225,7 +227,7 @@ impl ClusterJob {
     }
 
     /// Hand a checkpoint to the job's reconciler.
-    pub async fn publish(&self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
+    pub async fn publish(&self, cp: Checkpoint) -> Result<CheckpointAck> {
         let gone = || sluice_common::Error::Internal("the job's reconciler has stopped".into());
         let reconciler = self.reconciler.get().ok_or_else(gone)?;
         let (reply, answer) = oneshot::channel();
@@ -234,7 +236,7 @@ impl ClusterJob {
     }
 
     /// A checkpoint was accepted: note the shards it finished.
-    pub fn absorbed(&self, cp: &pb::Checkpoint) {
+    pub fn absorbed(&self, cp: &Checkpoint) {
         let mut book = self.book.lock();
         for id in &cp.shards_finished {
             if let Some(shard) = book.shards.get_mut(id) {
@@ -246,7 +248,7 @@ impl ClusterJob {
     }
 
     /// A commit landed with these checkpoints.
-    pub fn committed(&self, cps: &[pb::Checkpoint]) {
+    pub fn committed(&self, cps: &[Checkpoint]) {
         let mut book = self.book.lock();
         for cp in cps {
             for uri in cp.completed.iter().map(|c| (&c.shard_id, &c.uri)).chain(cp.failed.iter().map(|f| (&f.shard_id, &f.uri))) {
@@ -302,10 +304,10 @@ impl ClusterJob {
                     book.committed += 1;
                 } else if shard.files.len() == 1 && shard.losses >= LOSSES_BEFORE_QUARANTINE {
                     let file = &shard.files[0];
-                    quarantined.push(pb::FileFailed {
+                    quarantined.push(FileFailed {
                         uri: file.uri.clone(),
                         shard_id: id.clone(),
-                        kind: String::new(),
+                        kind: None,
                         reason: format!(
                             "quarantined: {} workers were lost while processing this file (it crashes or hangs them)",
                             shard.losses
@@ -359,9 +361,10 @@ impl ClusterJob {
 }
 
 impl ClusterJob {
-    /// Queue a shard for the workers; waits while [`MAX_QUEUED_SHARDS`] are
-    /// queued (backpressure on planning). False if the job is stopping.
-    pub async fn queue_shard(&self, a: pb::ShardAssignment) -> bool {
+    /// Queue a shard (its first generation) for the workers; waits while
+    /// [`MAX_QUEUED_SHARDS`] are queued (backpressure on planning). False if
+    /// the job is stopping.
+    pub async fn queue_shard(&self, shard_id: String, files: Vec<FileRef>) -> bool {
         loop {
             let changed = self.changed.notified();
             if self.stopping() {
@@ -371,14 +374,14 @@ impl ClusterJob {
                 let mut book = self.book.lock();
                 if book.queue.len() < MAX_QUEUED_SHARDS {
                     let shard = Shard {
-                        files: a.files,
-                        generation: a.generation,
+                        files,
+                        generation: 1,
                         state: ShardState::Queued,
                         committed: HashSet::new(),
                         losses: 0,
                     };
-                    book.shards.insert(a.shard_id.clone(), shard);
-                    book.queue.push_back(a.shard_id);
+                    book.shards.insert(shard_id.clone(), shard);
+                    book.queue.push_back(shard_id);
                     book.total += 1;
                     break;
                 }
@@ -429,34 +432,31 @@ impl ClusterJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_common::protocol::FileCompleted;
+    use sluice_common::schema::Kind;
 
-    fn file(uri: &str) -> pb::FileRef {
-        pb::FileRef { uri: uri.into(), size: 1, ..Default::default() }
+    fn file(uri: &str) -> FileRef {
+        FileRef { uri: uri.into(), size: 1, ..Default::default() }
+    }
+
+    fn job() -> ClusterJob {
+        let table = TableLocation::new("file:///t", HashMap::new()).unwrap();
+        ClusterJob::new("j".into(), pb::JobSpec::default(), table, Settings::default(), Arc::new(Notify::new()))
     }
 
     #[tokio::test]
     async fn a_lost_workers_shard_is_requeued_without_committed_files_under_a_new_generation() {
-        let job = ClusterJob::new("j".into(), pb::JobSpec::default(), pb::PipelineSettings::default(), Arc::new(Notify::new()));
-        let shard = pb::ShardAssignment {
-            job_id: "j".into(),
-            shard_id: "s1".into(),
-            generation: 1,
-            files: vec![file("a"), file("b"), file("c")],
-            ..Default::default()
-        };
-        assert!(job.queue_shard(shard).await);
+        let job = job();
+        assert!(job.queue_shard("s1".into(), vec![file("a"), file("b"), file("c")]).await);
         let got = job.take_shards("w1", 4);
         assert_eq!(got.len(), 1);
         assert!(job.take_shards("w2", 4).is_empty(), "a shard goes to one worker");
 
         // w1 had file a committed, then died.
-        let cp = pb::Checkpoint {
-            job_id: "j".into(),
-            worker_id: "w1".into(),
-            seq: 1,
-            completed: vec![pb::FileCompleted { uri: "a".into(), shard_id: "s1".into(), ..Default::default() }],
+        let cp = Checkpoint {
+            completed: vec![FileCompleted { uri: "a".into(), shard_id: "s1".into(), kind: Kind::Text, rows: 1, bytes: 1 }],
             shard_generations: HashMap::from([("s1".to_string(), 1)]),
-            ..Default::default()
+            ..Checkpoint::empty("j", "w1", 1)
         };
         assert!(job.check_generations(&cp).is_ok());
         job.committed(std::slice::from_ref(&cp));
@@ -468,21 +468,14 @@ mod tests {
         let uris: Vec<&str> = again[0].files.iter().map(|f| f.uri.as_str()).collect();
         assert_eq!(uris, ["b", "c"], "committed files are not redone");
         assert!(job.check_generations(&cp).is_err(), "the old generation is fenced");
-        let fresh = pb::Checkpoint { worker_id: "w2".into(), shard_generations: HashMap::from([("s1".to_string(), 2)]), ..cp };
+        let fresh = Checkpoint { worker_id: "w2".into(), shard_generations: HashMap::from([("s1".to_string(), 2)]), ..cp };
         assert!(job.check_generations(&fresh).is_ok());
     }
 
     #[tokio::test]
     async fn a_shard_that_keeps_losing_workers_is_split_and_its_poison_file_quarantined() {
-        let job = ClusterJob::new("j".into(), pb::JobSpec::default(), pb::PipelineSettings::default(), Arc::new(Notify::new()));
-        let shard = pb::ShardAssignment {
-            job_id: "j".into(),
-            shard_id: "s".into(),
-            generation: 1,
-            files: vec![file("a"), file("poison"), file("c")],
-            ..Default::default()
-        };
-        assert!(job.queue_shard(shard).await);
+        let job = job();
+        assert!(job.queue_shard("s".into(), vec![file("a"), file("poison"), file("c")]).await);
         for n in 0..LOSSES_BEFORE_SPLIT {
             let got = job.take_shards(&format!("w{n}"), 1);
             assert_eq!(got[0].files.len(), 3, "whole until the split");
@@ -495,7 +488,7 @@ mod tests {
         let poison = singles.iter().find(|s| s.files[0].uri == "poison").unwrap().shard_id.clone();
         // The innocent files finish and are committed; the poison one kills its worker.
         let innocent: Vec<String> = singles.iter().map(|s| s.shard_id.clone()).filter(|id| *id != poison).collect();
-        job.committed(&[pb::Checkpoint { shards_finished: innocent, ..Default::default() }]);
+        job.committed(&[Checkpoint { shards_finished: innocent, ..Checkpoint::empty("j", "x", 1) }]);
         job.worker_lost("x").await;
         for n in 1..LOSSES_BEFORE_QUARANTINE {
             let worker = format!("y{n}");

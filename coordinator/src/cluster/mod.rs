@@ -20,6 +20,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use store::MetaStore;
 use sluice_common::settings::Settings;
 use sluice_common::storage::{complete_options, TableLocation};
+use sluice_common::protocol::{
+    Admission, Checkpoint, CheckpointAck, CoordinatorApi, JobEnded, PollRequest, PollResponse, Registration,
+};
 use sluice_common::{ids, pb, Error, Result};
 use tokio::sync::Notify;
 
@@ -103,8 +106,8 @@ fn invalid(msg: impl Into<String>) -> Error {
 /// The in-process transport of the worker protocol (the gRPC service calls
 /// the same methods): only the leader answers.
 #[async_trait::async_trait]
-impl sluice_common::link::CoordinatorApi for Cluster {
-    async fn register(&self, req: pb::RegisterWorkerRequest) -> Result<pb::RegisterWorkerResponse> {
+impl CoordinatorApi for Cluster {
+    async fn register(&self, req: Registration) -> Result<Admission> {
         self.check_leading()?;
         if req.worker_id.is_empty() {
             return Err(invalid("worker_id is required"));
@@ -112,17 +115,17 @@ impl sluice_common::link::CoordinatorApi for Cluster {
         Ok(self.admit(&req.worker_id, req.leased))
     }
 
-    async fn poll(&self, req: pb::PollRequest) -> Result<pb::PollResponse> {
+    async fn poll(&self, req: PollRequest) -> Result<PollResponse> {
         self.check_leading()?;
         Ok(self.poll_shards(req).await)
     }
 
-    async fn publish_checkpoint(&self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
+    async fn publish_checkpoint(&self, cp: Checkpoint) -> Result<CheckpointAck> {
         self.check_leading()?;
         self.publish(cp).await
     }
 
-    async fn end_job(&self, ended: pb::JobEnded) -> Result<()> {
+    async fn end_job(&self, ended: JobEnded) -> Result<()> {
         self.check_leading()?;
         self.job_ended_by(ended);
         Ok(())
@@ -324,9 +327,10 @@ impl Cluster {
         let mut inputs = inputs;
         inputs.allowed_roots = Some(self.cfg.allowed_roots.clone());
         crate::manifest::validate(&inputs)?;
-        sluice_common::attributes::fields(&spec.columns)?;
+        let columns: Vec<_> = spec.columns.iter().cloned().map(Into::into).collect();
+        sluice_common::attributes::fields(&columns)?;
         let mut job = JobPlan::new(location, inputs, settings);
-        job.columns = spec.columns.clone();
+        job.columns = columns;
         job.max_errors = spec.max_errors;
         if spec.shard_files > 0 {
             job.shard_files = spec.shard_files as usize;
@@ -404,8 +408,8 @@ impl Cluster {
     }
 
     async fn launch(self: &Arc<Self>, def: JobPlan, spec: pb::JobSpec) -> Arc<ClusterJob> {
-        let settings = pb::PipelineSettings::from(&def.settings);
-        let job = Arc::new(ClusterJob::new(spec.job_id.clone(), spec, settings, self.work.clone()));
+        let (table, settings) = (def.table.clone(), def.settings.clone());
+        let job = Arc::new(ClusterJob::new(spec.job_id.clone(), spec, table, settings, self.work.clone()));
         self.jobs.lock().insert(job.id.clone(), job.clone());
         self.save(&job).await;
         let (me, runner) = (self.clone(), job.clone());
@@ -516,7 +520,7 @@ impl Cluster {
         }
     }
 
-    fn admit(&self, worker_id: &str, leased: bool) -> pb::RegisterWorkerResponse {
+    fn admit(&self, worker_id: &str, leased: bool) -> Admission {
         let entry = WorkerEntry {
             registered: Instant::now(),
             registered_at: std::time::SystemTime::now(),
@@ -528,17 +532,14 @@ impl Cluster {
         self.workers.lock().insert(worker_id.to_string(), entry);
         tracing::info!(%worker_id, "worker registered");
         metrics::gauge!("sluice_workers").set(self.workers.lock().len() as f64);
-        pb::RegisterWorkerResponse {
-            heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
-            timeout_ms: self.cfg.worker_timeout.as_millis() as u32,
-        }
+        Admission { heartbeat: self.cfg.heartbeat, timeout: self.cfg.worker_timeout }
     }
 
     /// Heartbeat and work request. Waits up to one heartbeat for work.
-    async fn poll_shards(&self, req: pb::PollRequest) -> pb::PollResponse {
+    async fn poll_shards(&self, req: PollRequest) -> PollResponse {
         let known = self.touch(&req.worker_id);
         if !known {
-            return pb::PollResponse { reregister: true, ..Default::default() };
+            return PollResponse::reregister();
         }
         let deadline = tokio::time::Instant::now() + self.cfg.heartbeat;
         loop {
@@ -562,11 +563,11 @@ impl Cluster {
                 }
             }
             if !assignments.is_empty() || req.free_slots == 0 || tokio::time::Instant::now() >= deadline {
-                return pb::PollResponse { assignments, stop_jobs, reregister: false };
+                return PollResponse { assignments, stop_jobs, reregister: false };
             }
             let _ = tokio::time::timeout_at(deadline, notified).await;
             if !self.touch(&req.worker_id) {
-                return pb::PollResponse { reregister: true, ..Default::default() };
+                return PollResponse::reregister();
             }
         }
     }
@@ -606,15 +607,15 @@ impl Cluster {
         }
     }
 
-    async fn publish(&self, cp: pb::Checkpoint) -> Result<pb::CheckpointAck> {
-        let refuse = |reason: String| Ok(pb::CheckpointAck { accepted: false, reason, stop: true });
+    async fn publish(&self, cp: Checkpoint) -> Result<CheckpointAck> {
+        let refuse = |reason: String| Ok(CheckpointAck::refused(reason));
         if !self.touch(&cp.worker_id) {
             return refuse(format!("worker {} is not registered (declared dead?)", cp.worker_id));
         }
         let Some(job) = self.job(&cp.job_id) else { return refuse(format!("unknown job {}", cp.job_id)) };
         if !job.is_running() {
             // Not a fault of the worker: it drops the job at its next poll.
-            return Ok(pb::CheckpointAck { accepted: false, reason: format!("job {} has ended", cp.job_id), stop: false });
+            return Ok(CheckpointAck { accepted: false, reason: format!("job {} has ended", cp.job_id), stop: false });
         }
         if let Err(reason) = job.check_generations(&cp) {
             return refuse(reason);
@@ -630,17 +631,18 @@ impl Cluster {
     }
 
     /// A worker is done with a job: stopped and flushed, or failed.
-    fn job_ended_by(&self, ended: pb::JobEnded) {
+    fn job_ended_by(&self, ended: JobEnded) {
         if !self.touch(&ended.worker_id) {
             // Fenced: whatever it says no longer counts.
             return;
         }
         let Some(job) = self.job(&ended.job_id).filter(|j| j.is_running()) else { return };
-        if ended.error.is_empty() {
-            job.worker_ended(&ended.worker_id);
-        } else {
-            tracing::error!(job_id = %job.id, worker_id = %ended.worker_id, error = %ended.error, "a worker's pipeline failed; stopping the job");
-            job.fail(format!("worker {}: {}", ended.worker_id, ended.error));
+        match ended.error {
+            None => job.worker_ended(&ended.worker_id),
+            Some(error) => {
+                tracing::error!(job_id = %job.id, worker_id = %ended.worker_id, %error, "a worker's pipeline failed; stopping the job");
+                job.fail(format!("worker {}: {error}", ended.worker_id));
+            }
         }
     }
 

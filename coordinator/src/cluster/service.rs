@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use sluice_common::link::CoordinatorApi;
+use sluice_common::protocol::{Checkpoint, CoordinatorApi};
 use sluice_common::{pb, Error};
 use tonic::{Request, Response, Status};
 
@@ -172,7 +172,7 @@ impl TableService for Api {
         rows.extend(sluice_common::insert::parse_json_rows(req.json_rows.iter().map(String::as_str)).map_err(status)?);
         let insert = sluice_common::insert::InsertRequest {
             rows,
-            create_columns: req.create_columns,
+            create_columns: req.create_columns.into_iter().map(Into::into).collect(),
             idempotency_key: Some(req.idempotency_key),
         };
         let done = sluice_common::insert::insert_rows(&table, insert).await.map_err(status)?;
@@ -191,7 +191,7 @@ impl TableService for Api {
         let max_errors = if req.max_errors == 0 { 100 } else { req.max_errors as usize };
         let ds = sluice_common::describe::open(&table).await.map_err(status)?;
         let described = sluice_common::describe::describe(&table, &ds, job, max_errors).await.map_err(status)?;
-        Ok(Response::new(described))
+        Ok(Response::new(described.into()))
     }
 
     async fn list_versions(
@@ -204,6 +204,7 @@ impl TableService for Api {
         let ds = sluice_common::describe::open(&table).await.map_err(status)?;
         let limit = if req.limit == 0 { 100 } else { req.limit as usize };
         let versions = sluice_common::describe::versions(&ds, limit).await.map_err(status)?;
+        let versions = versions.into_iter().map(Into::into).collect();
         Ok(Response::new(pb::ListVersionsResponse { table_uri: table.location.uri.clone(), versions }))
     }
 
@@ -214,7 +215,7 @@ impl TableService for Api {
         others.sort();
         others.dedup();
         let tables = sluice_common::describe::list_tables(root.as_ref(), &others).await.map_err(status)?;
-        Ok(Response::new(pb::ListTablesResponse { tables }))
+        Ok(Response::new(pb::ListTablesResponse { tables: tables.into_iter().map(Into::into).collect() }))
     }
 
     async fn query(&self, req: Request<pb::QueryRequest>) -> Result<Response<PageStream>, Status> {
@@ -310,22 +311,26 @@ impl CoordinatorService for Api {
         req: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         self.worker(&req)?;
-        CoordinatorApi::register(self.0.as_ref(), req.into_inner()).await.map(Response::new).map_err(status)
+        let admitted = CoordinatorApi::register(self.0.as_ref(), req.into_inner().into()).await.map_err(status)?;
+        Ok(Response::new(admitted.into()))
     }
 
     async fn poll(&self, req: Request<pb::PollRequest>) -> Result<Response<pb::PollResponse>, Status> {
         self.worker(&req)?;
-        CoordinatorApi::poll(self.0.as_ref(), req.into_inner()).await.map(Response::new).map_err(status)
+        let polled = CoordinatorApi::poll(self.0.as_ref(), req.into_inner().into()).await.map_err(status)?;
+        Ok(Response::new(polled.into()))
     }
 
     async fn publish_checkpoint(&self, req: Request<pb::Checkpoint>) -> Result<Response<pb::CheckpointAck>, Status> {
         self.worker(&req)?;
-        self.0.publish_checkpoint(req.into_inner()).await.map(Response::new).map_err(status)
+        let checkpoint = Checkpoint::try_from(req.into_inner()).map_err(status)?;
+        let ack = self.0.publish_checkpoint(checkpoint).await.map_err(status)?;
+        Ok(Response::new(ack.into()))
     }
 
     async fn end_job(&self, req: Request<pb::JobEnded>) -> Result<Response<pb::JobEndedAck>, Status> {
         self.worker(&req)?;
-        CoordinatorApi::end_job(self.0.as_ref(), req.into_inner()).await.map_err(status)?;
+        CoordinatorApi::end_job(self.0.as_ref(), req.into_inner().into()).await.map_err(status)?;
         Ok(Response::new(pb::JobEndedAck {}))
     }
 }

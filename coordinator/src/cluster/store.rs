@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub enum MetaStore {
     Memory,
-    Etcd { client: Client, prefix: String },
+    Etcd { client: Box<Client>, prefix: String },
 }
 
 impl MetaStore {
@@ -22,7 +22,7 @@ impl MetaStore {
             return Ok(MetaStore::Memory);
         }
         let client = sluice_common::meta::connect(endpoints).await?;
-        Ok(MetaStore::Etcd { client, prefix: prefix.trim_end_matches('/').to_string() })
+        Ok(MetaStore::Etcd { client: Box::new(client), prefix: prefix.trim_end_matches('/').to_string() })
     }
 
     pub async fn save_job(&self, record: &pb::JobRecord) -> Result<()> {
@@ -62,7 +62,7 @@ impl MetaStore {
         let ttl_secs = ttl.as_secs().max(1) as i64;
         let lease = client.lease_grant(ttl_secs, None).await.map_err(|e| etcd_err("lease", e))?.id();
         // Held until the process ends (or the lease is lost).
-        let lost = keep_alive(client.clone(), lease, ttl, "leadership", CancellationToken::new());
+        let lost = keep_alive(client.as_ref().clone(), lease, ttl, "leadership", CancellationToken::new());
         tracing::info!(%advertise, "campaigning for leadership");
         let won = client
             .campaign(key(prefix, "leader"), advertise, lease)

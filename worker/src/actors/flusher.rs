@@ -12,8 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use lance::Dataset;
+use lance_table::format::Fragment;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use sluice_common::pb;
+use sluice_common::protocol::{FileCompleted, FileFailed, FlushReason};
 use sluice_common::schema::{build_batch_for, FileRows};
 use sluice_common::settings::Settings;
 use sluice_common::table::TableHandle;
@@ -31,7 +32,7 @@ pub enum FlusherMsg {
     /// Rows of one file (or part of one).
     Append(FileRows, RpcReplyPort<()>),
     /// A file that produced no rows.
-    Fail(pb::FileFailed, RpcReplyPort<()>),
+    Fail(FileFailed, RpcReplyPort<()>),
     /// Write everything buffered and wait until every write is published.
     Drain(RpcReplyPort<Result<(), PipelineError>>),
     /// `flush_interval_secs` after the first rows since flush `epoch`.
@@ -46,41 +47,14 @@ pub struct Flusher {
     pub publisher: ActorRef<PublisherMsg>,
 }
 
-/// Why a flush happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushReason {
-    /// `flush_every` rows (or failed files) buffered.
-    Rows,
-    /// `flush_bytes` buffered.
-    Bytes,
-    /// Rows waited `flush_interval_secs`.
-    Interval,
-    /// Every file of the assigned shards is accounted for.
-    ShardsDone,
-    /// The job is stopping: everything buffered goes.
-    Drain,
-}
-
-impl FlushReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FlushReason::Rows => "rows",
-            FlushReason::Bytes => "bytes",
-            FlushReason::Interval => "interval",
-            FlushReason::ShardsDone => "shards_done",
-            FlushReason::Drain => "drain",
-        }
-    }
-}
-
 #[derive(Default)]
 pub struct FlusherState {
     buffer: Vec<FileRows>,
     rows: usize,
     bytes: usize,
     open_files: HashSet<String>,
-    completed: Vec<pb::FileCompleted>,
-    failed: Vec<pb::FileFailed>,
+    completed: Vec<FileCompleted>,
+    failed: Vec<FileFailed>,
     remaining: HashMap<String, usize>,
     generations: HashMap<String, u64>,
     finished: Vec<String>,
@@ -152,10 +126,10 @@ impl Actor for Flusher {
                 if file.last {
                     st.open_files.remove(&uri);
                     let (rows, bytes) = st.per_file_rows.remove(&uri).unwrap_or_default();
-                    st.completed.push(pb::FileCompleted {
+                    st.completed.push(FileCompleted {
                         uri,
                         shard_id: file.shard_id.clone(),
-                        kind: file.kind.to_string(),
+                        kind: file.kind,
                         rows,
                         bytes,
                     });
@@ -278,7 +252,7 @@ impl Flusher {
     }
 }
 
-async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: Vec<FileRows>) -> Result<Vec<Vec<u8>>, PipelineError> {
+async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: Vec<FileRows>) -> Result<Vec<Fragment>, PipelineError> {
     if files.iter().all(|f| f.rows.is_empty()) {
         return Ok(Vec::new());
     }
@@ -298,5 +272,5 @@ async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: 
     metrics::counter!("sluice_worker_fragments_written_total").increment(fragments.len() as u64);
     metrics::counter!("sluice_worker_rows_written_total").increment(rows as u64);
     metrics::counter!("sluice_worker_bytes_written_total").increment(bytes as u64);
-    Ok(fragments.iter().map(sluice_common::table::fragment_to_bytes).collect())
+    Ok(fragments)
 }

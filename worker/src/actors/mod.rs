@@ -5,7 +5,7 @@ mod normalizer;
 pub(crate) mod pipeline;
 mod publisher;
 
-pub use flusher::{FlushReason, Flusher, FlusherMsg};
+pub use flusher::{Flusher, FlusherMsg};
 pub use normalizer::{FileTask, NormalizerPool};
 pub use pipeline::{PipelineStats, ShardPipeline};
 pub use publisher::{CheckpointPublisher, PublisherMsg};

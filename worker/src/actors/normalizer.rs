@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorRef;
-use sluice_common::pb;
+use sluice_common::protocol::{FileFailed, FileRef};
 use sluice_common::schema::{FileRows, Kind, Row, SourceInfo};
 use sluice_common::settings::Settings;
 use tokio::sync::mpsc;
@@ -26,7 +26,7 @@ use crate::PipelineError;
 /// One file to normalize.
 #[derive(Debug, Clone)]
 pub struct FileTask {
-    pub file: pb::FileRef,
+    pub file: FileRef,
 }
 
 pub struct NormalizerPool {
@@ -145,10 +145,10 @@ impl NormalizerPool {
                 Ok(()) => Ok(()),
                 Err(Outcome::Failed(kind, reason)) => {
                     tracing::info!(file = %task.file.uri, %reason, "file failed");
-                    let failed = pb::FileFailed {
+                    let failed = FileFailed {
                         uri: task.file.uri.clone(),
                         shard_id: task.file.shard_id.clone(),
-                        kind: kind.map(|k| k.to_string()).unwrap_or_default(),
+                        kind,
                         reason: reason.trim().to_string(),
                     };
                     flusher.call(|reply| FlusherMsg::Fail(failed, reply), None).await.map(|_| ()).map_err(|e| e.to_string())
@@ -216,7 +216,7 @@ async fn append(flusher: &ActorRef<FlusherMsg>, rows: FileRows) -> Result<(), Ou
 
 /// Fetch and normalize one file, handing its rows to the flusher.
 async fn process(
-    file: &pb::FileRef,
+    file: &FileRef,
     settings: &Arc<Settings>,
     flusher: &ActorRef<FlusherMsg>,
     isolation: Option<&std::path::Path>,
@@ -234,7 +234,7 @@ async fn process(
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let timed_out = || format!("normalizer timed out after {}s", timeout.as_secs());
     if matches!(kind, Kind::Video | Kind::Pdf) {
-        return process_streamed(kind, file, probe, settings, flusher, timeout, isolation, child).await;
+        return process_streamed(kind, file, probe, settings, flusher, isolation, child).await;
     }
     let bytes = crate::fetch::read_all(&probe, settings.max_file_bytes).await.map_err(|e| failed(Some(kind), e))?;
     let source = SourceInfo {
@@ -257,7 +257,7 @@ async fn process(
 }
 
 /// A file's per-file values, shared by all its rows.
-fn file_attributes(file: &pb::FileRef) -> Option<Arc<str>> {
+fn file_attributes(file: &FileRef) -> Option<Arc<str>> {
     (!file.attributes.is_empty()).then(|| Arc::from(file.attributes.as_str()))
 }
 
@@ -294,14 +294,14 @@ impl Streamed {
 /// failure after it is fatal.
 async fn process_streamed(
     kind: Kind,
-    file: &pb::FileRef,
+    file: &FileRef,
     probe: crate::fetch::Probe,
     settings: &Arc<Settings>,
     flusher: &ActorRef<FlusherMsg>,
-    timeout: Duration,
     isolation: Option<&std::path::Path>,
     child: &mut Option<ChildProc>,
 ) -> Result<(), Outcome> {
+    let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let (limit, limit_name) = match kind {
         Kind::Video => (settings.max_video_bytes, "max_video_bytes"),
         _ => (settings.max_file_bytes, "max_file_bytes"),

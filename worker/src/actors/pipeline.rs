@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use lance::Dataset;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use sluice_common::link::CoordinatorApi;
+use sluice_common::protocol::CoordinatorApi;
 use sluice_common::settings::Settings;
 use sluice_common::table::TableHandle;
 use tokio::sync::mpsc;

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use sluice_common::link::CoordinatorApi;
-use sluice_common::pb;
+use sluice_common::protocol::CoordinatorApi;
+use lance_table::format::Fragment;
+use sluice_common::protocol::{Checkpoint, FileCompleted, FileFailed, FlushReason};
 
 use crate::PipelineError;
 use tokio_util::sync::CancellationToken;
@@ -17,16 +18,16 @@ pub struct CheckpointDraft {
     pub seq: u64,
     pub rows: u64,
     pub bytes: u64,
-    pub completed: Vec<pb::FileCompleted>,
-    pub failed: Vec<pb::FileFailed>,
+    pub completed: Vec<FileCompleted>,
+    pub failed: Vec<FileFailed>,
     pub clean: bool,
     pub shards_finished: Vec<String>,
     pub shard_generations: std::collections::HashMap<String, u64>,
-    pub reason: super::flusher::FlushReason,
+    pub reason: FlushReason,
 }
 
 pub enum PublisherMsg {
-    Written { draft: CheckpointDraft, result: Result<Vec<Vec<u8>>, PipelineError> },
+    Written { draft: CheckpointDraft, result: Result<Vec<Fragment>, PipelineError> },
     /// Reply once everything received so far is published (or failed).
     Drain(RpcReplyPort<Result<(), PipelineError>>),
 }
@@ -45,7 +46,7 @@ pub struct CheckpointPublisher {
 }
 
 /// A flush's draft and its fragment write's outcome.
-type Written = (CheckpointDraft, Result<Vec<Vec<u8>>, PipelineError>);
+type Written = (CheckpointDraft, Result<Vec<Fragment>, PipelineError>);
 
 #[derive(Default)]
 pub struct PublisherState {
@@ -104,8 +105,8 @@ impl Actor for CheckpointPublisher {
 }
 
 impl CheckpointPublisher {
-    async fn publish(&self, d: CheckpointDraft, fragments: Vec<Vec<u8>>) -> Result<(), PipelineError> {
-        let cp = pb::Checkpoint {
+    async fn publish(&self, d: CheckpointDraft, fragments: Vec<Fragment>) -> Result<(), PipelineError> {
+        let cp = Checkpoint {
             job_id: self.job_id.clone(),
             worker_id: self.worker_id.clone(),
             seq: d.seq,
@@ -117,7 +118,7 @@ impl CheckpointPublisher {
             clean: d.clean,
             shards_finished: d.shards_finished,
             shard_generations: d.shard_generations,
-            flush_reason: d.reason.as_str().to_string(),
+            flush_reason: Some(d.reason),
         };
         let ack = match self.api.publish_checkpoint(cp).await {
             Ok(ack) => ack,

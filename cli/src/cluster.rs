@@ -399,8 +399,12 @@ fn state_name(state: i32) -> String {
 
 fn line(s: &pb::JobStatus) -> String {
     let p = s.progress.unwrap_or_default();
+    let takeovers = match s.takeovers {
+        0 => String::new(),
+        n => format!("; taken over by a new leader {n}x"),
+    };
     format!(
-        "{}  {:<22} files {} done, {} failed, {} skipped of {} planned; rows {}; shards {}/{}; v{}  {}",
+        "{}  {:<22} files {} done, {} failed, {} skipped of {} planned; rows {}; shards {}/{}; v{}{takeovers}  {}",
         s.job_id,
         state_name(s.state),
         p.files_done,

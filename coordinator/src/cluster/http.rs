@@ -310,6 +310,8 @@ struct JobView {
     table_uri: String,
     submitted_ms: i64,
     seconds: f64,
+    /// Times a new leader took the job over and resumed it.
+    takeovers: u32,
     progress: pb::JobProgress,
 }
 
@@ -324,6 +326,7 @@ impl From<pb::JobStatus> for JobView {
             table_uri: s.table_uri,
             submitted_ms: s.submitted_ms,
             seconds: s.seconds,
+            takeovers: s.takeovers,
             progress: s.progress.unwrap_or_default(),
         }
     }

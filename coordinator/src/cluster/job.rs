@@ -70,6 +70,8 @@ pub struct ClusterJob {
     pub submitted: SystemTime,
     pub started: Instant,
     pub progress: Arc<JobProgress>,
+    /// Times a new leader took this job over and resumed it.
+    pub takeovers: u32,
     table: TableLocation,
     settings: Settings,
     book: Mutex<Book>,
@@ -96,6 +98,7 @@ impl ClusterJob {
             submitted: SystemTime::now(),
             started: Instant::now(),
             progress: Arc::default(),
+            takeovers: 0,
             table,
             settings,
             book: Mutex::default(),

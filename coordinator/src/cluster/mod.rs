@@ -227,7 +227,7 @@ impl Cluster {
                     self.archived.lock().insert(status.job_id.clone(), status);
                     return None;
                 }
-                record.spec
+                Some((record.spec?, status.takeovers + 1))
             })
             .collect();
         if !resume.is_empty() {
@@ -238,9 +238,9 @@ impl Cluster {
             tracing::info!(jobs = resume.len(), grace = ?self.cfg.lease_ttl, "taking over running jobs");
             tokio::time::sleep(self.cfg.lease_ttl).await;
         }
-        for spec in resume {
+        for (spec, takeovers) in resume {
             let id = spec.job_id.clone();
-            match self.start(spec).await {
+            match self.start(spec, takeovers).await {
                 Ok(_) => tracing::info!(job_id = %id, "resumed a running job after taking over"),
                 Err(e) => tracing::error!(job_id = %id, error = %e, "cannot resume job"),
             }
@@ -384,18 +384,19 @@ impl Cluster {
         if self.jobs.lock().get(&spec.job_id).is_some_and(|j| j.is_running()) {
             return Err(invalid(format!("job {} is already running", spec.job_id)));
         }
-        let job = self.start(spec).await?;
+        let job = self.start(spec, 0).await?;
         metrics::counter!("sluice_jobs_submitted_total").increment(1);
         Ok(job.id.clone())
     }
 
-    async fn start(self: &Arc<Self>, mut spec: pb::JobSpec) -> Result<Arc<ClusterJob>> {
+    /// Start a job; `takeovers`: how many leaders took it over before.
+    async fn start(self: &Arc<Self>, mut spec: pb::JobSpec, takeovers: u32) -> Result<Arc<ClusterJob>> {
         let mut def = self.plan(&spec)?;
         def.job_id = Some(spec.job_id.clone());
         if let Some(table) = spec.table.as_mut() {
             table.uri = def.table.uri.clone();
         }
-        Ok(self.launch(def, spec).await)
+        Ok(self.launch(def, spec, takeovers).await)
     }
 
     /// Run a job planned in this process (`sluice ingest`): no spec to
@@ -404,12 +405,14 @@ impl Cluster {
         let job_id = plan.job_id.get_or_insert_with(ids::new_job_id).clone();
         let table = pb::TableRef { uri: plan.table.uri.clone(), storage_options: plan.table.storage_options.clone() };
         let spec = pb::JobSpec { job_id, table: Some(table), ..Default::default() };
-        self.launch(plan, spec).await
+        self.launch(plan, spec, 0).await
     }
 
-    async fn launch(self: &Arc<Self>, def: JobPlan, spec: pb::JobSpec) -> Arc<ClusterJob> {
+    async fn launch(self: &Arc<Self>, def: JobPlan, spec: pb::JobSpec, takeovers: u32) -> Arc<ClusterJob> {
         let (table, settings) = (def.table.clone(), def.settings.clone());
-        let job = Arc::new(ClusterJob::new(spec.job_id.clone(), spec, table, settings, self.work.clone()));
+        let mut job = ClusterJob::new(spec.job_id.clone(), spec, table, settings, self.work.clone());
+        job.takeovers = takeovers;
+        let job = Arc::new(job);
         self.jobs.lock().insert(job.id.clone(), job.clone());
         self.save(&job).await;
         let (me, runner) = (self.clone(), job.clone());
@@ -517,6 +520,7 @@ impl Cluster {
             table_uri: job.spec.table.as_ref().map(|t| t.uri.clone()).unwrap_or_default(),
             submitted_ms: job.submitted.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
             seconds: job.started.elapsed().as_secs_f64(),
+            takeovers: job.takeovers,
         }
     }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what building and testing sluice needs on Debian 12: protoc,
-# pkg-config, clang and the FFmpeg libraries for the build (through the
+# pkg-config, clang, the FFmpeg and libjpeg-turbo libraries for the build (through the
 # image's install script); the ffmpeg CLI, qpdf, curl and etcd for the tests;
 # a Python venv with pylance (the independent reader test), moto (the
 # S3-compatible server the tests start), grpcurl, the Helm chart checkers,

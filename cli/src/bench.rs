@@ -35,7 +35,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let table = work.join("table");
     let _ = std::fs::remove_dir_all(&table);
     if !corpus.exists() {
-        generate(&CorpusArgs { dir: corpus.clone(), files: args.files, with_bad_files: false, text_chars: 3000, image_side: 96, with_media: false })?;
+        generate(&CorpusArgs { dir: corpus.clone(), files: args.files, with_bad_files: false, text_chars: 3000, image_side: 96, with_media: false, text_pdfs: 0 })?;
     }
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)

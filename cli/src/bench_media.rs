@@ -26,6 +26,7 @@ pub struct BenchMediaArgs {
 
 fn sluice_ingest(files: &[PathBuf], table: &std::path::Path, extra: &[&str]) -> Result<Value> {
     let _ = std::fs::remove_dir_all(table);
+    let cpu_before = children_cpu_seconds();
     let out = Command::new(std::env::current_exe()?)
         .arg("ingest")
         .arg("--table")
@@ -38,7 +39,22 @@ fn sluice_ingest(files: &[PathBuf], table: &std::path::Path, extra: &[&str]) -> 
     if !out.status.success() {
         bail!("ingest failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(serde_json::from_slice(&out.stdout)?)
+    let mut summary: Value = serde_json::from_slice(&out.stdout)?;
+    summary["cpu_seconds"] = json!(children_cpu_seconds() - cpu_before);
+    Ok(summary)
+}
+
+/// CPU time (user + system) of every finished child process and its own
+/// finished children (an ingest's normalizer processes included): the
+/// `cutime` and `cstime` of `/proc/self/stat`, in USER_HZ (100 a second on
+/// Linux).
+pub(crate) fn children_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at `state`.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // cutime and cstime are fields 16 and 17 of the line, 14 and 15 here.
+    (ticks(13) + ticks(14)) / 100.0
 }
 
 pub fn run(args: BenchMediaArgs) -> Result<()> {
@@ -95,6 +111,22 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
             }
             Ok((pages, pages as f64 / t.elapsed().as_secs_f64()))
         };
+        // What one page costs, step by step (one thread, one after another).
+        let mut costs = sluice_worker::normalize::PageCosts::default();
+        for p in &args.pdfs {
+            let c = sluice_worker::normalize::page_costs(p, args.pdf_dpi, sluice_common::settings::Settings::DEFAULT.thumbnail_size)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            costs.pages += c.pages;
+            costs.load_and_text += c.load_and_text;
+            costs.render += c.render;
+            costs.to_rgba += c.to_rgba;
+            costs.jpeg_pure_rust += c.jpeg_pure_rust;
+            costs.jpeg_turbo += c.jpeg_turbo;
+            costs.thumbnail += c.thumbnail;
+        }
+        let per_page = |secs: f64| 1000.0 * secs / costs.pages.max(1) as f64;
+        let before = costs.load_and_text + costs.render + costs.to_rgba + costs.jpeg_pure_rust + costs.thumbnail;
+        let now = costs.load_and_text + costs.render + costs.jpeg_turbo + costs.thumbnail;
         let (pages, bare) = bare_rate(false)?;
         let (_, bare_encode) = bare_rate(true)?;
         let dpi = args.pdf_dpi.to_string();
@@ -112,6 +144,18 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
                 "sluice_1_vs_bare": rate(&s1) / bare,
                 "sluice_1_vs_bare_render_and_jpeg": rate(&s1) / bare_encode,
                 "two_vs_one_worker": rate(&s2) / rate(&s1),
+                "sluice_1_worker_cpu_ms_per_page": s1["cpu_seconds"].as_f64().map(|c| 1000.0 * c / pages as f64),
+                "ms_per_page": {
+                    "load_and_text": per_page(costs.load_and_text),
+                    "render": per_page(costs.render),
+                    "thumbnail_and_its_jpeg": per_page(costs.thumbnail),
+                    "jpeg_libjpeg_turbo_from_bgra": per_page(costs.jpeg_turbo),
+                    "before_bgra_to_rgba": per_page(costs.to_rgba),
+                    "before_jpeg_pure_rust": per_page(costs.jpeg_pure_rust),
+                    "all_steps_now": per_page(now),
+                    "all_steps_before": per_page(before),
+                    "now_vs_before": now / before,
+                },
             }),
         );
     }

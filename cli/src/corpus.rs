@@ -27,6 +27,10 @@ pub struct CorpusArgs {
     /// installed, short videos (one per 100 files)
     #[arg(long)]
     pub with_media: bool,
+    /// Also write this many text documents as PDFs (2 to 12 pages of about
+    /// 60 lines each, letter size) under `pdfs/`
+    #[arg(long, default_value_t = 0)]
+    pub text_pdfs: usize,
 }
 
 const WORDS: &[&str] = &[
@@ -70,7 +74,34 @@ pub fn generate(args: &CorpusArgs) -> Result<usize> {
     if args.with_bad_files {
         write_bad_files(&args.dir.join("bad"))?;
     }
-    Ok(args.files)
+    if args.text_pdfs > 0 {
+        write_text_pdfs(&args.dir.join("pdfs"), args.text_pdfs, &mut rng)?;
+    }
+    Ok(args.files + args.text_pdfs)
+}
+
+/// Text documents of 2 to 12 pages, each page about 60 lines of words.
+fn write_text_pdfs(dir: &Path, n: usize, rng: &mut impl Rng) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for i in 0..n {
+        let pages: Vec<Vec<String>> = (0..rng.random_range(2..=12))
+            .map(|_| {
+                (0..60)
+                    .map(|_| {
+                        let mut line = String::new();
+                        while line.len() < 90 {
+                            line.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+                            line.push(' ');
+                        }
+                        line
+                    })
+                    .collect()
+            })
+            .collect();
+        let pdf = sluice_common::samples::text_pdf(&pages, (612.0, 792.0), &format!("Report {i}"));
+        std::fs::write(dir.join(format!("report-{i:04}.pdf")), pdf)?;
+    }
+    Ok(())
 }
 
 /// PDFs from the built-in writer; videos from the ffmpeg CLI when present.

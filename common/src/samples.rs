@@ -2,19 +2,38 @@
 
 /// A minimal, valid PDF: one page per text, each `size` points, Helvetica.
 pub fn minimal_pdf(texts: &[&str], size: (f32, f32), title: &str) -> Vec<u8> {
-    let n = texts.len();
+    let streams: Vec<String> = texts.iter().map(|text| format!("BT /F1 18 Tf 36 {} Td ({text}) Tj ET", size.1 - 72.0)).collect();
+    pdf(&streams, size, title)
+}
+
+/// A text document: one page per list of lines, set in 10-point Helvetica
+/// from the top margin down, as a word processor's export looks to pdfium.
+pub fn text_pdf(pages: &[Vec<String>], size: (f32, f32), title: &str) -> Vec<u8> {
+    let escape = |line: &str| line.replace('\\', "\\\\").replace('(', "\\(").replace(')', "\\)");
+    let streams: Vec<String> = pages
+        .iter()
+        .map(|lines| {
+            let body: Vec<String> = lines.iter().map(|l| format!("({}) Tj T*", escape(l))).collect();
+            format!("BT /F1 10 Tf 12 TL 54 {} Td {} ET", size.1 - 60.0, body.join(" "))
+        })
+        .collect();
+    pdf(&streams, size, title)
+}
+
+/// A PDF of one page per content stream.
+fn pdf(streams: &[String], size: (f32, f32), title: &str) -> Vec<u8> {
+    let n = streams.len();
     let font = 3 + 2 * n; // object numbers: 1 catalog, 2 pages, pages/contents, font, info
     let info = font + 1;
     let mut objects: Vec<String> = Vec::new();
     objects.push("<< /Type /Catalog /Pages 2 0 R >>".into());
     let kids: Vec<String> = (0..n).map(|i| format!("{} 0 R", 3 + 2 * i)).collect();
     objects.push(format!("<< /Type /Pages /Kids [{}] /Count {n} >>", kids.join(" ")));
-    for (i, text) in texts.iter().enumerate() {
+    for (i, stream) in streams.iter().enumerate() {
         objects.push(format!(
             "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {} {}] /Contents {} 0 R /Resources << /Font << /F1 {font} 0 R >> >> >>",
             size.0, size.1, 4 + 2 * i
         ));
-        let stream = format!("BT /F1 18 Tf 36 {} Td ({text}) Tj ET", size.1 - 72.0);
         objects.push(format!("<< /Length {} >>\nstream\n{stream}\nendstream", stream.len()));
     }
     objects.push("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".into());

@@ -30,12 +30,12 @@ case "${1:-}" in
   build-deps)
     apt_install ca-certificates build-essential pkg-config clang libclang-dev protobuf-compiler libprotobuf-dev \
       python3 python3-venv libavcodec-dev libavformat-dev libavutil-dev libswscale-dev \
-      libswresample-dev libavfilter-dev libavdevice-dev
+      libswresample-dev libavfilter-dev libavdevice-dev libturbojpeg0-dev
     ;;
   runtime)
-    # The FFmpeg 5.1 libraries sluice links (Debian 12), and CA certificates
-    # for object stores over TLS.
-    apt_install ca-certificates libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4
+    # The FFmpeg 5.1 and libjpeg-turbo libraries sluice links (Debian 12),
+    # and CA certificates for object stores over TLS.
+    apt_install ca-certificates libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4 libturbojpeg0
     ;;
   pdfium)
     prefix=${2:?usage: install.sh pdfium PREFIX}

@@ -239,6 +239,18 @@ impl ChildProc {
         }
     }
 
+    /// Let an idle child go: it exits when its input closes, and is reaped
+    /// here (so no zombie stays behind, and its CPU time is counted as
+    /// this process's children's). Killed if it does not exit in time.
+    pub async fn finish(self) {
+        let Self { mut child, stdin, stdout } = self;
+        drop((stdin, stdout));
+        if tokio::time::timeout(std::time::Duration::from_secs(2), child.wait()).await.is_err() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
     /// Take back the stdout a cleanly finished file lent out.
     pub fn give_back(&mut self, stdout: tokio::process::ChildStdout) {
         self.stdout = Some(stdout);

@@ -111,8 +111,10 @@ impl NormalizerPool {
             }
         }
         while let Some(done) = running.join_next().await {
-            settle(done)?;
+            idle.push(settle(done)?);
         }
+        // Child processes end with the pool, reaped rather than orphaned.
+        futures::future::join_all(idle.into_iter().flatten().map(ChildProc::finish)).await;
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use sluice_common::settings::Settings;
 
 pub use self::image::normalize_image;
 pub use self::other::normalize_other;
-pub use self::pdf::{bare_render, normalize_pdf};
+pub use self::pdf::{bare_render, normalize_pdf, page_costs, PageCosts};
 pub use self::text::{chunk_text, decode_text, normalize_text};
 pub use self::video::{bare_remux, normalize_video};
 
@@ -37,21 +37,60 @@ pub struct Normalized {
     pub rows: Vec<Row>,
 }
 
-/// JPEG-encode an RGB8 or RGBA8 image (the alpha channel is dropped).
-/// `None` if a side exceeds the format's 65,535-pixel limit.
+/// JPEG-encode an image through libjpeg-turbo (SIMD; 4:2:0 chroma, or
+/// grayscale). `None` if the image is empty or above JPEG's 65,535 pixels a
+/// side.
 pub(crate) fn encode_jpeg<P>(img: &::image::ImageBuffer<P, Vec<u8>>, quality: u8) -> Option<Vec<u8>>
 where
     P: ::image::Pixel<Subpixel = u8>,
 {
-    let color = match P::CHANNEL_COUNT {
-        3 => jpeg_encoder::ColorType::Rgb,
-        4 => jpeg_encoder::ColorType::Rgba,
-        1 => jpeg_encoder::ColorType::Luma,
+    let format = match P::CHANNEL_COUNT {
+        3 => turbojpeg::PixelFormat::RGB,
+        4 => turbojpeg::PixelFormat::RGBA,
+        1 => turbojpeg::PixelFormat::GRAY,
         _ => return None,
     };
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    encode_pixels(img.as_raw(), width, width * format.size(), height, format, quality)
+}
+
+/// JPEG-encode raw pixels (`pitch` bytes a row) of any layout libjpeg-turbo
+/// reads, such as pdfium's BGRA renders, without converting them first.
+pub(crate) fn encode_pixels(
+    pixels: &[u8],
+    width: usize,
+    pitch: usize,
+    height: usize,
+    format: turbojpeg::PixelFormat,
+    quality: u8,
+) -> Option<Vec<u8>> {
+    if width == 0 || height == 0 || width > 65_535 || height > 65_535 || pixels.len() < pitch * height {
+        return None;
+    }
+    thread_local! {
+        // A compressor holds libjpeg-turbo's state: made once per thread.
+        static COMPRESSOR: std::cell::RefCell<Option<turbojpeg::Compressor>> = const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = turbojpeg::Compressor::new().ok();
+        }
+        let compressor = slot.as_mut()?;
+        compressor.set_quality(i32::from(quality));
+        compressor.set_subsamp(match format {
+            turbojpeg::PixelFormat::GRAY => turbojpeg::Subsamp::Gray,
+            _ => turbojpeg::Subsamp::Sub2x2,
+        });
+        compressor.compress_to_vec(turbojpeg::Image { pixels, width, pitch, height, format }).ok()
+    })
+}
+
+/// The pure-Rust encoder sluice used before libjpeg-turbo, kept as the
+/// baseline `sluice bench-media` measures against.
+pub fn encode_jpeg_baseline(img: &::image::RgbaImage, quality: u8) -> Option<Vec<u8>> {
     let (w, h) = (u16::try_from(img.width()).ok()?, u16::try_from(img.height()).ok()?);
     let mut out = Vec::with_capacity(img.as_raw().len() / 12);
-    jpeg_encoder::Encoder::new(&mut out, quality).encode(img.as_raw(), w, h, color).ok()?;
+    jpeg_encoder::Encoder::new(&mut out, quality).encode(img.as_raw(), w, h, jpeg_encoder::ColorType::Rgba).ok()?;
     Some(out)
 }
 

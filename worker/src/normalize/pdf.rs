@@ -19,7 +19,7 @@ use serde_json::json;
 use sluice_common::schema::Row;
 use sluice_common::settings::Settings;
 
-use super::{encode_jpeg as jpeg, NormalizeError};
+use super::{encode_jpeg_baseline, encode_pixels, NormalizeError};
 
 /// Held for the whole of one PDF; see the module documentation.
 static PDF_LOCK: Mutex<()> = Mutex::new(());
@@ -75,7 +75,23 @@ fn pdfium() -> Result<&'static Pdfium, NormalizeError> {
 /// A rendered page on its way to the encoder thread.
 struct RenderedPage {
     row: Row,
-    pixels: Result<RgbaImage, String>,
+    pixels: Result<Render, String>,
+}
+
+/// A page as pdfium rendered it: BGRA, 4 bytes a pixel, rows unpadded.
+/// Kept in pdfium's byte order: libjpeg-turbo reads BGRA as it is, and the
+/// thumbnail's box filter does not care which channel is which.
+struct Render(RgbaImage);
+
+impl Render {
+    fn jpeg(img: &RgbaImage, quality: u8) -> Option<Vec<u8>> {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        encode_pixels(img.as_raw(), w, w * 4, h, turbojpeg::PixelFormat::BGRA, quality)
+    }
+
+    fn thumbnail(&self, size: u32) -> RgbaImage {
+        image::imageops::thumbnail(&self.0, size, size)
+    }
 }
 
 /// JPEG-encode a page's render and thumbnail into its row. Runs on its own
@@ -83,11 +99,11 @@ struct RenderedPage {
 fn encode_page(page: RenderedPage, thumbnail_size: u32) -> Row {
     let RenderedPage { mut row, pixels } = page;
     match pixels {
-        Ok(img) => {
-            row.width = Some(img.width());
-            row.height = Some(img.height());
-            row.thumbnail = jpeg(&image::imageops::thumbnail(&img, thumbnail_size, thumbnail_size), 80);
-            row.data = jpeg(&img, 85).map(Bytes::from);
+        Ok(render) => {
+            row.width = Some(render.0.width());
+            row.height = Some(render.0.height());
+            row.thumbnail = Render::jpeg(&render.thumbnail(thumbnail_size), 80);
+            row.data = Render::jpeg(&render.0, 85).map(Bytes::from);
             if row.data.is_none() {
                 set_render_error(&mut row, "JPEG encoding failed (render larger than 65535 pixels a side)".into());
             }
@@ -104,12 +120,11 @@ fn set_render_error(row: &mut Row, error: String) {
     }
 }
 
-fn render(page: &PdfPage, scale: f32) -> Result<RgbaImage, String> {
-    let bitmap = page
-        .render_with_config(&PdfRenderConfig::new().scale_page_by_factor(scale))
-        .map_err(|e| e.to_string())?;
+fn render(page: &PdfPage, scale: f32) -> Result<Render, String> {
+    let config = PdfRenderConfig::new().scale_page_by_factor(scale).set_format(PdfBitmapFormat::BGRA);
+    let bitmap = page.render_with_config(&config).map_err(|e| e.to_string())?;
     let (w, h) = (bitmap.width() as u32, bitmap.height() as u32);
-    RgbaImage::from_raw(w, h, bitmap.as_rgba_bytes()).ok_or_else(|| "unexpected bitmap layout".to_string())
+    RgbaImage::from_raw(w, h, bitmap.as_raw_bytes()).map(Render).ok_or_else(|| "unexpected bitmap layout".to_string())
 }
 
 /// Render scale (pixels per point) for a page, capped to `max_pixels`.
@@ -227,13 +242,69 @@ pub fn bare_render(path: &Path, dpi: u32, encode: bool) -> Result<usize, Normali
     let doc = pdfium()?.load_pdf_from_file(path, None).map_err(|e| NormalizeError::new(e.to_string()))?;
     let mut pages = 0;
     for page in doc.pages().iter() {
-        let img = render(&page, dpi as f32 / 72.0).map_err(NormalizeError::new)?;
+        let render = render(&page, dpi as f32 / 72.0).map_err(NormalizeError::new)?;
         if encode {
-            jpeg(&img, 85).ok_or_else(|| NormalizeError::new("JPEG encoding failed"))?;
+            Render::jpeg(&render.0, 85).ok_or_else(|| NormalizeError::new("JPEG encoding failed"))?;
         }
         pages += 1;
     }
     Ok(pages)
+}
+
+/// Seconds of one thread spent on each step of a page, summed over pages
+/// (`sluice bench-media`): what a page costs, and what each change saves.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PageCosts {
+    pub pages: usize,
+    /// Page load and text extraction.
+    pub load_and_text: f64,
+    /// pdfium's render into a bitmap, and the copy out of it.
+    pub render: f64,
+    /// What sluice did before: BGRA to RGBA, then the pure-Rust encoder.
+    pub to_rgba: f64,
+    pub jpeg_pure_rust: f64,
+    /// libjpeg-turbo straight from the BGRA render.
+    pub jpeg_turbo: f64,
+    /// Box-filter thumbnail from the render, and its JPEG.
+    pub thumbnail: f64,
+}
+
+/// Time every step sluice takes per page of `path`, one after another on
+/// this thread, plus the encoder sluice used before.
+pub fn page_costs(path: &Path, dpi: u32, thumbnail_size: u32) -> Result<PageCosts, NormalizeError> {
+    let _one_at_a_time = PDF_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let doc = pdfium()?.load_pdf_from_file(path, None).map_err(|e| NormalizeError::new(e.to_string()))?;
+    let mut c = PageCosts::default();
+    let timed = |total: &mut f64, t: std::time::Instant| *total += t.elapsed().as_secs_f64();
+    let pages = doc.pages();
+    for index in 0..pages.len() {
+        let t = std::time::Instant::now();
+        let page = pages.get(index).map_err(|e| NormalizeError::new(e.to_string()))?;
+        let text = page.text().map(|t| t.all()).unwrap_or_default();
+        std::hint::black_box(text);
+        timed(&mut c.load_and_text, t);
+        let t = std::time::Instant::now();
+        let render = render(&page, dpi as f32 / 72.0).map_err(NormalizeError::new)?;
+        timed(&mut c.render, t);
+        let t = std::time::Instant::now();
+        let rgba = RgbaImage::from_raw(render.0.width(), render.0.height(), bgra_to_rgba(render.0.as_raw()));
+        timed(&mut c.to_rgba, t);
+        let t = std::time::Instant::now();
+        std::hint::black_box(rgba.and_then(|img| encode_jpeg_baseline(&img, 85)));
+        timed(&mut c.jpeg_pure_rust, t);
+        let t = std::time::Instant::now();
+        std::hint::black_box(Render::jpeg(&render.0, 85));
+        timed(&mut c.jpeg_turbo, t);
+        let t = std::time::Instant::now();
+        std::hint::black_box(Render::jpeg(&render.thumbnail(thumbnail_size), 80));
+        timed(&mut c.thumbnail, t);
+        c.pages += 1;
+    }
+    Ok(c)
+}
+
+fn bgra_to_rgba(bgra: &[u8]) -> Vec<u8> {
+    bgra.chunks_exact(4).flat_map(|p| [p[2], p[1], p[0], p[3]]).collect()
 }
 
 #[cfg(test)]

@@ -109,3 +109,35 @@ fn without_libpdfium_pdfs_fail_with_install_instructions() {
     let reason = s["errors"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("pip install pypdfium2==5.15.2"), "{reason}");
 }
+
+/// A PDF of many pages is spread over normalizer processes by page range
+/// (one file keeps more than one busy), and its rows come out once each,
+/// numbered as in the document; with one normalizer it is not split and
+/// reads the same.
+#[test]
+fn a_big_pdf_is_spread_over_processes_and_its_pages_stay_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let pages: Vec<Vec<String>> = (1..=150)
+        .map(|p| (0..40).map(|l| format!("Page {p} line {l}: the quick brown fox jumps over the lazy dog")).collect())
+        .collect();
+    std::fs::write(corpus.join("big.pdf"), sluice_common::samples::text_pdf(&pages, (612.0, 792.0), "Big")).unwrap();
+
+    let check = |table: &Path, workers: &str| -> serde_json::Value {
+        let (code, s) = ingest_json(table, &[&corpus], &["--pdf-dpi", "36", "--normalization-workers", workers]);
+        assert_eq!(code, 0, "{s}");
+        assert_eq!((s["files_ingested"].as_u64(), s["rows"].as_u64()), (Some(1), Some(150)), "{s}");
+        let texts = read_texts(table, "big.pdf");
+        assert_eq!(texts.len(), 150, "one row per page, none twice");
+        for (i, text) in texts.iter().enumerate() {
+            assert!(text.starts_with(&format!("Page {} line 0", i + 1)), "page {}: {text:.40}", i + 1);
+        }
+        s
+    };
+    let split = check(&dir.path().join("four"), "4");
+    let busy = split["peak_concurrent_normalizations"].as_u64().unwrap();
+    assert!((2..=4).contains(&busy), "one file used {busy} normalizer processes");
+    let whole = check(&dir.path().join("one"), "1");
+    assert_eq!(whole["peak_concurrent_normalizations"], 1, "one normalizer: no helpers");
+}

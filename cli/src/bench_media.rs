@@ -22,6 +22,17 @@ pub struct BenchMediaArgs {
     /// PDF render resolution
     #[arg(long, default_value_t = 150)]
     pub pdf_dpi: u32,
+    /// Also time one generated text PDF of this many pages against the same
+    /// pages as four PDFs (0: skip)
+    #[arg(long, default_value_t = 0)]
+    pub big_pdf_pages: usize,
+}
+
+/// Pages of text, `first..first + n`, about 60 lines each.
+fn text_pages(first: usize, n: usize) -> Vec<Vec<String>> {
+    (first..first + n)
+        .map(|p| (0..60).map(|l| format!("Page {p}, line {l}: sluice splits big documents over its normalizer processes")).collect())
+        .collect()
 }
 
 fn sluice_ingest(files: &[PathBuf], table: &std::path::Path, extra: &[&str]) -> Result<Value> {
@@ -156,6 +167,31 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
                     "all_steps_before": per_page(before),
                     "now_vs_before": now / before,
                 },
+            }),
+        );
+    }
+    if args.big_pdf_pages > 0 {
+        let (n, quarter) = (args.big_pdf_pages, args.big_pdf_pages.div_ceil(4));
+        let (one, four) = (work.join("big-one"), work.join("big-four"));
+        std::fs::create_dir_all(&one)?;
+        std::fs::create_dir_all(&four)?;
+        std::fs::write(one.join("big.pdf"), sluice_common::samples::text_pdf(&text_pages(1, n), (612.0, 792.0), "Big"))?;
+        for i in 0..4 {
+            let pages = text_pages(1 + i * quarter, quarter.min(n.saturating_sub(i * quarter)));
+            std::fs::write(four.join(format!("part-{i}.pdf")), sluice_common::samples::text_pdf(&pages, (612.0, 792.0), "Part"))?;
+        }
+        let dpi = args.pdf_dpi.to_string();
+        let big = sluice_ingest(&[one], &work.join("t-one"), &["--pdf-dpi", &dpi])?;
+        let parts = sluice_ingest(&[four], &work.join("t-four"), &["--pdf-dpi", &dpi])?;
+        let secs = |s: &Value| s["seconds"].as_f64().unwrap_or(f64::NAN);
+        report.insert(
+            "big_pdf".into(),
+            json!({
+                "pages": n,
+                "one_pdf_seconds": secs(&big),
+                "four_pdfs_seconds": secs(&parts),
+                "one_vs_four_time": secs(&big) / secs(&parts),
+                "one_pdf_peak_concurrent_normalizations": big["peak_concurrent_normalizations"],
             }),
         );
     }

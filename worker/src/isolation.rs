@@ -6,7 +6,8 @@
 //! Protocol: the parent writes one JSON [`Request`] per line to the child's
 //! stdin; the child answers with frames on stdout: `[kind: u8][len: u32 LE]
 //! [payload]`, a `HASH` frame, any number of `ROWS` frames, then `DONE` or
-//! `ERROR`.
+//! `ERROR`. A request for part of a PDF ([`Part`]) is answered without the
+//! hash: `ROWS` of its pages, or one `COUNT` frame (a u32 LE page count).
 //!
 //! Both sides are here: [`serve`] is the child (`sluice normalize-server`),
 //! [`ChildProc`] the parent's handle on one.
@@ -26,12 +27,28 @@ pub const HASH: u8 = 1;
 pub const ROWS: u8 = 2;
 pub const DONE: u8 = 3;
 pub const ERROR: u8 = 4;
+pub const COUNT: u8 = 5;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
     pub path: PathBuf,
     pub kind: Kind,
     pub settings: Settings,
+    #[serde(default)]
+    pub part: Part,
+}
+
+/// What of the file a request asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Part {
+    /// Every row, after the file's hash.
+    #[default]
+    Whole,
+    /// A PDF's page count, once it passed the checks.
+    PageCount,
+    /// Rows of a PDF's pages `start..end` (0-based), numbered as in the
+    /// whole document.
+    Pages { start: usize, end: usize },
 }
 
 /// A row without its two binary fields, which follow the header raw.
@@ -145,13 +162,23 @@ pub fn serve(input: impl Read, mut out: impl Write) -> std::io::Result<()> {
             }
         };
         crash_hooks(&req.path);
-        let result = normalize::normalize_streamed(req.kind, &req.path, &req.settings, &mut |piece| {
+        let mut send = |piece| {
             match piece {
                 normalize::Piece::Hash(hash) => write_frame(&mut out, HASH, hash.as_bytes()),
                 normalize::Piece::Rows(rows) => write_rows(&mut out, rows),
+                normalize::Piece::PageCount(n) => write_frame(&mut out, COUNT, &(n as u32).to_le_bytes()),
             }
             .map_err(|e| NormalizeError::new(e.to_string()))
-        })
+        };
+        let result = match req.part {
+            Part::Whole => normalize::normalize_streamed(req.kind, &req.path, &req.settings, &mut send),
+            Part::PageCount => {
+                normalize::pdf_page_count(&req.path, &req.settings).and_then(|n| send(normalize::Piece::PageCount(n)))
+            }
+            Part::Pages { start, end } => normalize::normalize_pdf_pages(&req.path, &req.settings, Some(start..end), &mut |rows| {
+                send(normalize::Piece::Rows(rows))
+            }),
+        }
         .map_err(|e| e.0);
         match result {
             Ok(()) => write_frame(&mut out, DONE, b"")?,
@@ -293,6 +320,10 @@ impl ChildProc {
                     (ROWS, p) => match rows_from_frame(p) {
                         Ok(rows) => tx.send(Piece::Rows(rows)).await,
                         Err(e) => return (Err(e), None),
+                    },
+                    (COUNT, p) => match <[u8; 4]>::try_from(p.as_slice()) {
+                        Ok(n) => tx.send(Piece::PageCount(u32::from_le_bytes(n) as usize)).await,
+                        Err(_) => return (Err("malformed count frame from normalizer process".into()), None),
                     },
                     (DONE, _) => break Ok(()),
                     (ERROR, p) => break Err(String::from_utf8_lossy(&p).into_owned()),

@@ -14,12 +14,12 @@ use ractor::ActorRef;
 use sluice_common::protocol::{FileFailed, FileRef};
 use sluice_common::schema::{FileRows, Kind, Row, SourceInfo};
 use sluice_common::settings::Settings;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::flusher::FlusherMsg;
-use crate::isolation::ChildProc;
+use crate::isolation::{ChildProc, Part, Request};
 use crate::normalize::{self, Piece};
 use crate::PipelineError;
 
@@ -90,6 +90,9 @@ impl NormalizerPool {
 
     async fn serve(&self, queue: &mut mpsc::Receiver<FileTask>) -> Result<(), PipelineError> {
         let mut idle: Vec<Slot> = (0..self.settings.normalization_workers).map(|_| None).collect();
+        // One permit per normalizer: a file holds one while it is
+        // normalized; a big PDF borrows idle ones for more processes.
+        let permits = Arc::new(Semaphore::new(self.settings.normalization_workers as usize));
         let mut running: JoinSet<Done> = JoinSet::new();
         loop {
             // A file is taken only when a slot is free: the queue's bound
@@ -103,7 +106,7 @@ impl NormalizerPool {
                 task = queue.recv() => match task {
                     Some(task) => {
                         let slot = idle.pop().unwrap_or_default();
-                        running.spawn(self.normalize_one(task, slot));
+                        running.spawn(self.normalize_one(task, slot, permits.clone()));
                     }
                     None => break,
                 },
@@ -130,12 +133,16 @@ fn settle(done: Result<Done, tokio::task::JoinError>) -> Result<Slot, PipelineEr
 
 impl NormalizerPool {
     /// Normalize one file in `slot`; a failed file is handed to the flusher.
-    fn normalize_one(&self, task: FileTask, mut slot: Slot) -> impl std::future::Future<Output = Done> + Send + 'static {
+    fn normalize_one(&self, task: FileTask, mut slot: Slot, permits: Arc<Semaphore>) -> impl std::future::Future<Output = Done> + Send + 'static {
         let (settings, flusher, isolation, busy) = (self.settings.clone(), self.flusher.clone(), self.isolation.clone(), self.busy.clone());
         async move {
+            let Ok(_permit) = permits.clone().acquire_owned().await else {
+                return (slot, Err("the normalizer pool closed".into()));
+            };
             busy.enter();
             test_hooks(&task.file.uri).await;
-            let outcome = process(&task.file, &settings, &flusher, isolation.as_deref(), &mut slot).await;
+            let children = isolation.as_deref().map(|exe| Children { exe, permits: &permits, busy: &busy });
+            let outcome = process(&task.file, &settings, &flusher, children, &mut slot).await;
             busy.exit();
             let label = match &outcome {
                 Ok(()) => "ingested",
@@ -216,12 +223,22 @@ async fn append(flusher: &ActorRef<FlusherMsg>, rows: FileRows) -> Result<(), Ou
     flusher.call(|reply| FlusherMsg::Append(rows, reply), None).await.map(|_| ()).map_err(|e| Outcome::Fatal(e.to_string()))
 }
 
+/// Media is normalized in child processes of `exe`; a big PDF may borrow
+/// the pool's idle `permits` to spread its pages over more of them.
+#[derive(Clone, Copy)]
+struct Children<'a> {
+    exe: &'a std::path::Path,
+    permits: &'a Arc<Semaphore>,
+    /// Helpers count as normalizations in flight.
+    busy: &'a Arc<BusyGauge>,
+}
+
 /// Fetch and normalize one file, handing its rows to the flusher.
 async fn process(
     file: &FileRef,
     settings: &Arc<Settings>,
     flusher: &ActorRef<FlusherMsg>,
-    isolation: Option<&std::path::Path>,
+    children: Option<Children<'_>>,
     child: &mut Option<ChildProc>,
 ) -> Result<(), Outcome> {
     let (probe, _download) = if sluice_common::sources::is_remote(&file.uri) {
@@ -236,7 +253,7 @@ async fn process(
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let timed_out = || format!("normalizer timed out after {}s", timeout.as_secs());
     if matches!(kind, Kind::Video | Kind::Pdf) {
-        return process_streamed(kind, file, probe, settings, flusher, isolation, child).await;
+        return process_streamed(kind, file, probe, settings, flusher, children, child).await;
     }
     let bytes = crate::fetch::read_all(&probe, settings.max_file_bytes).await.map_err(|e| failed(Some(kind), e))?;
     let source = SourceInfo {
@@ -285,6 +302,7 @@ impl Streamed {
                 self.sent_any |= ready.is_some();
                 ready
             }
+            Piece::PageCount(_) => None,
         }
     }
 }
@@ -300,10 +318,12 @@ async fn process_streamed(
     probe: crate::fetch::Probe,
     settings: &Arc<Settings>,
     flusher: &ActorRef<FlusherMsg>,
-    isolation: Option<&std::path::Path>,
+    children: Option<Children<'_>>,
     child: &mut Option<ChildProc>,
 ) -> Result<(), Outcome> {
+    let isolation = children.map(|c| c.exe);
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
+    let deadline = tokio::time::Instant::now() + timeout;
     let (limit, limit_name) = match kind {
         Kind::Video => (settings.max_video_bytes, "max_video_bytes"),
         _ => (settings.max_file_bytes, "max_file_bytes"),
@@ -313,6 +333,29 @@ async fn process_streamed(
     let attributes = file_attributes(file);
     if probe.size > limit {
         return Err(failed(kind, format!("file is {} bytes, above the limit of {limit} ({limit_name})", probe.size)));
+    }
+    if let (Kind::Pdf, Some(children)) = (file_kind, children) {
+        if probe.size >= SPLIT_MIN_BYTES {
+            let ask_count = Request { path: probe.path.clone(), kind: file_kind, settings: (**settings).clone(), part: Part::PageCount };
+            let count = match tokio::time::timeout_at(deadline, ask(child, children.exe, &ask_count)).await {
+                Err(_) => {
+                    if let Some(proc) = child.take() {
+                        proc.end().await;
+                    }
+                    return Err(failed(kind, format!("normalizer timed out after {}s", timeout.as_secs())));
+                }
+                // The file fails as the whole of it would have.
+                Ok(Err(e)) => return Err(failed(kind, e)),
+                Ok(Ok(pieces)) => pieces.iter().find_map(|p| match p {
+                    Piece::PageCount(n) => Some(*n),
+                    _ => None,
+                }),
+            };
+            if let Some(count) = count.filter(|n| *n >= SPLIT_MIN_PAGES) {
+                let target = Target { file, probe: &probe, flusher, attributes };
+                return split_pdf(target, settings, children, child, count, deadline).await;
+            }
+        }
     }
     // In this process, one PDF at a time (pdfium is single-threaded);
     // child processes each have their own pdfium. Waiting for the slot does
@@ -335,12 +378,11 @@ async fn process_streamed(
             (run(), None)
         }),
         Some(exe) => {
-            let request = crate::isolation::Request { path: path.clone(), kind: file_kind, settings: (*s).clone() };
+            let request = Request { path: path.clone(), kind: file_kind, settings: (*s).clone(), part: Part::Whole };
             ChildProc::start(child, exe, &request, tx).await.map_err(|e| failed(kind, e))?
         }
     };
     tokio::pin!(work);
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut stream = Streamed::default();
     let part = |hash: &str, rows: Vec<Row>, last: bool| FileRows {
         source: SourceInfo {
@@ -408,5 +450,208 @@ async fn process_streamed(
         (Ok(()), None) => Err(failed(kind, "the file produced no rows")),
         (Err(e), _) if !sent_any => Err(failed(kind, e)),
         (Err(e), _) => Err(Outcome::Fatal(format!("{}: failed after its first segments: {e}", file.uri))),
+    }
+}
+
+/// PDFs of at least this many pages are split into page ranges, spread
+/// over the pool's idle normalizer processes.
+const SPLIT_MIN_PAGES: usize = 64;
+/// Pages per range of a split PDF: what one process renders in one go
+/// (and what is held while an earlier range is still being rendered).
+const RANGE_PAGES: usize = 32;
+/// Smaller PDFs are not asked for their page count first (a 64-page
+/// document is seldom this small).
+const SPLIT_MIN_BYTES: u64 = 64 << 10;
+
+/// Run one request on the child in `slot` (started first if there is none)
+/// and collect what it answers. Err: the request failed; a child that
+/// crashed or spoke nonsense is ended and the slot emptied.
+async fn ask(slot: &mut Option<ChildProc>, exe: &std::path::Path, request: &Request) -> Result<Vec<Piece>, String> {
+    let (tx, mut rx) = mpsc::channel::<Piece>(4);
+    let work = ChildProc::start(slot, exe, request, tx).await?;
+    let collect = async {
+        let mut pieces = Vec::new();
+        while let Some(piece) = rx.recv().await {
+            pieces.push(piece);
+        }
+        pieces
+    };
+    let (pieces, worked) = tokio::join!(collect, work);
+    let (result, stdout) = worked.unwrap_or_else(|join| (Err(describe_join(join)), None));
+    match stdout {
+        Some(out) => {
+            if let Some(proc) = slot.as_mut() {
+                proc.give_back(out);
+            }
+        }
+        None => {
+            let status = match slot.take() {
+                Some(proc) => proc.end().await,
+                None => "gone".into(),
+            };
+            return Err(format!("normalizer process crashed ({status}): {}", result.err().unwrap_or_default()));
+        }
+    }
+    result.map(|()| pieces)
+}
+
+/// Where a split file's rows go.
+struct Target<'a> {
+    file: &'a FileRef,
+    probe: &'a crate::fetch::Probe,
+    flusher: &'a ActorRef<FlusherMsg>,
+    attributes: Option<Arc<str>>,
+}
+
+/// One range of a split PDF: its place in the file and its outcome.
+type RangeDone = (usize, Result<Vec<Row>, String>);
+/// Ranges not yet taken: (place, (first page, end page)).
+type RangeQueue = Arc<parking_lot::Mutex<std::collections::VecDeque<(usize, (usize, usize))>>>;
+
+/// A big PDF: its pages in ranges of [`RANGE_PAGES`], taken in turn by
+/// this file's own normalizer process and by helpers started on the pool's
+/// idle permits (more join as permits free up). Ranges come back in any
+/// order and go on to the flusher in page order, the last marked `last`,
+/// so the file still commits whole or not at all.
+async fn split_pdf(
+    target: Target<'_>,
+    settings: &Arc<Settings>,
+    children: Children<'_>,
+    child: &mut Option<ChildProc>,
+    count: usize,
+    deadline: tokio::time::Instant,
+) -> Result<(), Outcome> {
+    let Target { file, probe, flusher, attributes } = target;
+    let kind = Some(Kind::Pdf);
+    let ranges: std::collections::VecDeque<(usize, (usize, usize))> =
+        (0..count).step_by(RANGE_PAGES).map(|start| (start, (start + RANGE_PAGES).min(count))).enumerate().collect();
+    let n = ranges.len();
+    let queue: RangeQueue = Arc::new(parking_lot::Mutex::new(ranges));
+    let path = probe.path.clone();
+    let mut hashing = Some(tokio::task::spawn_blocking(move || crate::fetch::hash_file(&path)));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RangeDone>();
+    let runner = |slot: Option<ChildProc>, helper: Option<(OwnedSemaphorePermit, Arc<BusyGauge>)>| {
+        let request = Request { path: probe.path.clone(), kind: Kind::Pdf, settings: (**settings).clone(), part: Part::Whole };
+        run_ranges(slot, children.exe.to_path_buf(), request, queue.clone(), done_tx.clone(), helper)
+    };
+    let mut runners: JoinSet<Option<ChildProc>> = JoinSet::new();
+    runners.spawn(runner(child.take(), None));
+    let mut helpers = 0;
+    let recruit = |runners: &mut JoinSet<Option<ChildProc>>, helpers: &mut usize| {
+        // Another process is worth starting while ranges wait for one.
+        while queue.lock().len() > 1 {
+            let Ok(permit) = children.permits.clone().try_acquire_owned() else { break };
+            *helpers += 1;
+            runners.spawn(runner(None, Some((permit, children.busy.clone()))));
+        }
+    };
+    recruit(&mut runners, &mut helpers);
+    metrics::counter!("sluice_worker_pdfs_split_total").increment(1);
+
+    let mut hash: Option<String> = None;
+    let mut ready = std::collections::BTreeMap::new();
+    let (mut next, mut sent_any) = (0, false);
+    let result: Result<(), String> = loop {
+        if next == n {
+            break Ok(());
+        }
+        tokio::select! {
+            Some((i, rows)) = done_rx.recv() => {
+                let rows = match rows {
+                    Ok(rows) => rows,
+                    Err(e) => break Err(e),
+                };
+                ready.insert(i, rows);
+                while let Some(rows) = ready.remove(&next) {
+                    if let Some(hashing) = hashing.take() {
+                        let hashed = hashing.await.map_err(|j| Outcome::Fatal(describe_join(j)))?;
+                        hash = Some(hashed.map_err(|e| failed(kind, e))?);
+                    }
+                    let content_hash = hash.clone().unwrap_or_default();
+                    let rows = FileRows {
+                        source: SourceInfo {
+                            uri: file.uri.clone(),
+                            size: probe.size,
+                            modified_ms: probe.modified_ms,
+                            content_hash,
+                            attributes: attributes.clone(),
+                        },
+                        shard_id: file.shard_id.clone(),
+                        kind: Kind::Pdf,
+                        rows,
+                        last: next + 1 == n,
+                    };
+                    append(flusher, rows).await?;
+                    sent_any = true;
+                    next += 1;
+                }
+                recruit(&mut runners, &mut helpers);
+            }
+            Some(joined) = runners.join_next(), if !runners.is_empty() => match joined {
+                Ok(Some(proc)) => *child = Some(proc),
+                Ok(None) => {}
+                Err(join) => break Err(describe_join(join)),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                break Err(format!("normalizer timed out after {}s", settings.file_timeout_secs));
+            }
+        }
+    };
+    tracing::debug!(file = %file.uri, pages = count, ranges = n, helpers, ok = result.is_ok(), "PDF split over processes");
+    match result {
+        Ok(()) => {
+            while let Some(joined) = runners.join_next().await {
+                if let Ok(Some(proc)) = joined {
+                    *child = Some(proc);
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // Dropping the runners kills their processes.
+            runners.shutdown().await;
+            match sent_any {
+                false => Err(failed(kind, e)),
+                true => Err(Outcome::Fatal(format!("{}: failed after its first pages: {e}", file.uri))),
+            }
+        }
+    }
+}
+
+/// Take ranges off `queue` and render them on one process until none is
+/// left or one fails. A helper (holding a pool permit, counted busy) ends
+/// its process; the file's own runner hands its process back.
+async fn run_ranges(
+    mut slot: Option<ChildProc>,
+    exe: std::path::PathBuf,
+    mut request: Request,
+    queue: RangeQueue,
+    done: mpsc::UnboundedSender<RangeDone>,
+    helper: Option<(OwnedSemaphorePermit, Arc<BusyGauge>)>,
+) -> Option<ChildProc> {
+    if let Some((_, busy)) = &helper {
+        busy.enter();
+    }
+    loop {
+        let Some((i, (start, end))) = queue.lock().pop_front() else { break };
+        request.part = Part::Pages { start, end };
+        let rows = ask(&mut slot, &exe, &request).await.map(|pieces| {
+            pieces.into_iter().flat_map(|p| if let Piece::Rows(rows) = p { rows } else { Vec::new() }).collect()
+        });
+        let failed = rows.is_err();
+        if done.send((i, rows)).is_err() || failed {
+            break;
+        }
+    }
+    match helper {
+        Some((permit, busy)) => {
+            busy.exit();
+            if let Some(proc) = slot.take() {
+                proc.finish().await;
+            }
+            drop(permit);
+            None
+        }
+        None => slot,
     }
 }

@@ -15,7 +15,7 @@ use sluice_common::settings::Settings;
 
 pub use self::image::normalize_image;
 pub use self::other::normalize_other;
-pub use self::pdf::{bare_render, normalize_pdf, page_costs, PageCosts};
+pub use self::pdf::{bare_render, normalize_pdf, normalize_pdf_pages, page_costs, pdf_page_count, PageCosts};
 pub use self::text::{chunk_text, decode_text, normalize_text};
 pub use self::video::{bare_remux, normalize_video};
 
@@ -172,6 +172,8 @@ pub fn normalize(name: &str, bytes: Bytes, settings: &Settings) -> Result<Normal
 pub enum Piece {
     Hash(String),
     Rows(Vec<Row>),
+    /// A PDF's page count (answer to [`crate::isolation::Part::PageCount`]).
+    PageCount(usize),
 }
 
 /// Normalize a video or PDF from its path while another thread hashes the

@@ -138,14 +138,8 @@ fn render_scale(width_pt: f32, height_pt: f32, dpi: u32, max_pixels: u64) -> f32
     }
 }
 
-/// Turn a PDF into page rows, handed to `emit` a few pages at a time.
-pub fn normalize_pdf(
-    path: &Path,
-    settings: &Settings,
-    emit: &mut dyn FnMut(Vec<Row>) -> Result<(), NormalizeError>,
-) -> Result<(), NormalizeError> {
-    let _one_at_a_time = PDF_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let pdfium = pdfium()?;
+/// Open a PDF and check it against the limits; returns it and its page count.
+fn open<'a>(pdfium: &'a Pdfium, path: &Path, settings: &Settings) -> Result<(PdfDocument<'a>, usize), NormalizeError> {
     let doc = pdfium.load_pdf_from_file(path, None).map_err(|e| match e {
         PdfiumError::PdfiumLibraryInternalError(PdfiumInternalError::PasswordError) => {
             NormalizeError::new("encrypted PDF: a password is required to open it")
@@ -158,8 +152,7 @@ pub fn normalize_pdf(
         }),
         other => NormalizeError::new(format!("corrupt PDF: {other}")),
     })?;
-    let pages = doc.pages();
-    let count = pages.len() as usize;
+    let count = doc.pages().len() as usize;
     if count == 0 {
         return Err(NormalizeError::new("PDF has no pages"));
     }
@@ -169,6 +162,41 @@ pub fn normalize_pdf(
             settings.max_pdf_pages
         )));
     }
+    Ok((doc, count))
+}
+
+/// How many pages a PDF has, once it passed the checks [`normalize_pdf`]
+/// makes first (a file that fails them fails the same way here).
+pub fn pdf_page_count(path: &Path, settings: &Settings) -> Result<usize, NormalizeError> {
+    let _one_at_a_time = PDF_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    open(pdfium()?, path, settings).map(|(_, count)| count)
+}
+
+/// Turn a PDF into page rows, handed to `emit` a few pages at a time.
+pub fn normalize_pdf(
+    path: &Path,
+    settings: &Settings,
+    emit: &mut dyn FnMut(Vec<Row>) -> Result<(), NormalizeError>,
+) -> Result<(), NormalizeError> {
+    normalize_pdf_pages(path, settings, None, emit)
+}
+
+/// Rows of the pages in `range` (0-based; all pages if `None`), numbered
+/// as in the whole document: one PDF's pages can be split across processes
+/// and its rows put back in order.
+pub fn normalize_pdf_pages(
+    path: &Path,
+    settings: &Settings,
+    range: Option<std::ops::Range<usize>>,
+    emit: &mut dyn FnMut(Vec<Row>) -> Result<(), NormalizeError>,
+) -> Result<(), NormalizeError> {
+    let _one_at_a_time = PDF_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (doc, count) = open(pdfium()?, path, settings)?;
+    let range = range.unwrap_or(0..count);
+    if range.start >= range.end || range.end > count {
+        return Err(NormalizeError::new(format!("pages {range:?} are not within the PDF's {count} pages")));
+    }
+    let pages = doc.pages();
     let tag = |t| doc.metadata().get(t).map(|v| v.value().to_string()).filter(|v| !v.is_empty());
     let title = tag(PdfDocumentMetadataTagType::Title);
     let author = tag(PdfDocumentMetadataTagType::Author);
@@ -195,7 +223,8 @@ pub fn normalize_pdf(
             }
             Ok(())
         };
-        for (index, page) in pages.iter().enumerate() {
+        for index in range {
+            let page = pages.get(index as PdfPageIndex).map_err(|e| NormalizeError::new(format!("page {}: {e}", index + 1)))?;
             let (w_pt, h_pt) = (page.width().value, page.height().value);
             let text = page.text().map(|t| t.all()).unwrap_or_default();
             let scale = render_scale(w_pt, h_pt, settings.pdf_dpi, settings.max_render_pixels);

@@ -228,6 +228,17 @@ fn knobs_do_what_they_say() {
             assert!((2..=4).contains(&peak), "4 workers ran {peak} files at once");
         }
     }
+
+    // The row budget: rows in flight never exceed it, and a small budget
+    // makes the flusher write by bytes long before --flush-bytes.
+    let (code, s) = ingest_json(&dir.path().join("t5"), &[&images], &["--memory-budget", "2097152", "--flush-every", "1000"]);
+    assert_eq!(code, 0);
+    assert_eq!(s["files_ingested"], 16);
+    let peak = s["peak_rows_in_flight_bytes"].as_u64().unwrap();
+    assert!(peak > 0 && peak <= 2 << 20, "rows in flight peaked at {peak} bytes");
+    assert!(s["flushes"]["bytes"].as_u64().unwrap_or(0) >= 2, "a third of the budget buffered means a write: {s}");
+    let (_, s) = ingest_json(&dir.path().join("t6"), &[&images], &["--flush-every", "1000"]);
+    assert!(s["peak_rows_in_flight_bytes"].as_u64().unwrap() > 2 << 20, "the default budget holds more: {s}");
 }
 
 #[test]

@@ -76,6 +76,10 @@ impl Embedded {
             tracing::warn!(error = %e, "the worker ended with an error");
         }
         let summary = outcome.unwrap_or_else(|| Err(sluice_common::Error::Internal("the job's outcome was taken".into())))?;
-        Ok(JobSummary { peak_concurrent_normalizations: self.stats.normalizers.peak() as u64, ..summary })
+        Ok(JobSummary {
+            peak_concurrent_normalizations: self.stats.normalizers.peak() as u64,
+            peak_rows_in_flight_bytes: self.stats.rows_in_flight.peak_bytes(),
+            ..summary
+        })
     }
 }

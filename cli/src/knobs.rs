@@ -14,6 +14,9 @@ pub struct Knobs {
     /// Bytes buffered before a fragment is written (whichever comes first)
     #[arg(long, env = "SLUICE_FLUSH_BYTES", default_value_t = Settings::DEFAULT.flush_bytes)]
     pub flush_bytes: u64,
+    /// Bytes of rows in flight at once (normalizers, buffer, writes); normalizers wait when it is spent
+    #[arg(long, env = "SLUICE_MEMORY_BUDGET", default_value_t = Settings::DEFAULT.memory_budget_bytes)]
+    pub memory_budget: u64,
     /// Seconds rows may wait before they are written anyway (slow files)
     #[arg(long, env = "SLUICE_FLUSH_INTERVAL", default_value_t = Settings::DEFAULT.flush_interval_secs)]
     pub flush_interval: u32,
@@ -68,6 +71,7 @@ impl Knobs {
             flush_every: self.flush_every,
             flush_bytes: self.flush_bytes,
             flush_interval_secs: self.flush_interval,
+            memory_budget_bytes: self.memory_budget,
             commit_every: self.commit_every,
             storage_concurrency: self.storage_concurrency,
             chunk_size: self.chunk_size,

@@ -17,6 +17,10 @@ pub struct Settings {
     /// Seconds rows may wait in the buffer before they are written anyway
     /// (slow files, a trickle of rows): bounds what a crash can cost.
     pub flush_interval_secs: u32,
+    /// Bytes of rows in flight at once, from normalizers through the
+    /// flusher's buffer to finished fragment writes; normalizers wait when
+    /// it is spent.
+    pub memory_budget_bytes: u64,
     /// Rows between table commits.
     pub commit_every: u32,
     /// Concurrent object-store requests.
@@ -54,6 +58,7 @@ impl Settings {
         flush_every: 200,
         flush_bytes: 64 << 20,
         flush_interval_secs: 30,
+        memory_budget_bytes: 96 << 20,
         commit_every: 2000,
         storage_concurrency: 32,
         chunk_size: 1000,
@@ -85,6 +90,9 @@ impl Settings {
         }
         if self.flush_every == 0 {
             return bad("flush_every must be at least 1".into());
+        }
+        if self.memory_budget_bytes < 1 << 20 {
+            return bad(format!("memory_budget_bytes must be at least 1 MiB, got {}", self.memory_budget_bytes));
         }
         if self.flush_bytes < 1024 {
             return bad(format!("flush_bytes must be at least 1024, got {}", self.flush_bytes));
@@ -142,6 +150,7 @@ impl From<&Settings> for pb::PipelineSettings {
             flush_every: s.flush_every,
             flush_bytes: s.flush_bytes,
             flush_interval_secs: s.flush_interval_secs,
+            memory_budget_bytes: s.memory_budget_bytes,
             commit_every: s.commit_every,
             storage_concurrency: s.storage_concurrency,
             chunk_size: s.chunk_size,
@@ -173,6 +182,7 @@ impl TryFrom<&pb::PipelineSettings> for Settings {
             flush_every: pick(p.flush_every, d.flush_every),
             flush_bytes: pick64(p.flush_bytes, d.flush_bytes),
             flush_interval_secs: pick(p.flush_interval_secs, d.flush_interval_secs),
+            memory_budget_bytes: pick64(p.memory_budget_bytes, d.memory_budget_bytes),
             commit_every: pick(p.commit_every, d.commit_every),
             storage_concurrency: pick(p.storage_concurrency, d.storage_concurrency),
             chunk_size: pick(p.chunk_size, d.chunk_size),

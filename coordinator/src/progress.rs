@@ -111,6 +111,8 @@ pub struct JobSummary {
     pub errors: Vec<ErrorRecord>,
     pub peak_rss_bytes: Option<u64>,
     pub peak_concurrent_normalizations: u64,
+    /// Most bytes of rows in flight at once (held against the row budget).
+    pub peak_rows_in_flight_bytes: u64,
     pub storage_requests: u64,
     pub storage_peak_in_flight: u64,
 }

@@ -44,6 +44,7 @@ _KNOBS = {
     "flush_every": "--flush-every",
     "flush_bytes": "--flush-bytes",
     "flush_interval": "--flush-interval",
+    "memory_budget": "--memory-budget",
     "commit_every": "--commit-every",
     "storage_concurrency": "--storage-concurrency",
     "chunk_size": "--chunk-size",
@@ -62,6 +63,7 @@ _SETTINGS = {
     "flush_every": "flush_every",
     "flush_bytes": "flush_bytes",
     "flush_interval": "flush_interval_secs",
+    "memory_budget": "memory_budget_bytes",
     "commit_every": "commit_every",
     "storage_concurrency": "storage_concurrency",
     "chunk_size": "chunk_size",
@@ -160,6 +162,7 @@ class Client:
         max_errors: Optional[int] = None,
         flush_bytes: Optional[int] = None,
         flush_interval: Optional[int] = None,
+        memory_budget: Optional[int] = None,
         segment_seconds: Optional[float] = None,
         file_timeout: Optional[int] = None,
         max_file_size: Optional[int] = None,
@@ -207,7 +210,7 @@ class Client:
             storage_concurrency: Object-store requests in flight.
             max_errors: Stop (raising :class:`IngestError`) once more files
                 than this have failed. Default: never.
-            flush_bytes, flush_interval, segment_seconds, file_timeout, max_file_size,
+            flush_bytes, flush_interval, memory_budget, segment_seconds, file_timeout, max_file_size,
             max_image_pixels, max_pdf_pages: Further knobs (see ``sluice ingest --help``).
             job_id: The job's id (default: a new one).
 
@@ -260,6 +263,7 @@ class Client:
             "pdf_dpi": pdf_dpi,
             "flush_bytes": flush_bytes,
             "flush_interval": flush_interval,
+            "memory_budget": memory_budget,
             "segment_seconds": segment_seconds,
             "file_timeout": file_timeout,
             "max_file_size": max_file_size,

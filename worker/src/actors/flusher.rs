@@ -20,6 +20,7 @@ use sluice_common::settings::Settings;
 use sluice_common::table::TableHandle;
 use tokio::sync::Semaphore;
 
+use super::budget::{Grant, RowBudget};
 use super::publisher::{CheckpointDraft, PublisherMsg};
 use crate::PipelineError;
 
@@ -29,8 +30,9 @@ pub const MAX_UPLOADS: usize = 2;
 pub enum FlusherMsg {
     /// A shard's files are about to arrive.
     ShardStarted { shard_id: String, generation: u64, files: usize },
-    /// Rows of one file (or part of one).
-    Append(FileRows, RpcReplyPort<()>),
+    /// Rows of one file (or part of one), held against the row budget
+    /// until the write that carries them has finished.
+    Append(FileRows, Grant, RpcReplyPort<()>),
     /// A file that produced no rows.
     Fail(FileFailed, RpcReplyPort<()>),
     /// Write everything buffered and wait until every write is published.
@@ -40,6 +42,7 @@ pub enum FlusherMsg {
 }
 
 pub struct Flusher {
+    pub budget: RowBudget,
     pub settings: Arc<Settings>,
     pub table: TableHandle,
     pub dataset: Arc<Dataset>,
@@ -50,6 +53,8 @@ pub struct Flusher {
 #[derive(Default)]
 pub struct FlusherState {
     buffer: Vec<FileRows>,
+    /// The row budget the buffered rows hold.
+    grants: Vec<Grant>,
     rows: usize,
     bytes: usize,
     open_files: HashSet<String>,
@@ -116,7 +121,8 @@ impl Actor for Flusher {
                     st.remaining.insert(shard_id, files);
                 }
             }
-            FlusherMsg::Append(file, reply) => {
+            FlusherMsg::Append(file, grant, reply) => {
+                st.grants.push(grant);
                 let uri = file.source.uri.clone();
                 let entry = st.per_file_rows.entry(uri.clone()).or_default();
                 entry.0 += file.rows.len() as u64;
@@ -140,7 +146,7 @@ impl Actor for Flusher {
                 st.buffer.push(file);
                 if st.rows >= self.settings.flush_every as usize {
                     self.flush(st, FlushReason::Rows).await?;
-                } else if st.bytes as u64 >= self.settings.flush_bytes {
+                } else if st.bytes as u64 >= self.budget.flush_bytes(self.settings.flush_bytes) {
                     self.flush(st, FlushReason::Bytes).await?;
                 } else {
                     self.flush_if_idle(st).await?;
@@ -208,6 +214,7 @@ impl Flusher {
         metrics::counter!("sluice_worker_flushes_total", "reason" => reason.as_str()).increment(1);
         tracing::debug!(seq = st.seq, rows = st.rows, reason = reason.as_str(), "flush");
         let files = std::mem::take(&mut st.buffer);
+        let grants = std::mem::take(&mut st.grants);
         let completed = std::mem::take(&mut st.completed);
         let failed = std::mem::take(&mut st.failed);
         let shards_finished = std::mem::take(&mut st.finished);
@@ -246,6 +253,8 @@ impl Flusher {
             // Sent before the permit is released, so a drain that waited for
             // every permit is queued behind this result.
             let _ = publisher.send_message(PublisherMsg::Written { draft, result });
+            // The rows are written (or lost with the job): their budget is free.
+            drop(grants);
             drop(permit);
         });
         Ok(())

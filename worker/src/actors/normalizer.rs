@@ -34,8 +34,15 @@ pub struct NormalizerPool {
     /// Executable that serves media normalization in a child process
     /// (`sluice normalize-server`); `None` runs it in this process.
     pub isolation: Option<std::path::PathBuf>,
-    pub flusher: ActorRef<FlusherMsg>,
+    pub sink: Sink,
     pub busy: Arc<BusyGauge>,
+}
+
+/// Where normalized rows go: the flusher, once the row budget has room.
+#[derive(Clone)]
+pub struct Sink {
+    pub flusher: ActorRef<FlusherMsg>,
+    pub budget: super::budget::RowBudget,
 }
 
 /// How many files are being normalized right now, and the most ever at once.
@@ -134,7 +141,7 @@ fn settle(done: Result<Done, tokio::task::JoinError>) -> Result<Slot, PipelineEr
 impl NormalizerPool {
     /// Normalize one file in `slot`; a failed file is handed to the flusher.
     fn normalize_one(&self, task: FileTask, mut slot: Slot, permits: Arc<Semaphore>) -> impl std::future::Future<Output = Done> + Send + 'static {
-        let (settings, flusher, isolation, busy) = (self.settings.clone(), self.flusher.clone(), self.isolation.clone(), self.busy.clone());
+        let (settings, flusher, isolation, busy) = (self.settings.clone(), self.sink.clone(), self.isolation.clone(), self.busy.clone());
         async move {
             let Ok(_permit) = permits.clone().acquire_owned().await else {
                 return (slot, Err("the normalizer pool closed".into()));
@@ -160,7 +167,7 @@ impl NormalizerPool {
                         kind,
                         reason: reason.trim().to_string(),
                     };
-                    flusher.call(|reply| FlusherMsg::Fail(failed, reply), None).await.map(|_| ()).map_err(|e| e.to_string())
+                    flusher.flusher.call(|reply| FlusherMsg::Fail(failed, reply), None).await.map(|_| ()).map_err(|e| e.to_string())
                 }
                 // Rows of this file were already handed on: only a pipeline
                 // restart (and the resume that follows) keeps them out.
@@ -219,8 +226,10 @@ fn describe_join(join: tokio::task::JoinError) -> String {
     }
 }
 
-async fn append(flusher: &ActorRef<FlusherMsg>, rows: FileRows) -> Result<(), Outcome> {
-    flusher.call(|reply| FlusherMsg::Append(rows, reply), None).await.map(|_| ()).map_err(|e| Outcome::Fatal(e.to_string()))
+async fn append(sink: &Sink, rows: FileRows) -> Result<(), Outcome> {
+    let bytes = rows.rows.iter().map(|r| r.approx_bytes() as u64).sum();
+    let grant = sink.budget.reserve(bytes).await;
+    sink.flusher.call(|reply| FlusherMsg::Append(rows, grant, reply), None).await.map(|_| ()).map_err(|e| Outcome::Fatal(e.to_string()))
 }
 
 /// Media is normalized in child processes of `exe`; a big PDF may borrow
@@ -237,7 +246,7 @@ struct Children<'a> {
 async fn process(
     file: &FileRef,
     settings: &Arc<Settings>,
-    flusher: &ActorRef<FlusherMsg>,
+    flusher: &Sink,
     children: Option<Children<'_>>,
     child: &mut Option<ChildProc>,
 ) -> Result<(), Outcome> {
@@ -317,7 +326,7 @@ async fn process_streamed(
     file: &FileRef,
     probe: crate::fetch::Probe,
     settings: &Arc<Settings>,
-    flusher: &ActorRef<FlusherMsg>,
+    flusher: &Sink,
     children: Option<Children<'_>>,
     child: &mut Option<ChildProc>,
 ) -> Result<(), Outcome> {
@@ -499,7 +508,7 @@ async fn ask(slot: &mut Option<ChildProc>, exe: &std::path::Path, request: &Requ
 struct Target<'a> {
     file: &'a FileRef,
     probe: &'a crate::fetch::Probe,
-    flusher: &'a ActorRef<FlusherMsg>,
+    flusher: &'a Sink,
     attributes: Option<Arc<str>>,
 }
 

@@ -72,6 +72,8 @@ pub struct PipelineArgs {
 #[derive(Debug, Default)]
 pub struct PipelineStats {
     pub normalizers: Arc<BusyGauge>,
+    /// Bytes of rows held against the row budget.
+    pub rows_in_flight: Arc<super::budget::BudgetUsage>,
 }
 
 pub struct ShardPipeline;
@@ -101,7 +103,9 @@ impl Actor for ShardPipeline {
             failed: a.failed.clone(),
         };
         let (publisher, _) = Actor::spawn_linked(None, publisher, (), myself.get_cell()).await?;
+        let budget = super::budget::RowBudget::new(a.settings.memory_budget_bytes, a.stats.rows_in_flight.clone());
         let flusher = Flusher {
+            budget: budget.clone(),
             settings: a.settings.clone(),
             table: a.table.clone(),
             dataset: a.dataset.clone(),
@@ -112,7 +116,7 @@ impl Actor for ShardPipeline {
         let pool = NormalizerPool {
             settings: a.settings.clone(),
             isolation: a.isolation.clone(),
-            flusher: flusher.clone(),
+            sink: super::normalizer::Sink { flusher: flusher.clone(), budget },
             busy: a.stats.normalizers.clone(),
         };
         let normalizers = tokio::spawn(pool.run(a.queue, a.abandon.clone(), a.failed.clone()));

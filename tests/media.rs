@@ -187,3 +187,38 @@ fn a_crashing_or_hanging_decoder_costs_its_file_not_the_job() {
     assert_eq!(rows.iter().filter(|r| r.kind == "video").count(), 3, "a, b, c: one 4 s segment each");
     assert_eq!(rows.iter().filter(|r| r.kind == "pdf").count(), 1);
 }
+
+/// Segments wait in memory while their file is validated, up to half of one
+/// normalizer's share of the row budget; past that they wait in a temporary
+/// file. Both ways give the same bytes.
+#[test]
+fn a_long_video_waits_on_disk_not_in_memory_with_the_same_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("videos");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let clip = corpus.join("clip.mp4");
+    let mut a: Vec<&str> = lavfi_video("20").to_vec();
+    let path = clip.to_str().unwrap().to_string();
+    a.extend(["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", "-b:v", "400k", &path]);
+    ffmpeg(&a);
+    // A 1 MiB budget over 4 normalizers holds 128 KiB of segments per file.
+    let size = std::fs::metadata(&clip).unwrap().len();
+    assert!(size > 3 * 128 * 1024, "the clip ({size} bytes) must not fit the small budget");
+
+    let export = |table: &Path, extra: &[&str]| {
+        let (code, s) = ingest_json(table, &[&corpus], &[&["--segment-seconds", "4", "--normalization-workers", "4"], extra].concat());
+        assert_eq!(code, 0, "{s}");
+        let out_dir = table.with_extension("export");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/export_blobs.py");
+        let out = run(Command::new(python()).arg(script).arg(table).arg(&out_dir));
+        assert!(out.status.success());
+        let mut rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        rows.sort_by_key(|r| r["chunk_index"].as_u64());
+        rows.iter().map(|r| std::fs::read(r["path"].as_str().unwrap()).unwrap()).collect::<Vec<_>>()
+    };
+    let in_memory = export(&dir.path().join("roomy"), &[]);
+    let spilled = export(&dir.path().join("tight"), &["--memory-budget", "1048576"]);
+    assert_eq!(in_memory.len(), 5, "20 s in 4 s segments");
+    assert!(in_memory == spilled, "segments differ between the memory and the disk path");
+    assert!(in_memory.iter().all(|s| s.len() > 1000));
+}

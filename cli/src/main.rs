@@ -3,6 +3,7 @@
 mod bench;
 mod bench_coordinator;
 mod bench_media;
+mod bench_storage;
 mod cluster;
 mod corpus;
 mod embedded;
@@ -53,6 +54,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Video and PDF throughput against bare ffmpeg/pdfium on the same files.
     BenchMedia(bench_media::BenchMediaArgs),
+    /// Upload throughput: an ingest to object storage against a bare object_store upload of the same bytes.
+    BenchStorage(bench_storage::BenchStorageArgs),
     /// The coordinator alone: plan a big manifest, absorb simulated workers' checkpoints.
     BenchCoordinator(bench_coordinator::BenchCoordinatorArgs),
     /// Run a coordinator: job API, worker protocol, leader election (with etcd).
@@ -113,6 +116,7 @@ fn main() {
             Command::SampleCorpus(a) => corpus::run(a).map(|()| 0),
             Command::Bench(a) => bench::run(a).await.map(|()| 0),
             Command::BenchMedia(a) => bench_media::run(a).map(|()| 0),
+            Command::BenchStorage(a) => bench_storage::run(a).await.map(|()| 0),
             Command::BenchCoordinator(a) => bench_coordinator::run(a).await.map(|()| 0),
             Command::Coordinator(a) => cluster::coordinator(a).await,
             Command::Worker(a) => cluster::worker(a).await,

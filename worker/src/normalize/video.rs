@@ -4,17 +4,20 @@
 //!
 //! Untrusted input is opened with a protocol and format whitelist. A file is
 //! validated completely before any of its rows are emitted: segments are
-//! muxed into a temporary directory, and only once the last packet has been
-//! read (and the file is not truncated) are they handed out, one at a time,
-//! so memory holds at most one segment.
+//! muxed into memory (FFmpeg writes through a custom AVIO context, no file
+//! in between), and only once the last packet has been read (and the file is
+//! not truncated) are they handed out. What a file holds meanwhile is
+//! bounded: past [`held_limit`] bytes, finished segments wait in a temporary
+//! file instead, so a long video costs disk, not memory.
 
-use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::io::{Cursor, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::{Arc, Once};
 
 use bytes::Bytes;
 use ffmpeg_next as ff;
 use ff::codec::Id;
-use ff::format::context::{Input, Output};
+use ff::format::context::{Input, Output, StreamIo};
 use ff::media::Type as Medium;
 use ff::software::scaling::{Context as Scaler, Flags};
 use ff::util::frame::video::Video as VideoFrame;
@@ -71,10 +74,93 @@ fn rotation(stream: &ff::format::stream::Stream) -> i32 {
     0
 }
 
+/// Bytes FFmpeg's muxer writes (and seeks in, to patch headers), shared
+/// with the segment that takes them once the muxer is done.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<parking_lot::Mutex<Cursor<Vec<u8>>>>);
+
+impl SharedBuf {
+    fn with_capacity(n: usize) -> Self {
+        Self(Arc::new(parking_lot::Mutex::new(Cursor::new(Vec::with_capacity(n)))))
+    }
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(self.0.lock().get_mut())
+    }
+}
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for SharedBuf {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.0.lock().seek(pos)
+    }
+}
+
+/// Most bytes of finished segments one file keeps in memory while it is
+/// validated: half of the row budget's share of one normalizer. Past it,
+/// segments wait in a temporary file.
+pub fn held_limit(settings: &Settings) -> u64 {
+    settings.memory_budget_bytes / u64::from(settings.normalization_workers.max(1)) / 2
+}
+
+/// Finished segments of one file, in memory up to a limit, then spilled to
+/// one temporary file.
+struct Held {
+    limit: u64,
+    in_memory: u64,
+    spill: Option<std::fs::File>,
+    spilled_at: u64,
+}
+
+/// Where one finished segment's bytes wait.
+enum Waiting {
+    Memory(Vec<u8>),
+    /// Offset and length in the spill file.
+    Spilled(u64, u64),
+}
+
+impl Held {
+    fn keep(&mut self, bytes: Vec<u8>) -> Result<Waiting, NormalizeError> {
+        let len = bytes.len() as u64;
+        if self.spill.is_none() && self.in_memory + len <= self.limit {
+            self.in_memory += len;
+            return Ok(Waiting::Memory(bytes));
+        }
+        if self.spill.is_none() {
+            self.spill = Some(tempfile::tempfile().map_err(|e| err("no temporary space", e))?);
+        }
+        let file = self.spill.as_mut().expect("just made");
+        file.write_all(&bytes).map_err(|e| err("cannot hold segment", e))?;
+        let at = self.spilled_at;
+        self.spilled_at += len;
+        Ok(Waiting::Spilled(at, len))
+    }
+
+    fn take(&mut self, b: Waiting) -> Result<Vec<u8>, NormalizeError> {
+        match b {
+            Waiting::Memory(v) => Ok(v),
+            Waiting::Spilled(at, len) => {
+                use std::os::unix::fs::FileExt;
+                let mut v = vec![0; len as usize];
+                let file = self.spill.as_ref().expect("spilled");
+                file.read_exact_at(&mut v, at).map_err(|e| err("cannot read back segment", e))?;
+                Ok(v)
+            }
+        }
+    }
+}
+
 /// One segment being written.
 struct Segment {
     index: u32,
-    path: PathBuf,
+    buf: SharedBuf,
     octx: Output,
     /// Input stream index -> output stream index.
     map: Vec<Option<usize>>,
@@ -86,31 +172,32 @@ struct Segment {
 /// A finished segment waiting to be emitted.
 struct Done {
     index: u32,
-    path: PathBuf,
+    bytes: Waiting,
     start: f64,
     end: f64,
     thumbnail: Option<Vec<u8>>,
 }
 
-struct Job<'a> {
+struct Job {
     ictx: Input,
     video: usize,
     audio: Option<usize>,
     tbs: Vec<Rational>,
     muxer: &'static str,
-    ext: &'static str,
-    dir: &'a Path,
+    /// Expected bytes of one segment, to size its buffer.
+    segment_bytes: usize,
     decoder: ff::decoder::Video,
     rotation: i32,
     thumb: u32,
 }
 
-impl Job<'_> {
+impl Job {
     /// `start` is relative to the file's first keyframe; `cut` is the input
     /// time of the segment's first keyframe, subtracted from every packet.
     fn open_segment(&mut self, index: u32, start: f64, cut: f64) -> Result<Segment, NormalizeError> {
-        let path = self.dir.join(format!("seg-{index:06}.{}", self.ext));
-        let mut octx = ff::format::output_as(&path, self.muxer).map_err(|e| err("cannot create segment", e))?;
+        let buf = SharedBuf::with_capacity(self.segment_bytes);
+        let io = StreamIo::from_write_seek_with_capacity(buf.clone(), 256 * 1024).map_err(|e| err("cannot create segment", e))?;
+        let mut octx = ff::format::output_to_stream(io, None, Some(self.muxer)).map_err(|e| err("cannot create segment", e))?;
         let mut map = vec![None; self.tbs.len()];
         for (n, ist_index) in std::iter::once(self.video).chain(self.audio).enumerate() {
             let ist = self.ictx.stream(ist_index).expect("stream exists");
@@ -125,12 +212,9 @@ impl Job<'_> {
         }
         let mut opts = ff::Dictionary::new();
         opts.set("avoid_negative_ts", "make_zero");
-        if self.muxer == "mp4" {
-            opts.set("movflags", "+faststart");
-        }
         octx.write_header_with(opts).map_err(|e| err("cannot start segment", e))?;
         let offset = self.tbs.iter().map(|tb| (cut / f64::from(*tb)).round() as i64).collect();
-        Ok(Segment { index, path, octx, map, start, offset, thumbnail: None })
+        Ok(Segment { index, buf, octx, map, start, offset, thumbnail: None })
     }
 
     /// First decodable frame of a keyframe packet, as a JPEG thumbnail.
@@ -170,9 +254,12 @@ impl Job<'_> {
     }
 }
 
-fn close(mut seg: Segment, end: f64) -> Result<Done, NormalizeError> {
+fn close(mut seg: Segment, end: f64, held: &mut Held) -> Result<Done, NormalizeError> {
     seg.octx.write_trailer().map_err(|e| err("cannot finish segment", e))?;
-    Ok(Done { index: seg.index, path: seg.path, start: seg.start, end, thumbnail: seg.thumbnail })
+    // Dropping the context flushes what its I/O buffer still holds.
+    drop(seg.octx);
+    let bytes = held.keep(seg.buf.take())?;
+    Ok(Done { index: seg.index, bytes, start: seg.start, end, thumbnail: seg.thumbnail })
 }
 
 /// Split a video file into segment rows. `emit` receives rows one segment at
@@ -214,16 +301,18 @@ pub fn normalize_video(
     let (muxer, ext, mime) = container(video_codec, audio_codec);
     let tbs: Vec<Rational> = ictx.streams().map(|s| s.time_base()).collect();
     let bit_rate = ictx.bit_rate();
+    // A segment's size from the bit rate, with room for the container; at
+    // most 64 MiB up front (the buffer grows past it if it must).
+    let segment_bytes = ((bit_rate.max(0) as f64 / 8.0 * (settings.segment_seconds + 2.0) * 1.05) as usize).min(64 << 20);
 
-    let dir = tempfile::Builder::new().prefix("sluice-video-").tempdir().map_err(|e| err("no temporary space", e))?;
+    let mut held = Held { limit: held_limit(settings), in_memory: 0, spill: None, spilled_at: 0 };
     let mut job = Job {
         ictx,
         video,
         audio,
         tbs,
         muxer,
-        ext,
-        dir: dir.path(),
+        segment_bytes,
         decoder,
         rotation: rot,
         thumb: settings.thumbnail_size,
@@ -254,7 +343,7 @@ pub fn normalize_video(
                 if cut {
                     let next = done.len() as u32 + u32::from(current.is_some());
                     if let Some(seg) = current.take() {
-                        done.push(close(seg, rel)?);
+                        done.push(close(seg, rel, &mut held)?);
                     }
                     let mut seg = job.open_segment(next, rel, t)?;
                     seg.thumbnail = job.thumbnail(&packet);
@@ -283,7 +372,7 @@ pub fn normalize_video(
     let Some(seg) = current.take() else {
         return Err(NormalizeError::new("no decodable video: no keyframe found"));
     };
-    done.push(close(seg, last_end)?);
+    done.push(close(seg, last_end, &mut held)?);
 
     // What the headers promise: the container's duration, and the video
     // stream's frame count (AVI: when the index at the end is cut off,
@@ -314,8 +403,7 @@ pub fn normalize_video(
     });
     let (w, h) = if rot == 90 || rot == 270 { (height, width) } else { (width, height) };
     for seg in done {
-        let bytes = std::fs::read(&seg.path).map_err(|e| err("cannot read back segment", e))?;
-        let _ = std::fs::remove_file(&seg.path);
+        let bytes = held.take(seg.bytes)?;
         let mut meta: Value = file_meta.clone();
         meta["segment"] = json!(seg.index);
         emit(vec![Row {

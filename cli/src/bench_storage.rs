@@ -1,0 +1,146 @@
+//! `sluice bench-storage`: upload throughput to a table's object store,
+//! `sluice ingest` against a bare `object_store` upload of the same bytes
+//! at the same request concurrency, in one run.
+//!
+//! The files are incompressible random bytes (the `other` kind: one row a
+//! file, stored as a blob), so what is measured is moving bytes, not
+//! normalizing them. The bare side puts each file as one object (multipart
+//! in 5 MiB parts above that size, as Lance's writer does), every request
+//! through one `LimitStore` of `storage_concurrency` permits, the same bound
+//! the ingest's stores get.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use object_store::limit::LimitStore;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use rand::{RngCore, SeedableRng};
+use serde_json::{json, Value};
+use sluice_common::settings::Settings;
+
+use crate::storage_args::StorageArgs;
+
+/// Part size of multipart uploads, Lance's first part size too.
+const PART: usize = 5 << 20;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchStorageArgs {
+    /// Where to write: a table URI for the ingest (e.g. s3://bucket/bench);
+    /// the bare upload goes beside it, under `<uri>-bare`
+    #[arg(long)]
+    pub table: String,
+    /// Total bytes to move, in MB
+    #[arg(long, default_value_t = 256)]
+    pub mb: usize,
+    /// Size of each file, in MB
+    #[arg(long, default_value_t = 4.0)]
+    pub file_mb: f64,
+    /// Requests in flight at once, both sides
+    #[arg(long, default_value_t = Settings::DEFAULT.storage_concurrency)]
+    pub storage_concurrency: u32,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Extra arguments passed to `sluice ingest`
+    #[arg(last = true)]
+    pub ingest_args: Vec<String>,
+}
+
+fn make_files(dir: &Path, total: usize, each: usize) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut files = Vec::new();
+    let mut left = total;
+    let mut buf = vec![0u8; each];
+    while left > 0 {
+        let n = left.min(each);
+        rng.fill_bytes(&mut buf[..n]);
+        let path = dir.join(format!("blob-{:05}.bin", files.len()));
+        std::fs::write(&path, &buf[..n])?;
+        files.push(path);
+        left -= n;
+    }
+    Ok(files)
+}
+
+/// Put one file: one request when it fits a part, else a multipart upload
+/// with its parts in flight together (the store's limit bounds them).
+async fn put_file(store: Arc<dyn ObjectStore>, path: StorePath, file: PathBuf, concurrency: usize) -> Result<()> {
+    let bytes = bytes::Bytes::from(tokio::fs::read(&file).await?);
+    if bytes.len() <= PART {
+        store.put(&path, bytes.into()).await?;
+        return Ok(());
+    }
+    let upload = store.put_multipart(&path).await?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+    for chunk in bytes.chunks(PART) {
+        writer.wait_for_capacity(concurrency).await?;
+        writer.put(bytes.slice_ref(chunk));
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+pub async fn run(args: BenchStorageArgs) -> Result<()> {
+    let work = std::env::temp_dir().join(format!("sluice-bench-storage-{}", std::process::id()));
+    let total = args.mb * 1_000_000;
+    let files = make_files(&work.join("files"), total, (args.file_mb * 1e6) as usize)?;
+    let concurrency = args.storage_concurrency.max(1) as usize;
+
+    // Bare: every file as one object, files and parts in flight together up
+    // to the limit.
+    let bare_location = args.storage.location(&format!("{}-bare", args.table.trim_end_matches('/')))?;
+    let (store, root) = bare_location.object_store()?;
+    let store: Arc<dyn ObjectStore> = Arc::new(LimitStore::new(store, concurrency));
+    let t = Instant::now();
+    futures::stream::iter(files.iter().enumerate())
+        .map(|(i, f)| put_file(store.clone(), root.clone().join(format!("blob-{i:05}.bin").as_str()), f.clone(), concurrency))
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let bare_seconds = t.elapsed().as_secs_f64();
+    let bare_mb_s = total as f64 / 1e6 / bare_seconds;
+
+    // sluice: the same files through a whole ingest.
+    let table = args.storage.location(&args.table)?;
+    let options = serde_json::to_string(&table.storage_options)?;
+    let out = Command::new(std::env::current_exe()?)
+        .env("SLUICE_STORAGE_OPTIONS", options)
+        .arg("ingest")
+        .arg("--table")
+        .arg(&args.table)
+        .arg("--json")
+        .arg("--storage-concurrency")
+        .arg(args.storage_concurrency.to_string())
+        .arg(work.join("files"))
+        .args(&args.ingest_args)
+        .output()
+        .context("running sluice ingest")?;
+    if !out.status.success() {
+        bail!("ingest failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let s: Value = serde_json::from_slice(&out.stdout)?;
+    let seconds = s["seconds"].as_f64().unwrap_or(f64::NAN);
+    let sluice_mb_s = total as f64 / 1e6 / seconds;
+    let report = json!({
+        "mb": total as f64 / 1e6,
+        "files": files.len(),
+        "storage_concurrency": concurrency,
+        "bare_object_store_seconds": bare_seconds,
+        "bare_object_store_mb_s": bare_mb_s,
+        "sluice_ingest_seconds": seconds,
+        "sluice_ingest_mb_s": sluice_mb_s,
+        "sluice_vs_bare": sluice_mb_s / bare_mb_s,
+        "sluice_storage_requests": s["storage_requests"],
+        "sluice_storage_peak_in_flight": s["storage_peak_in_flight"],
+        "sluice_fragments": s["fragments"],
+        "sluice_peak_rss_mb": s["peak_rss_bytes"].as_f64().map(|b| b / 1e6),
+    });
+    println!("{}", serde_json::to_string(&report)?);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}

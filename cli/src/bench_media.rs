@@ -37,7 +37,6 @@ fn text_pages(first: usize, n: usize) -> Vec<Vec<String>> {
 
 fn sluice_ingest(files: &[PathBuf], table: &std::path::Path, extra: &[&str]) -> Result<Value> {
     let _ = std::fs::remove_dir_all(table);
-    let cpu_before = children_cpu_seconds();
     let out = Command::new(std::env::current_exe()?)
         .arg("ingest")
         .arg("--table")
@@ -50,22 +49,7 @@ fn sluice_ingest(files: &[PathBuf], table: &std::path::Path, extra: &[&str]) -> 
     if !out.status.success() {
         bail!("ingest failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let mut summary: Value = serde_json::from_slice(&out.stdout)?;
-    summary["cpu_seconds"] = json!(children_cpu_seconds() - cpu_before);
-    Ok(summary)
-}
-
-/// CPU time (user + system) of every finished child process and its own
-/// finished children (an ingest's normalizer processes included): the
-/// `cutime` and `cstime` of `/proc/self/stat`, in USER_HZ (100 a second on
-/// Linux).
-pub(crate) fn children_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at `state`.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // cutime and cstime are fields 16 and 17 of the line, 14 and 15 here.
-    (ticks(13) + ticks(14)) / 100.0
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 pub fn run(args: BenchMediaArgs) -> Result<()> {
@@ -155,7 +139,6 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
                 "sluice_1_vs_bare": rate(&s1) / bare,
                 "sluice_1_vs_bare_render_and_jpeg": rate(&s1) / bare_encode,
                 "two_vs_one_worker": rate(&s2) / rate(&s1),
-                "sluice_1_worker_cpu_ms_per_page": s1["cpu_seconds"].as_f64().map(|c| 1000.0 * c / pages as f64),
                 "ms_per_page": {
                     "load_and_text": per_page(costs.load_and_text),
                     "render": per_page(costs.render),

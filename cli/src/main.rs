@@ -80,6 +80,7 @@ enum Command {
 }
 
 fn main() {
+    sluice_worker::limit_malloc_arenas();
     let cli = Cli::parse();
     // Long-running roles log their work; one-shot commands only problems.
     let default = match cli.command {

@@ -113,7 +113,7 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new(col::END_SECONDS, DataType::Float64, true),
         Field::new(col::PAGE, DataType::UInt32, true),
         Field::new(col::TEXT, DataType::Utf8, true),
-        lance::blob_field(col::DATA, true),
+        data_field(),
         Field::new(col::THUMBNAIL, DataType::Binary, true),
         Field::new(col::WIDTH, DataType::UInt32, true),
         Field::new(col::HEIGHT, DataType::UInt32, true),
@@ -122,6 +122,19 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new(col::INGESTED_AT, DataType::Timestamp(TimeUnit::Microsecond, utc()), false),
     ]))
 });
+
+/// Blobs up to this size go into the fragment's packed blob file (one
+/// upload, its parts in flight together) rather than a file each, which
+/// Lance writes one after another: for blobs of a few MB (video segments,
+/// page renders, most files) the packed file keeps the store busy.
+pub const DEDICATED_BLOB_BYTES: usize = 64 << 20;
+
+/// The `data` column: a Lance blob (v2), packed up to
+/// [`DEDICATED_BLOB_BYTES`].
+fn data_field() -> Field {
+    let threshold = std::num::NonZeroUsize::new(DEDICATED_BLOB_BYTES).expect("not zero");
+    lance::blob_field_with_options(col::DATA, true, lance::BlobFieldOptions::default().with_dedicated_size_threshold(threshold))
+}
 
 /// A JSON column: text in Arrow (extension `arrow.json`), stored by Lance
 /// as JSONB so SQL can filter on fields (`json_get_int(metadata, 'fps')`).

@@ -17,3 +17,22 @@ mod worker;
 
 pub use error::PipelineError;
 pub use worker::Worker;
+
+/// Hold glibc's malloc to two arenas (unless `MALLOC_ARENA_MAX` says
+/// otherwise). By default it gives threads that allocate at once arenas of
+/// their own, up to eight per core, and memory freed in one stays there: with
+/// Lance's, tokio's and the normalizers' threads, peak RSS then grows with
+/// the job. Measured on one ingest of small files: 240 MB at 10,000 files
+/// and 333 MB at 100,000 by default, 175 MB and 221 MB with two arenas, and
+/// no slower. Call first thing in `main`, before any thread starts.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        #[allow(unsafe_code)]
+        // SAFETY: mallopt only sets a parameter of the allocator; called
+        // before other threads exist.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}

@@ -25,6 +25,10 @@ use super::publisher::{CheckpointDraft, PublisherMsg};
 use crate::PipelineError;
 
 /// Fragment writes in flight at once; bounds memory to this many buffers.
+/// Four keep an object store busier (a write waits on the store for one
+/// step after another), but each write in flight costs Lance's writer tens
+/// of MB beyond its rows: measured against moto with 4 MB files, 0.72x a
+/// bare multipart upload instead of 0.61-0.64x, at 50-110 MB more peak RSS.
 pub const MAX_UPLOADS: usize = 2;
 
 pub enum FlusherMsg {

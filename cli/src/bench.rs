@@ -1,6 +1,7 @@
 //! `sluice bench`: generate a corpus, ingest it in a child process, report
 //! files/s, rows/s, MB/s and the child's peak RSS.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -37,20 +38,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if !corpus.exists() {
         generate(&CorpusArgs { dir: corpus.clone(), files: args.files, with_bad_files: false, text_chars: 3000, image_side: 96, with_media: false, text_pdfs: 0 })?;
     }
-    let exe = std::env::current_exe()?;
-    let out = Command::new(exe)
-        .arg("ingest")
-        .arg("--table")
-        .arg(&table)
-        .arg(&corpus)
-        .arg("--json")
-        .args(&args.ingest_args)
-        .output()
-        .context("running sluice ingest")?;
-    if !out.status.success() {
-        bail!("ingest failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let s: Value = serde_json::from_slice(&out.stdout)?;
+    let s = ingest_json(&table, std::iter::once(corpus.as_os_str()).chain(args.ingest_args.iter().map(|a| a.as_ref())), &[])?;
     let report = serde_json::json!({
         "files": s["files_ingested"],
         "rows": s["rows"],
@@ -69,6 +57,28 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let _ = std::fs::remove_dir_all(&work);
     }
     Ok(())
+}
+
+/// Run `sluice ingest --table TABLE --json ARGS...` (this executable, with
+/// `envs` set) and return its summary.
+pub(crate) fn ingest_json<S: AsRef<OsStr>>(
+    table: impl AsRef<OsStr>,
+    args: impl IntoIterator<Item = S>,
+    envs: &[(&str, &str)],
+) -> Result<Value> {
+    let out = Command::new(std::env::current_exe()?)
+        .envs(envs.iter().copied())
+        .arg("ingest")
+        .arg("--table")
+        .arg(table)
+        .arg("--json")
+        .args(args)
+        .output()
+        .context("running sluice ingest")?;
+    if !out.status.success() {
+        bail!("ingest failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 fn tempfile_dir() -> Result<PathBuf> {

@@ -37,19 +37,8 @@ fn text_pages(first: usize, n: usize) -> Vec<Vec<String>> {
 
 fn sluice_ingest(files: &[PathBuf], table: &std::path::Path, extra: &[&str]) -> Result<Value> {
     let _ = std::fs::remove_dir_all(table);
-    let out = Command::new(std::env::current_exe()?)
-        .arg("ingest")
-        .arg("--table")
-        .arg(table)
-        .arg("--json")
-        .args(files)
-        .args(extra)
-        .output()
-        .context("running sluice ingest")?;
-    if !out.status.success() {
-        bail!("ingest failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
+    let args = files.iter().map(|f| f.as_os_str()).chain(extra.iter().map(std::ffi::OsStr::new));
+    crate::bench::ingest_json(table, args, &[])
 }
 
 pub fn run(args: BenchMediaArgs) -> Result<()> {

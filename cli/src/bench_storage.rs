@@ -117,22 +117,12 @@ pub async fn run(args: BenchStorageArgs) -> Result<()> {
     // sluice: the same files through a whole ingest.
     let table = args.storage.location(&args.table)?;
     let options = serde_json::to_string(&table.storage_options)?;
-    let out = Command::new(std::env::current_exe()?)
-        .env("SLUICE_STORAGE_OPTIONS", options)
-        .arg("ingest")
-        .arg("--table")
-        .arg(&args.table)
-        .arg("--json")
-        .arg("--storage-concurrency")
-        .arg(args.storage_concurrency.to_string())
-        .arg(work.join("files"))
-        .args(&args.ingest_args)
-        .output()
-        .context("running sluice ingest")?;
-    if !out.status.success() {
-        bail!("ingest failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let s: Value = serde_json::from_slice(&out.stdout)?;
+    let concurrency_arg = args.storage_concurrency.to_string();
+    let files_dir = work.join("files");
+    let ingest_args = [files_dir.as_os_str(), "--storage-concurrency".as_ref(), concurrency_arg.as_ref()]
+        .into_iter()
+        .chain(args.ingest_args.iter().map(|a| a.as_ref()));
+    let s = crate::bench::ingest_json(&args.table, ingest_args, &[("SLUICE_STORAGE_OPTIONS", &options)])?;
     let seconds = s["seconds"].as_f64().unwrap_or(f64::NAN);
     let sluice_mb_s = total as f64 / 1e6 / seconds;
     let report = json!({

@@ -12,17 +12,16 @@
 //! to move files that fit one request.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use futures::{StreamExt, TryStreamExt};
 use object_store::limit::LimitStore;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use rand::{RngCore, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::json;
 use sluice_common::settings::Settings;
 
 use crate::storage_args::StorageArgs;

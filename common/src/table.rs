@@ -42,8 +42,8 @@ pub const FILE_VERSION: LanceFileVersion = LanceFileVersion::V2_2;
 /// Lance caches sized for ingest, not for queries: Lance's defaults (1 GiB
 /// of metadata, 6 GiB of index cache per session) would let memory grow with
 /// the number of commits a long job makes.
-const METADATA_CACHE_BYTES: usize = 32 << 20;
-const INDEX_CACHE_BYTES: usize = 16 << 20;
+const METADATA_CACHE_BYTES: usize = 8 << 20;
+const INDEX_CACHE_BYTES: usize = 4 << 20;
 
 /// A table location together with the storage limiter every access goes
 /// through and the one Lance session (caches) they share.

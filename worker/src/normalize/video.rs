@@ -76,7 +76,7 @@ fn rotation(stream: &ff::format::stream::Stream) -> i32 {
 
 /// Bytes FFmpeg's muxer writes (and seeks in, to patch headers), shared
 /// with the segment that takes them once the muxer is done.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct SharedBuf(Arc<parking_lot::Mutex<Cursor<Vec<u8>>>>);
 
 impl SharedBuf {
@@ -106,7 +106,7 @@ impl Seek for SharedBuf {
 /// Most bytes of finished segments one file keeps in memory while it is
 /// validated: half of the row budget's share of one normalizer. Past it,
 /// segments wait in a temporary file.
-pub fn held_limit(settings: &Settings) -> u64 {
+fn held_limit(settings: &Settings) -> u64 {
     settings.memory_budget_bytes / u64::from(settings.normalization_workers.max(1)) / 2
 }
 
@@ -143,7 +143,7 @@ impl Held {
         Ok(Waiting::Spilled(at, len))
     }
 
-    fn take(&mut self, b: Waiting) -> Result<Vec<u8>, NormalizeError> {
+    fn take(&self, b: Waiting) -> Result<Vec<u8>, NormalizeError> {
         match b {
             Waiting::Memory(v) => Ok(v),
             Waiting::Spilled(at, len) => {

@@ -222,3 +222,65 @@ fn a_long_video_waits_on_disk_not_in_memory_with_the_same_segments() {
     assert!(in_memory == spilled, "segments differ between the memory and the disk path");
     assert!(in_memory.iter().all(|s| s.len() > 1000));
 }
+
+/// Workers start `sluice-normalizer`, installed beside `sluice`, for their
+/// normalizer processes: it answers a request on stdin with the file's hash,
+/// its rows and DONE, serves the next request on the same pipe, exits
+/// cleanly when its input closes, and refuses to run with other arguments.
+#[test]
+fn the_normalizer_binary_serves_requests_and_refuses_other_arguments() {
+    use std::io::{Read, Write};
+    use sluice_worker::isolation::{Part, Request, DONE, ERROR, HASH, ROWS, SUBCOMMAND};
+
+    let exe = Path::new(env!("CARGO_BIN_EXE_sluice-normalizer"));
+    let dir = tempfile::tempdir().unwrap();
+    let pdf = dir.path().join("note.pdf");
+    let pages = [vec!["a short note for the normalizer process".to_string()], vec!["page two".to_string()]];
+    std::fs::write(&pdf, sluice_common::samples::text_pdf(&pages, (612.0, 792.0), "Note")).unwrap();
+    let mut child = Command::new(exe)
+        .arg(SUBCOMMAND)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let request = Request {
+        path: pdf.clone(),
+        kind: sluice_common::schema::Kind::Pdf,
+        settings: sluice_common::settings::Settings { pdf_dpi: 36, ..sluice_common::settings::Settings::DEFAULT },
+        part: Part::Whole,
+    };
+    let mut frames = |n: usize| -> Vec<(u8, Vec<u8>)> {
+        let mut line = serde_json::to_vec(&request).unwrap();
+        line.push(b'\n');
+        stdin.write_all(&line).unwrap();
+        stdin.flush().unwrap();
+        let mut got = Vec::new();
+        while got.last().is_none_or(|(k, _)| *k != DONE && *k != ERROR) && got.len() < n {
+            let mut head = [0u8; 5];
+            stdout.read_exact(&mut head).unwrap();
+            let mut payload = vec![0u8; u32::from_le_bytes(head[1..].try_into().unwrap()) as usize];
+            stdout.read_exact(&mut payload).unwrap();
+            got.push((head[0], payload));
+        }
+        got
+    };
+    for _ in 0..2 {
+        let got = frames(16);
+        let kinds: Vec<u8> = got.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds.first(), Some(&HASH), "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&DONE), "{kinds:?}: {}", String::from_utf8_lossy(&got.last().unwrap().1));
+        assert!(kinds.contains(&ROWS), "{kinds:?}");
+        let rows: Vec<u8> = got.iter().filter(|(k, _)| *k == ROWS).flat_map(|(_, p)| p.clone()).collect();
+        for text in [&b"short note"[..], b"page two", b"\xff\xd8\xff"] {
+            assert!(rows.windows(text.len()).any(|w| w == text), "{text:?} crosses the pipe: text and JPEG of both pages");
+        }
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success(), "exits 0 once its input closes");
+
+    let out = Command::new(exe).arg("ingest").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("started by sluice workers"));
+}

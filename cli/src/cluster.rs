@@ -255,7 +255,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
     let ready = Arc::new(AtomicBool::new(false));
     let cfg = WorkerConfig {
         name: args.name.unwrap_or_else(hostname),
-        normalizer_exe: (!args.in_process_normalizers).then(std::env::current_exe).transpose()?,
+        normalizer_exe: (!args.in_process_normalizers).then(sluice_worker::isolation::normalizer_exe).transpose()?,
         ready: ready.clone(),
         ..Default::default()
     };

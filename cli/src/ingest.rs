@@ -64,7 +64,7 @@ pub async fn run(args: IngestArgs) -> Result<i32> {
     job.job_id = args.job_id.clone();
     job.max_errors = args.max_errors;
     job.shard_files = args.shard_files;
-    let normalizer_exe = (!args.in_process_normalizers).then(std::env::current_exe).transpose()?;
+    let normalizer_exe = (!args.in_process_normalizers).then(sluice_worker::isolation::normalizer_exe).transpose()?;
     let embedded = crate::embedded::Embedded::start(normalizer_exe, job.settings.storage_concurrency).await?;
     let running = embedded.run(job).await;
     let progress = running.progress.clone();

@@ -11,6 +11,7 @@ mod gc;
 mod ingest;
 mod inspect;
 mod knobs;
+mod logs;
 mod query;
 mod sql;
 mod storage_args;
@@ -87,21 +88,9 @@ fn main() {
         Command::Coordinator(_) | Command::Worker(_) => "info,lance=warn",
         _ => "warn,lance=error",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| default.into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    // SLUICE_LOG_FORMAT=json: one JSON object per line (job and shard ids as fields).
-    if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    logs::init(default);
     if let Command::NormalizeServer = cli.command {
-        // No runtime: a plain loop the parent can kill at any moment.
-        let code = match sluice_worker::isolation::serve(std::io::stdin().lock(), std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock())) {
-            Ok(()) => 0,
-            Err(_) => 1,
-        };
-        std::process::exit(code);
+        sluice_worker::isolation::serve_stdio();
     }
     sluice_common::tls::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");

@@ -23,6 +23,33 @@ use tokio::io::AsyncReadExt;
 
 use crate::normalize::{self, NormalizeError};
 
+/// The argument a normalizer process is started with (`sluice
+/// normalize-server`; `sluice-normalizer` accepts it too).
+pub const SUBCOMMAND: &str = "normalize-server";
+
+/// Name of the normalizer binary installed beside `sluice`.
+const NORMALIZER_BINARY: &str = "sluice-normalizer";
+
+/// The program to start normalizer processes from: `sluice-normalizer`
+/// beside the running binary if it is there (a small binary: each process
+/// maps only the decoders), else the running binary itself.
+pub fn normalizer_exe() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let sibling = exe.with_file_name(NORMALIZER_BINARY);
+    Ok(if sibling.is_file() { sibling } else { exe })
+}
+
+/// Serve requests on stdin and stdout until stdin closes, then exit: the
+/// whole of a normalizer process. No async runtime: a plain loop the parent
+/// can kill at any moment.
+pub fn serve_stdio() -> ! {
+    let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    std::process::exit(match serve(std::io::stdin().lock(), out) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    })
+}
+
 pub const HASH: u8 = 1;
 pub const ROWS: u8 = 2;
 pub const DONE: u8 = 3;
@@ -243,7 +270,7 @@ pub type Work = (Result<(), String>, Option<tokio::process::ChildStdout>);
 impl ChildProc {
     fn spawn(exe: &std::path::Path) -> Result<Self, String> {
         let mut child = tokio::process::Command::new(exe)
-            .arg("normalize-server")
+            .arg(SUBCOMMAND)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)

@@ -52,8 +52,16 @@ pub fn normalize_image(bytes: Bytes, mime: &str, settings: &Settings) -> Result<
     img.apply_orientation(orientation);
 
     let ts = settings.thumbnail_size;
-    let thumb = img.thumbnail(ts, ts).to_rgb8();
-    let jpeg = super::encode_jpeg(&thumb, 80).ok_or_else(|| NormalizeError::new("thumbnail encoding failed"))?;
+    let rgb;
+    let rgb = match &img {
+        DynamicImage::ImageRgb8(pixels) => pixels,
+        other => {
+            rgb = other.to_rgb8();
+            &rgb
+        }
+    };
+    let jpeg = super::thumbnail_jpeg(rgb.as_raw(), rgb.width(), rgb.height(), turbojpeg::PixelFormat::RGB, ts)
+        .ok_or_else(|| NormalizeError::new("thumbnail encoding failed"))?;
 
     let _ = mime;
     let mime = format.to_mime_type();

@@ -85,6 +85,32 @@ pub(crate) fn encode_pixels(
     })
 }
 
+/// A JPEG thumbnail of an image of 3 or 4 bytes a pixel (rows unpadded; a
+/// 4th byte, if any, is padding), scaled to fit `size`×`size` with its
+/// aspect kept: a box filter over a 3x supersampling (fast_image_resize,
+/// SIMD), then libjpeg-turbo. `None` if the image is empty.
+pub(crate) fn thumbnail_jpeg(pixels: &[u8], width: u32, height: u32, format: turbojpeg::PixelFormat, size: u32) -> Option<Vec<u8>> {
+    use fast_image_resize as fr;
+    let pixel_type = match format.size() {
+        3 => fr::PixelType::U8x3,
+        4 => fr::PixelType::U8x4,
+        _ => return None,
+    };
+    if width == 0 || height == 0 || size == 0 {
+        return None;
+    }
+    let ratio = f64::min(f64::from(size) / f64::from(width), f64::from(size) / f64::from(height));
+    let fit = |n: u32| ((f64::from(n) * ratio).round() as u32).clamp(1, size);
+    let (tw, th) = (fit(width), fit(height));
+    let src = fr::images::ImageRef::new(width, height, pixels, pixel_type).ok()?;
+    let mut dst = fr::images::Image::new(tw, th, pixel_type);
+    // A 4th byte is padding (pdfium's BGRx), not alpha to weigh colors by.
+    let options = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::SuperSampling(fr::FilterType::Box, 3)).use_alpha(false);
+    fr::Resizer::new().resize(&src, &mut dst, &options).ok()?;
+    let (tw, th) = (tw as usize, th as usize);
+    encode_pixels(dst.buffer(), tw, tw * format.size(), th, format, 80)
+}
+
 /// The pure-Rust encoder sluice used before libjpeg-turbo, kept as the
 /// baseline `sluice bench-media` measures against.
 pub fn encode_jpeg_baseline(img: &::image::RgbaImage, quality: u8) -> Option<Vec<u8>> {
@@ -210,6 +236,29 @@ pub fn normalize_streamed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thumbnails_fit_the_box_and_keep_colors_of_padded_pixels() {
+        // BGRx with a zero padding byte: a red left half, a blue right half.
+        let (w, h) = (1200u32, 600u32);
+        let mut bgrx = Vec::with_capacity((w * h * 4) as usize);
+        for _y in 0..h {
+            for x in 0..w {
+                bgrx.extend_from_slice(if x < w / 2 { &[0, 0, 255, 0] } else { &[255, 0, 0, 0] });
+            }
+        }
+        let jpeg = thumbnail_jpeg(&bgrx, w, h, turbojpeg::PixelFormat::BGRX, 256).unwrap();
+        let thumb = ::image::load_from_memory(&jpeg).unwrap().to_rgb8();
+        assert_eq!((thumb.width(), thumb.height()), (256, 128));
+        let near = |p: &::image::Rgb<u8>, want: [u8; 3]| p.0.iter().zip(want).all(|(a, b)| a.abs_diff(b) < 24);
+        assert!(near(thumb.get_pixel(32, 64), [255, 0, 0]), "{:?}", thumb.get_pixel(32, 64));
+        assert!(near(thumb.get_pixel(224, 64), [0, 0, 255]), "{:?}", thumb.get_pixel(224, 64));
+
+        let rgb = vec![200u8; 30 * 90 * 3];
+        let tall = ::image::load_from_memory(&thumbnail_jpeg(&rgb, 30, 90, turbojpeg::PixelFormat::RGB, 64).unwrap()).unwrap();
+        assert_eq!((tall.width(), tall.height()), (21, 64));
+        assert!(thumbnail_jpeg(&[], 0, 0, turbojpeg::PixelFormat::RGB, 64).is_none());
+    }
 
     #[test]
     fn detection_prefers_magic_over_extension() {

@@ -19,7 +19,7 @@ use serde_json::json;
 use sluice_common::schema::Row;
 use sluice_common::settings::Settings;
 
-use super::{encode_jpeg_baseline, encode_pixels, NormalizeError};
+use super::{encode_jpeg_baseline, encode_pixels, thumbnail_jpeg, NormalizeError};
 
 /// Held for the whole of one PDF; see the module documentation.
 static PDF_LOCK: Mutex<()> = Mutex::new(());
@@ -78,40 +78,52 @@ struct RenderedPage {
     pixels: Result<Render, String>,
 }
 
-/// A page as pdfium rendered it: BGRA, 4 bytes a pixel, rows unpadded.
-/// Kept in pdfium's byte order: libjpeg-turbo reads BGRA as it is, and the
-/// thumbnail's box filter does not care which channel is which.
-struct Render(RgbaImage);
+/// A page as pdfium rendered it: BGRx (4 bytes a pixel, the 4th unused),
+/// rows unpadded, in a buffer the encoder hands back for the next page.
+/// Kept in pdfium's byte order: libjpeg-turbo and the thumbnail's box filter
+/// read it as it is. Without an alpha channel pdfium blends text and paths
+/// onto an opaque page, the cheaper path.
+struct Render {
+    width: u32,
+    height: u32,
+    pixels: Vec<u8>,
+}
 
 impl Render {
-    fn jpeg(img: &RgbaImage, quality: u8) -> Option<Vec<u8>> {
-        let (w, h) = (img.width() as usize, img.height() as usize);
-        encode_pixels(img.as_raw(), w, w * 4, h, turbojpeg::PixelFormat::BGRA, quality)
+    const FORMAT: turbojpeg::PixelFormat = turbojpeg::PixelFormat::BGRX;
+
+    fn jpeg(&self, quality: u8) -> Option<Vec<u8>> {
+        let (w, h) = (self.width as usize, self.height as usize);
+        encode_pixels(&self.pixels, w, w * 4, h, Self::FORMAT, quality)
     }
 
-    fn thumbnail(&self, size: u32) -> RgbaImage {
-        image::imageops::thumbnail(&self.0, size, size)
+    fn thumbnail(&self, size: u32) -> Option<Vec<u8>> {
+        thumbnail_jpeg(&self.pixels, self.width, self.height, Self::FORMAT, size)
     }
 }
 
 /// JPEG-encode a page's render and thumbnail into its row. Runs on its own
-/// thread, so encoding page N overlaps pdfium rendering page N+1.
-fn encode_page(page: RenderedPage, thumbnail_size: u32) -> Row {
+/// thread, so encoding page N overlaps pdfium rendering page N+1. Gives the
+/// render's buffer back.
+fn encode_page(page: RenderedPage, thumbnail_size: u32) -> (Row, Option<Vec<u8>>) {
     let RenderedPage { mut row, pixels } = page;
     match pixels {
         Ok(render) => {
-            row.width = Some(render.0.width());
-            row.height = Some(render.0.height());
-            row.thumbnail = Render::jpeg(&render.thumbnail(thumbnail_size), 80);
-            row.data = Render::jpeg(&render.0, 85).map(Bytes::from);
+            row.width = Some(render.width);
+            row.height = Some(render.height);
+            row.thumbnail = render.thumbnail(thumbnail_size);
+            row.data = render.jpeg(85).map(Bytes::from);
             if row.data.is_none() {
                 set_render_error(&mut row, "JPEG encoding failed (render larger than 65535 pixels a side)".into());
             }
+            (row, Some(render.pixels))
         }
         // A page that will not render still has its text.
-        Err(e) => set_render_error(&mut row, e),
+        Err(e) => {
+            set_render_error(&mut row, e);
+            (row, None)
+        }
     }
-    row
 }
 
 fn set_render_error(row: &mut Row, error: String) {
@@ -120,11 +132,22 @@ fn set_render_error(row: &mut Row, error: String) {
     }
 }
 
-fn render(page: &PdfPage, scale: f32) -> Result<Render, String> {
-    let config = PdfRenderConfig::new().scale_page_by_factor(scale).set_format(PdfBitmapFormat::BGRA);
-    let bitmap = page.render_with_config(&config).map_err(|e| e.to_string())?;
-    let (w, h) = (bitmap.width() as u32, bitmap.height() as u32);
-    RgbaImage::from_raw(w, h, bitmap.as_raw_bytes()).map(Render).ok_or_else(|| "unexpected bitmap layout".to_string())
+/// Render `page` at `scale` pixels a point into `buffer` (grown or cut to
+/// the page's size; its old pixels are painted over, not cleared first).
+fn render(page: &PdfPage, scale: f32, mut buffer: Vec<u8>) -> Result<Render, String> {
+    let size = |pt: f32| (pt * scale).round().max(1.0);
+    let (w, h) = (size(page.width().value), size(page.height().value));
+    if w * h * 4.0 > isize::MAX as f32 || w > i32::MAX as f32 || h > i32::MAX as f32 {
+        return Err(format!("a {w}x{h} render is too large"));
+    }
+    let (w, h) = (w as i32, h as i32);
+    buffer.resize(w as usize * h as usize * 4, 0);
+    {
+        let mut bitmap = PdfBitmap::from_bytes(w, h, PdfBitmapFormat::BGRx, &mut buffer).map_err(|e| e.to_string())?;
+        let config = PdfRenderConfig::new().set_fixed_size(w, h).set_format(PdfBitmapFormat::BGRx);
+        page.render_into_bitmap_with_config(&mut bitmap, &config).map_err(|e| e.to_string())?;
+    }
+    Ok(Render { width: w as u32, height: h as u32, pixels: buffer })
 }
 
 /// Render scale (pixels per point) for a page, capped to `max_pixels`.
@@ -204,13 +227,18 @@ pub fn normalize_pdf_pages(
 
     let thumbnail_size = settings.thumbnail_size;
     std::thread::scope(|scope| {
-        // One page waits while one is encoded and the next is rendered: a
-        // bounded number of bitmaps is ever held.
-        let (to_encoder, encoder_in) = mpsc::sync_channel::<RenderedPage>(1);
+        // One page is encoded while the next is rendered: two page buffers,
+        // passed back and forth (no fresh pages for the kernel to fault in).
+        let (to_encoder, encoder_in) = mpsc::sync_channel::<RenderedPage>(0);
         let (encoder_out, encoded) = mpsc::channel::<Row>();
+        let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
         scope.spawn(move || {
             for page in encoder_in {
-                if encoder_out.send(encode_page(page, thumbnail_size)).is_err() {
+                let (row, buffer) = encode_page(page, thumbnail_size);
+                if let Some(buffer) = buffer {
+                    let _ = recycle.send(buffer);
+                }
+                if encoder_out.send(row).is_err() {
                     break;
                 }
             }
@@ -228,7 +256,7 @@ pub fn normalize_pdf_pages(
             let (w_pt, h_pt) = (page.width().value, page.height().value);
             let text = page.text().map(|t| t.all()).unwrap_or_default();
             let scale = render_scale(w_pt, h_pt, settings.pdf_dpi, settings.max_render_pixels);
-            let pixels = render(&page, scale);
+            let pixels = render(&page, scale, recycled.try_recv().unwrap_or_default());
             let row = Row {
                 chunk_index: index as u32,
                 page: Some(index as u32 + 1),
@@ -269,12 +297,13 @@ pub fn normalize_pdf_pages(
 pub fn bare_render(path: &Path, dpi: u32, encode: bool) -> Result<usize, NormalizeError> {
     let _one_at_a_time = PDF_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let doc = pdfium()?.load_pdf_from_file(path, None).map_err(|e| NormalizeError::new(e.to_string()))?;
-    let mut pages = 0;
+    let (mut pages, mut buffer) = (0, Vec::new());
     for page in doc.pages().iter() {
-        let render = render(&page, dpi as f32 / 72.0).map_err(NormalizeError::new)?;
+        let render = render(&page, dpi as f32 / 72.0, buffer).map_err(NormalizeError::new)?;
         if encode {
-            Render::jpeg(&render.0, 85).ok_or_else(|| NormalizeError::new("JPEG encoding failed"))?;
+            render.jpeg(85).ok_or_else(|| NormalizeError::new("JPEG encoding failed"))?;
         }
+        buffer = render.pixels;
         pages += 1;
     }
     Ok(pages)
@@ -287,14 +316,14 @@ pub struct PageCosts {
     pub pages: usize,
     /// Page load and text extraction.
     pub load_and_text: f64,
-    /// pdfium's render into a bitmap, and the copy out of it.
+    /// pdfium's render into the page buffer.
     pub render: f64,
     /// What sluice did before: BGRA to RGBA, then the pure-Rust encoder.
     pub to_rgba: f64,
     pub jpeg_pure_rust: f64,
-    /// libjpeg-turbo straight from the BGRA render.
+    /// libjpeg-turbo straight from the BGRx render.
     pub jpeg_turbo: f64,
-    /// Box-filter thumbnail from the render, and its JPEG.
+    /// Thumbnail from the render (SIMD box filter), and its JPEG.
     pub thumbnail: f64,
 }
 
@@ -303,7 +332,7 @@ pub struct PageCosts {
 pub fn page_costs(path: &Path, dpi: u32, thumbnail_size: u32) -> Result<PageCosts, NormalizeError> {
     let _one_at_a_time = PDF_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let doc = pdfium()?.load_pdf_from_file(path, None).map_err(|e| NormalizeError::new(e.to_string()))?;
-    let mut c = PageCosts::default();
+    let (mut c, mut buffer) = (PageCosts::default(), Vec::new());
     let timed = |total: &mut f64, t: std::time::Instant| *total += t.elapsed().as_secs_f64();
     let pages = doc.pages();
     for index in 0..pages.len() {
@@ -313,20 +342,21 @@ pub fn page_costs(path: &Path, dpi: u32, thumbnail_size: u32) -> Result<PageCost
         std::hint::black_box(text);
         timed(&mut c.load_and_text, t);
         let t = std::time::Instant::now();
-        let render = render(&page, dpi as f32 / 72.0).map_err(NormalizeError::new)?;
+        let render = render(&page, dpi as f32 / 72.0, std::mem::take(&mut buffer)).map_err(NormalizeError::new)?;
         timed(&mut c.render, t);
         let t = std::time::Instant::now();
-        let rgba = RgbaImage::from_raw(render.0.width(), render.0.height(), bgra_to_rgba(render.0.as_raw()));
+        let rgba = RgbaImage::from_raw(render.width, render.height, bgra_to_rgba(&render.pixels));
         timed(&mut c.to_rgba, t);
         let t = std::time::Instant::now();
         std::hint::black_box(rgba.and_then(|img| encode_jpeg_baseline(&img, 85)));
         timed(&mut c.jpeg_pure_rust, t);
         let t = std::time::Instant::now();
-        std::hint::black_box(Render::jpeg(&render.0, 85));
+        std::hint::black_box(render.jpeg(85));
         timed(&mut c.jpeg_turbo, t);
         let t = std::time::Instant::now();
-        std::hint::black_box(Render::jpeg(&render.thumbnail(thumbnail_size), 80));
+        std::hint::black_box(render.thumbnail(thumbnail_size));
         timed(&mut c.thumbnail, t);
+        buffer = render.pixels;
         c.pages += 1;
     }
     Ok(c)

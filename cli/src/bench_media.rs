@@ -70,6 +70,8 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
         let cli = mb / t.elapsed().as_secs_f64();
         let s1 = sluice_ingest(&args.videos, &work.join("v1"), &["--normalization-workers", "1"])?;
         let s2 = sluice_ingest(&args.videos, &work.join("v2"), &["--normalization-workers", "2"])?;
+        // As users run it: the default knobs (four normalizer processes).
+        let sd = sluice_ingest(&args.videos, &work.join("vd"), &[])?;
         let rate = |s: &Value| mb / s["seconds"].as_f64().unwrap_or(f64::NAN);
         report.insert(
             "video".into(),
@@ -79,7 +81,10 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
                 "ffmpeg_cli_segment_mb_s": cli,
                 "sluice_1_worker_mb_s": rate(&s1),
                 "sluice_2_workers_mb_s": rate(&s2),
+                "sluice_default_knobs_mb_s": rate(&sd),
                 "sluice_1_vs_bare_remux": rate(&s1) / bare,
+                "sluice_2_vs_bare_remux": rate(&s2) / bare,
+                "sluice_default_knobs_vs_bare_remux": rate(&sd) / bare,
                 "sluice_1_vs_ffmpeg_cli": rate(&s1) / cli,
                 "segments": s1["rows"],
                 "peak_rss_mb_1_worker": s1["peak_rss_bytes"].as_f64().map(|b| b / 1e6),

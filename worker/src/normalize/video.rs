@@ -187,6 +187,9 @@ struct Job {
     /// Expected bytes of one segment, to size its buffer.
     segment_bytes: usize,
     decoder: ff::decoder::Video,
+    /// Made for the first thumbnail, kept for the file's others (frames of
+    /// one stream share their size and format).
+    scaler: Option<Scaler>,
     rotation: i32,
     thumb: u32,
 }
@@ -234,7 +237,11 @@ impl Job {
         } else {
             (w, h)
         };
-        let mut scaler = Scaler::get(frame.format(), w, h, ff::format::Pixel::RGB24, tw, th, Flags::BILINEAR).ok()?;
+        let fits = |s: &Scaler| s.input().format == frame.format() && (s.input().width, s.input().height) == (w, h);
+        if !self.scaler.as_ref().is_some_and(fits) {
+            self.scaler = Some(Scaler::get(frame.format(), w, h, ff::format::Pixel::RGB24, tw, th, Flags::BILINEAR).ok()?);
+        }
+        let scaler = self.scaler.as_mut()?;
         let mut rgb = VideoFrame::empty();
         scaler.run(&frame, &mut rgb).ok()?;
         let stride = rgb.stride(0);
@@ -291,7 +298,13 @@ pub fn normalize_video(
     let video_codec = vpar.id();
     let audio_codec = audio.map(|a| ictx.stream(a).expect("exists").parameters().id());
     let decoder = ff::codec::context::Context::from_parameters(vpar)
-        .and_then(|c| c.decoder().video())
+        .and_then(|c| {
+            let mut d = c.decoder();
+            // It decodes one keyframe a segment for a thumbnail of a few
+            // hundred pixels: the deblocking filter would not show.
+            d.skip_loop_filter(ff::Discard::All);
+            d.video()
+        })
         .map_err(|e| err("no decoder for the video stream", e))?;
     let (width, height) = (decoder.width(), decoder.height());
     let header_frames = vstream.frames();
@@ -314,6 +327,7 @@ pub fn normalize_video(
         muxer,
         segment_bytes,
         decoder,
+        scaler: None,
         rotation: rot,
         thumb: settings.thumbnail_size,
     };

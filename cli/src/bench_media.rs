@@ -137,7 +137,7 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
                     "load_and_text": per_page(costs.load_and_text),
                     "render": per_page(costs.render),
                     "thumbnail_and_its_jpeg": per_page(costs.thumbnail),
-                    "jpeg_libjpeg_turbo_from_bgra": per_page(costs.jpeg_turbo),
+                    "jpeg_libjpeg_turbo_from_render": per_page(costs.jpeg_turbo),
                     "before_bgra_to_rgba": per_page(costs.to_rgba),
                     "before_jpeg_pure_rust": per_page(costs.jpeg_pure_rust),
                     "all_steps_now": per_page(now),

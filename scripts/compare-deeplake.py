@@ -3,7 +3,7 @@
 one generated corpus: wall time and peak resident memory of each (the whole
 process tree, sampled every 20 ms the same way for both).
 
-    scripts/compare-deeplake.py [--sluice PATH] [--work DIR] [--per-kind N]
+    scripts/compare-deeplake.py [--sluice PATH] [--work DIR] [--per-kind N] [--runs N]
 
 The corpus (made once under --work, default /var/tmp/sluice-compare):
 N H.264/AAC videos of 10-30 s at 640x360, N text PDFs of 2-12 pages, N JPEG
@@ -16,12 +16,16 @@ locally instead), opening it by `al://` path, the post-ingest
 `deeplake_sync_table` query and the drop on failure. Everything else is its
 own code, called as its guide shows, once per file type (a call with mixed
 types fails). sluice ingests the whole corpus in one call, default knobs.
+
+With --runs N both are run N times, alternating (the machine may be shared
+and noisy): every run's figures are printed, with the median ratios.
 """
 
 import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import threading
@@ -150,6 +154,7 @@ def main():
     ap.add_argument("--sluice", default="sluice", help="the sluice binary (a release build)")
     ap.add_argument("--work", default="/var/tmp/sluice-compare")
     ap.add_argument("--per-kind", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=1, help="rounds of both, alternating")
     args = ap.parse_args()
     work = Path(args.work)
     corpus = work / "corpus"
@@ -163,8 +168,20 @@ def main():
 
     kinds = {k: sorted(str(p) for p in (corpus / k).iterdir()) for k in ("video", "pdf", "image", "text")}
     files = sum(len(v) for v in kinds.values())
-    results = {}
+    runs = [one_round(args, work, corpus, python, kinds) for _ in range(max(1, args.runs))]
+    if len(runs) == 1:
+        results = runs[0]
+    else:
+        median = lambda key: statistics.median(r[key] for r in runs)
+        results = {"runs": runs, "median_sluice_speedup": median("sluice_speedup"),
+                   "median_sluice_memory_ratio": median("sluice_memory_ratio")}
+    results["files"] = files
+    print(json.dumps(results, indent=2))
 
+
+def one_round(args, work, corpus, python, kinds):
+    """Deeplake, then sluice, on the corpus: their figures and the ratios."""
+    results = {}
     dl_root = work / "deeplake-tables"
     subprocess.run(["rm", "-rf", str(dl_root)], check=True)
     dl_root.mkdir(parents=True)
@@ -179,10 +196,9 @@ def main():
     s = json.loads(out)
     results["sluice"] = {"seconds": wall, "peak_rss_mb": peak / 1e6, "rows": s["rows"],
                          "files_ingested": s["files_ingested"], "files_failed": s["files_failed"]}
-    results["files"] = files
     results["sluice_speedup"] = results["deeplake"]["seconds"] / results["sluice"]["seconds"]
     results["sluice_memory_ratio"] = results["sluice"]["peak_rss_mb"] / results["deeplake"]["peak_rss_mb"]
-    print(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":

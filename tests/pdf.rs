@@ -22,6 +22,10 @@ fn pdf_pages_become_rows_and_bad_pdfs_are_refused() {
     let enc = corpus.join("encrypted.pdf");
     let ok = Command::new("qpdf").args(["--encrypt", "user-pw", "owner-pw", "256", "--"]).arg(&plain).arg(&enc).status();
     assert!(ok.expect("qpdf must be installed").success());
+    // Encrypted with an owner password only: it opens, and says it is encrypted.
+    let restricted = corpus.join("restricted.pdf");
+    let ok = Command::new("qpdf").args(["--encrypt", "", "owner-pw", "256", "--"]).arg(&plain).arg(&restricted).status();
+    assert!(ok.unwrap().success());
     let mut corrupt = b"%PDF-1.7\n".to_vec();
     corrupt.extend((0..20_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8));
     std::fs::write(corpus.join("corrupt.pdf"), corrupt).unwrap();
@@ -49,6 +53,7 @@ fn pdf_pages_become_rows_and_bad_pdfs_are_refused() {
         assert_eq!(row["kind"], "pdf");
         assert_eq!(row["metadata"]["page_count"], 3);
         assert_eq!(row["metadata"]["title"], "Quarterly report");
+        assert_eq!(row["metadata"]["encrypted"], false);
         // 612 x 792 points at 72 DPI.
         assert_eq!((row["width"].as_u64(), row["height"].as_u64()), (Some(612), Some(792)));
         let img = image::open(row["path"].as_str().unwrap()).expect("the render is a JPEG");
@@ -60,6 +65,9 @@ fn pdf_pages_become_rows_and_bad_pdfs_are_refused() {
     for (page, text) in texts.iter().enumerate() {
         assert!(table_rows[page].contains(text), "page {} text: {:?}", page + 1, table_rows[page]);
     }
+
+    let restricted = rows.iter().find(|r| r["source_uri"].as_str().unwrap().ends_with("restricted.pdf")).unwrap();
+    assert_eq!(restricted["metadata"]["encrypted"], true);
 
     let huge = rows.iter().find(|r| r["source_uri"].as_str().unwrap().ends_with("huge-page.pdf")).unwrap();
     let pixels = huge["width"].as_u64().unwrap() * huge["height"].as_u64().unwrap();

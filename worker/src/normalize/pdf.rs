@@ -223,7 +223,9 @@ pub fn normalize_pdf_pages(
     let tag = |t| doc.metadata().get(t).map(|v| v.value().to_string()).filter(|v| !v.is_empty());
     let title = tag(PdfDocumentMetadataTagType::Title);
     let author = tag(PdfDocumentMetadataTagType::Author);
-    let encrypted = doc.permissions().security_handler_revision().is_ok();
+    // Opened, so without a user password; encrypted if a security handler
+    // (an owner password's restrictions) is there, of a revision pdfium names or not.
+    let encrypted = !matches!(doc.permissions().security_handler_revision(), Ok(PdfSecurityHandlerRevision::Unprotected));
 
     let thumbnail_size = settings.thumbnail_size;
     std::thread::scope(|scope| {

@@ -52,13 +52,11 @@ pub fn normalize_image(bytes: Bytes, mime: &str, settings: &Settings) -> Result<
     img.apply_orientation(orientation);
 
     let ts = settings.thumbnail_size;
-    let rgb;
+    // 8-bit RGB as decoded (most JPEGs) is scaled as it is, other layouts
+    // from a copy.
     let rgb = match &img {
-        DynamicImage::ImageRgb8(pixels) => pixels,
-        other => {
-            rgb = other.to_rgb8();
-            &rgb
-        }
+        DynamicImage::ImageRgb8(pixels) => std::borrow::Cow::Borrowed(pixels),
+        other => std::borrow::Cow::Owned(other.to_rgb8()),
     };
     let jpeg = super::thumbnail_jpeg(rgb.as_raw(), rgb.width(), rgb.height(), turbojpeg::PixelFormat::RGB, ts)
         .ok_or_else(|| NormalizeError::new("thumbnail encoding failed"))?;

@@ -219,6 +219,31 @@ fn is_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// The files already planned, so that inputs naming one file twice (a
+/// directory and a glob inside it, a manifest listing a line twice) plan
+/// it once. A single directory, prefix or file cannot repeat a name, so
+/// then nothing is kept: a job's walk holds no per-file state unless its
+/// inputs need it.
+struct Seen(Option<HashSet<u64>>);
+
+impl Seen {
+    fn for_inputs(inputs: &Inputs) -> Self {
+        let single = inputs.paths.len() == 1
+            && !is_glob(&inputs.paths[0])
+            && inputs.manifest.is_none()
+            && inputs.remote_manifest.is_none();
+        Self((!single).then(HashSet::new))
+    }
+
+    /// Whether `p` is new (failures always are).
+    fn fresh(&mut self, p: &Planned) -> bool {
+        match (p, &mut self.0) {
+            (Planned::File(f), Some(seen)) => seen.insert(sluice_common::ids::uri_key(&f.uri)),
+            _ => true,
+        }
+    }
+}
+
 /// Fail fast on inputs that cannot be right (typos), before any work starts.
 pub fn validate(inputs: &Inputs) -> Result<()> {
     if inputs.paths.is_empty() && inputs.manifest.is_none() && inputs.remote_manifest.is_none() {
@@ -250,7 +275,7 @@ pub fn file_uri(path: &Path) -> String {
 struct Walker<'a> {
     tx: &'a mpsc::Sender<Planned>,
     exclude: Option<PathBuf>,
-    seen: HashSet<u64>,
+    seen: Seen,
     roots: Option<&'a [PathBuf]>,
     /// Per-file values of the input being walked.
     attributes: String,
@@ -258,10 +283,8 @@ struct Walker<'a> {
 
 impl Walker<'_> {
     fn emit(&mut self, p: Planned) -> bool {
-        if let Planned::File(f) = &p {
-            if !self.seen.insert(sluice_common::ids::uri_key(&f.uri)) {
-                return true;
-            }
+        if !self.seen.fresh(&p) {
+            return true;
         }
         self.tx.blocking_send(p).is_ok()
     }
@@ -340,7 +363,7 @@ impl Walker<'_> {
 /// `exclude` is skipped (the table itself, when it lives under an input).
 /// Runs on a blocking thread.
 pub fn walk(inputs: &Inputs, exclude: Option<PathBuf>, tx: mpsc::Sender<Planned>) -> Result<()> {
-    let mut w = Walker { tx: &tx, exclude, seen: HashSet::new(), roots: inputs.allowed_roots.as_deref(), attributes: String::new() };
+    let mut w = Walker { tx: &tx, exclude, seen: Seen::for_inputs(inputs), roots: inputs.allowed_roots.as_deref(), attributes: String::new() };
     for (i, p) in inputs.paths.iter().enumerate().filter(|(_, p)| !sources::is_remote(p)) {
         w.attributes = inputs.attributes_of(i).to_string();
         if is_glob(p) {
@@ -400,14 +423,11 @@ fn remote_file(root: &str, m: &object_store::ObjectMeta, attributes: &str) -> Pl
 
 /// One object-store URI: the object itself, or else every object below it
 /// as a prefix, listed page by page as the store returns them.
-async fn walk_remote_uri(uri: &str, attributes: &str, tx: &mpsc::Sender<Planned>, seen: &mut HashSet<u64>) -> Result<bool> {
+async fn walk_remote_uri(uri: &str, attributes: &str, tx: &mpsc::Sender<Planned>, seen: &mut Seen) -> Result<bool> {
     let (store, path) = sources::open(uri)?;
     let root = sources::root_of(uri)?;
-    let send = |p: Planned, seen: &mut HashSet<u64>| {
-        let fresh = match &p {
-            Planned::File(f) => seen.insert(sluice_common::ids::uri_key(&f.uri)),
-            Planned::Bad { .. } => true,
-        };
+    let send = |p: Planned, seen: &mut Seen| {
+        let fresh = seen.fresh(&p);
         let tx = tx.clone();
         async move { !fresh || tx.send(p).await.is_ok() }
     };
@@ -448,7 +468,7 @@ async fn walk_remote_uri(uri: &str, attributes: &str, tx: &mpsc::Sender<Planned>
 /// The object-store parts of the inputs: URIs among the paths, and a
 /// manifest kept in object storage (read as a stream, a line at a time).
 pub async fn walk_remote(inputs: &Inputs, tx: mpsc::Sender<Planned>) -> Result<()> {
-    let mut seen = HashSet::new();
+    let mut seen = Seen::for_inputs(inputs);
     for (i, uri) in inputs.paths.iter().enumerate().filter(|(_, p)| sources::is_remote(p)) {
         if !walk_remote_uri(uri, inputs.attributes_of(i), &tx, &mut seen).await? {
             return Ok(());
@@ -514,10 +534,7 @@ pub async fn walk_remote(inputs: &Inputs, tx: mpsc::Sender<Planned>) -> Result<(
                 Ok(_) => Planned::Bad { uri: file_uri(&path), reason: "not a regular file".into() },
                 Err(_) => Planned::Bad { uri: file_uri(&path), reason: "no such file".into() },
             };
-            let fresh = match &planned {
-                Planned::File(f) => seen.insert(sluice_common::ids::uri_key(&f.uri)),
-                Planned::Bad { .. } => true,
-            };
+            let fresh = seen.fresh(&planned);
             !fresh || tx.send(planned).await.is_ok()
         };
         if !ok {
@@ -565,6 +582,33 @@ mod tests {
 
         let globbed = collect(&Inputs { paths: vec![format!("{}/*.txt", d.display())], manifest: None, ..Default::default() });
         assert_eq!(globbed.len(), 2);
+    }
+
+    #[test]
+    fn overlapping_inputs_plan_a_file_once_and_a_single_input_keeps_no_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.txt"), "a").unwrap();
+        std::fs::write(d.join("b.txt"), "b").unwrap();
+        let manifest = d.join("list.txt");
+        let a = d.join("a.txt").display().to_string();
+        std::fs::write(&manifest, format!("{a}\n{a}\n")).unwrap();
+        let paths = vec![d.display().to_string(), format!("{}/*.txt", d.display()), a.clone()];
+        let overlapping = Inputs { paths, manifest: Some(manifest), ..Default::default() };
+        let mut uris: Vec<_> = collect(&overlapping)
+            .into_iter()
+            .filter_map(|p| if let Planned::File(f) = p { Some(f.uri) } else { None })
+            .collect();
+        uris.sort();
+        // The directory also holds the manifest itself.
+        assert_eq!(uris.len(), 3, "each file once: {uris:?}");
+        assert!(Seen::for_inputs(&overlapping).0.is_some());
+
+        for single in [d.display().to_string(), a, "s3://bucket/prefix/".to_string()] {
+            assert!(Seen::for_inputs(&Inputs { paths: vec![single.clone()], ..Default::default() }).0.is_none(), "{single}");
+        }
+        let glob = Inputs { paths: vec![format!("{}/*", d.display())], ..Default::default() };
+        assert!(Seen::for_inputs(&glob).0.is_some(), "a glob may match a directory and the files in it");
     }
 
     #[test]

@@ -27,6 +27,8 @@ command -v qpdf >/dev/null || need_apt+=(qpdf)
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v curl >/dev/null || need_apt+=(curl)
+# The dashboard's tests read its pages in a headless browser.
+command -v chromium >/dev/null || need_apt+=(chromium)
 python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

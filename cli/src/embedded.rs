@@ -62,6 +62,11 @@ impl Embedded {
         Ok(Self { cluster, limiter, stats, shutdown, worker })
     }
 
+    /// The in-process coordinator (for its HTTP API and dashboard).
+    pub fn cluster(&self) -> Arc<Cluster> {
+        self.cluster.clone()
+    }
+
     /// Start a job; its progress can be watched meanwhile.
     pub async fn run(&self, mut plan: JobPlan) -> Arc<ClusterJob> {
         plan.limiter = Some(self.limiter.clone());

@@ -52,6 +52,10 @@ pub struct IngestArgs {
     /// No progress bar
     #[arg(long)]
     pub no_progress: bool,
+    /// Serve the job dashboard (and the JSON job API) on this address while
+    /// the job runs, e.g. 127.0.0.1:8080
+    #[arg(long, value_name = "ADDR")]
+    pub ui: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -66,7 +70,15 @@ pub async fn run(args: IngestArgs) -> Result<i32> {
     job.shard_files = args.shard_files;
     let normalizer_exe = (!args.in_process_normalizers).then(sluice_worker::isolation::normalizer_exe).transpose()?;
     let embedded = crate::embedded::Embedded::start(normalizer_exe, job.settings.storage_concurrency).await?;
+    if let Some(addr) = args.ui {
+        // Bound before the job starts, so a taken port fails the run at once.
+        let routes = sluice_coordinator::cluster::http_router(embedded.cluster())?;
+        crate::telemetry::serve_router(addr, routes).await?;
+    }
     let running = embedded.run(job).await;
+    if let Some(addr) = args.ui {
+        eprintln!("dashboard: http://{addr}/#/jobs/{}", running.id);
+    }
     let progress = running.progress.clone();
     let bar = (!args.json && !args.events && !args.no_progress).then(|| progress_bar(progress.clone()));
     let events = args.events.then(|| tokio::spawn(progress_events(progress.clone())));

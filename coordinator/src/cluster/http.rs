@@ -6,8 +6,15 @@
 //!   an `Idempotency-Key` header makes a retried insert land once.
 //! - Tables: `GET /workspaces/{ws}/tables`, `GET|DELETE /workspaces/{ws}/tables/{t}`
 //!   (and the same without `/workspaces/{ws}`).
+//! - Tables as the gRPC `TableService` gives them: `GET /v1/tables` (under
+//!   the storage root, and those jobs wrote), `GET /v1/tables/describe?table=T`,
+//!   `GET /v1/tables/versions?table=T&limit=N` (T: a name or a URI).
 //! - Jobs: `POST /v1/jobs`, `GET /v1/jobs`, `GET /v1/jobs/{id}`,
-//!   `POST /v1/jobs/{id}/cancel`, `GET /v1/jobs/{id}/errors`; `GET /v1/workers`.
+//!   `POST /v1/jobs/{id}/cancel`, `GET /v1/jobs/{id}/errors?limit=N&contains=TEXT`,
+//!   `GET /v1/jobs/{id}/history`, `GET /v1/jobs/{id}/workers`,
+//!   `GET /v1/jobs/{id}/versions`; `GET /v1/workers`.
+//! - The dashboard: `/` and its files under `/ui/` (open: the page asks for
+//!   a token when the API wants one).
 //! - Operations: `/metrics`, `/healthz`, `/readyz` (open, like gRPC health).
 //!
 //! Everything else takes the job API's bearer tokens. Errors are JSON
@@ -31,7 +38,7 @@ use sluice_common::settings::Settings;
 use sluice_common::sql;
 use sluice_common::{pb, Error};
 
-use super::Cluster;
+use super::{Cluster, ClusterJob};
 
 /// Largest SQL request body.
 const MAX_SQL_BYTES: usize = 16 << 20;
@@ -97,10 +104,21 @@ pub fn router(cluster: Arc<Cluster>) -> sluice_common::Result<Router> {
         .route("/v1/workers", get(list_workers))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/errors", get(job_errors))
+        .route("/v1/jobs/{id}/history", get(job_history))
+        .route("/v1/jobs/{id}/workers", get(job_workers))
+        .route("/v1/jobs/{id}/versions", get(job_versions))
+        .route("/v1/tables", get(all_tables))
+        .route("/v1/tables/describe", get(describe_any))
+        .route("/v1/tables/versions", get(versions_of_any))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(cluster.clone(), guard))
         .with_state(cluster);
-    Ok(api)
+    Ok(super::dashboard::routes().merge(api))
+}
+
+/// A query string as `T`; unknown or malformed parameters are a 400.
+fn query<T: serde::de::DeserializeOwned>(raw: Option<&str>) -> ApiResult<T> {
+    serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| bad(format!("bad query string: {e}")))
 }
 
 /// Bearer tokens (when configured) and leadership, for every API route.
@@ -179,6 +197,53 @@ async fn describe_root(state: State<Arc<Cluster>>, Path(table): Path<String>) ->
 
 async fn describe_in_workspace(state: State<Arc<Cluster>>, Path((ws, table)): Path<(String, String)>) -> ApiResult<Json<sluice_common::describe::TableDescription>> {
     describe(state, Some(ws), table).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TableQuery {
+    /// A name under the storage root (`ws/name` in a workspace) or a URI.
+    table: String,
+    limit: Option<usize>,
+}
+
+fn table_handle(cluster: &Cluster, q: Option<String>) -> ApiResult<(sluice_common::table::TableHandle, Option<usize>)> {
+    let q: TableQuery = query(q.as_deref())?;
+    if q.table.trim().is_empty() {
+        return Err(bad("table= is required"));
+    }
+    let location = cluster.table_location(&q.table, Default::default())?;
+    Ok((sluice_common::table::TableHandle::new(location, 32), q.limit))
+}
+
+/// Tables under the storage root and those jobs wrote (`TableService.ListTables`).
+async fn all_tables(State(cluster): State<Arc<Cluster>>) -> ApiResult<Json<Value>> {
+    let root = cluster.storage_root()?;
+    let mut others: Vec<String> = cluster.statuses().into_iter().map(|s| s.table_uri).filter(|u| !u.is_empty()).collect();
+    others.sort();
+    others.dedup();
+    let tables = sluice_common::describe::list_tables(root.as_ref(), &others).await?;
+    Ok(Json(json!({ "tables": tables })))
+}
+
+/// One table: rows, rows per kind, columns, failed files (`TableService.DescribeTable`).
+async fn describe_any(State(cluster): State<Arc<Cluster>>, RawQuery(q): RawQuery) -> ApiResult<Json<sluice_common::describe::TableDescription>> {
+    let (handle, _) = table_handle(&cluster, q)?;
+    let ds = sluice_common::describe::open(&handle).await?;
+    Ok(Json(sluice_common::describe::describe(&handle, &ds, None, 100).await?))
+}
+
+/// The newest versions of a table (default 20, at most 1000), newest first
+/// (`TableService.ListVersions`).
+async fn versions_of_any(State(cluster): State<Arc<Cluster>>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let (handle, limit) = table_handle(&cluster, q)?;
+    let limit = limit.unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad(format!("limit={limit}: give 1 to 1000")));
+    }
+    let ds = sluice_common::describe::open(&handle).await?;
+    let versions = sluice_common::describe::versions(&ds, limit).await?;
+    Ok(Json(json!({ "table_uri": handle.location.uri, "versions": versions })))
 }
 
 async fn describe(State(cluster): State<Arc<Cluster>>, workspace: Option<String>, table: String) -> ApiResult<Json<sluice_common::describe::TableDescription>> {
@@ -313,6 +378,12 @@ struct JobView {
     /// Times a new leader took the job over and resumed it.
     takeovers: u32,
     progress: pb::JobProgress,
+    /// Files finished a second: over about the last 30 seconds while the
+    /// job runs, over the whole job once it ended (jobs run by this
+    /// coordinator).
+    files_per_second: Option<f64>,
+    /// Seconds left at that rate, once every file is planned.
+    eta_seconds: Option<f64>,
 }
 
 impl From<pb::JobStatus> for JobView {
@@ -328,7 +399,33 @@ impl From<pb::JobStatus> for JobView {
             seconds: s.seconds,
             takeovers: s.takeovers,
             progress: s.progress.unwrap_or_default(),
+            files_per_second: None,
+            eta_seconds: None,
         }
+    }
+}
+
+impl JobView {
+    /// The status with the rate and time left of a job run here.
+    fn of(status: pb::JobStatus, job: Option<&ClusterJob>) -> Self {
+        let mut view = JobView::from(status);
+        let rate = job.and_then(|j| match j.is_running() {
+            true => j.watch.files_per_second(),
+            false => {
+                let p = &j.progress;
+                let secs = j.elapsed().as_secs_f64();
+                (secs > 0.0).then(|| p.files_finished() as f64 / secs)
+            }
+        });
+        if let Some(rate) = rate {
+            view.files_per_second = Some(rate);
+            let p = &view.progress;
+            let left = p.files_total.saturating_sub(p.files_done + p.files_failed + p.files_skipped);
+            if view.state == "running" && p.planning_done && rate > 0.0 {
+                view.eta_seconds = Some(left as f64 / rate);
+            }
+        }
+        view
     }
 }
 
@@ -340,7 +437,11 @@ fn status_of(cluster: &Cluster, id: &str) -> ApiResult<pb::JobStatus> {
 }
 
 async fn list_jobs(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
-    let jobs: Vec<JobView> = cluster.statuses().into_iter().map(JobView::from).collect();
+    let mut jobs: Vec<JobView> = cluster.statuses().into_iter().map(|s| {
+        let job = cluster.job(&s.job_id);
+        JobView::of(s, job.as_deref())
+    }).collect();
+    jobs.sort_by(|a, b| b.submitted_ms.cmp(&a.submitted_ms));
     Json(json!({ "jobs": jobs }))
 }
 
@@ -369,26 +470,65 @@ pub fn workers_json(list: &pb::ListWorkersResponse) -> Value {
 }
 
 async fn get_job(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
-    Ok(Json(status_of(&cluster, &id)?.into()))
+    Ok(Json(JobView::of(status_of(&cluster, &id)?, cluster.job(&id).as_deref())))
 }
 
 async fn cancel_job(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
     if let Some(job) = cluster.job(&id).filter(|j| j.is_running()) {
         job.request_cancel();
     }
-    Ok(Json(status_of(&cluster, &id)?.into()))
+    Ok(Json(JobView::of(status_of(&cluster, &id)?, cluster.job(&id).as_deref())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErrorsQuery {
+    limit: Option<usize>,
+    /// Only failures whose file or reason holds this text (any case).
+    contains: Option<String>,
 }
 
 /// The files a job could not ingest, with the reason (the table's error ledger).
-async fn job_errors(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>, RawQuery(query): RawQuery) -> ApiResult<Json<Value>> {
-    let limit = match query.as_deref().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("limit=")) {
-        Some(n) => n.parse::<usize>().map_err(|_| bad(format!("limit={n}: give a number")))?,
-        None => 10_000,
-    };
+async fn job_errors(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let q: ErrorsQuery = query(q.as_deref())?;
+    let limit = q.limit.unwrap_or(10_000);
     let status = status_of(&cluster, &id)?;
     let location = cluster.table_location(&status.table_uri, Default::default())?;
     let mut errors = sluice_common::ledger::ErrorLedger::new(&location)?.list(Some(&id)).await?;
     let total = errors.len();
+    if let Some(text) = q.contains.map(|t| t.to_lowercase()).filter(|t| !t.is_empty()) {
+        errors.retain(|e| e.uri.to_lowercase().contains(&text) || e.reason.to_lowercase().contains(&text));
+    }
+    let matching = errors.len();
     errors.truncate(limit);
-    Ok(Json(json!({ "job_id": id, "total": total, "errors": errors })))
+    Ok(Json(json!({ "job_id": id, "total": total, "matching": matching, "errors": errors })))
+}
+
+/// A job run by this coordinator, or 404 (also for one that ended under an
+/// earlier leader: its history was not kept).
+fn watched(cluster: &Cluster, id: &str) -> ApiResult<Arc<ClusterJob>> {
+    cluster.job(id).ok_or_else(|| match cluster.archived(id) {
+        Some(_) => ApiError(StatusCode::NOT_FOUND, format!("job {id} ran under an earlier leader; its history was not kept")),
+        None => ApiError(StatusCode::NOT_FOUND, format!("no job {id}")),
+    })
+}
+
+/// The job's counters over time (cumulative; rates are their differences).
+async fn job_history(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let job = watched(&cluster, &id)?;
+    let (every, samples) = job.watch.history();
+    Ok(Json(json!({ "job_id": id, "every_seconds": every, "samples": samples })))
+}
+
+/// Each worker's part in the job.
+async fn job_workers(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let job = watched(&cluster, &id)?;
+    Ok(Json(json!({ "job_id": id, "workers": cluster.job_workers(&job) })))
+}
+
+/// The table versions the job committed (the newest ones kept).
+async fn job_versions(State(cluster): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let job = watched(&cluster, &id)?;
+    let (commits, versions) = job.watch.commits();
+    Ok(Json(json!({ "job_id": id, "commits": commits, "versions": versions })))
 }

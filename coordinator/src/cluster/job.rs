@@ -15,6 +15,7 @@ use sluice_common::storage::TableLocation;
 use sluice_common::{pb, Error, Result};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::watch::{JobWatch, Sample};
 use crate::progress::{JobProgress, JobSummary};
 use crate::reconciler::ReconcilerMsg;
 
@@ -70,12 +71,16 @@ pub struct ClusterJob {
     pub submitted: SystemTime,
     pub started: Instant,
     pub progress: Arc<JobProgress>,
+    /// History, per-worker load and commits, for the dashboard.
+    pub watch: JobWatch,
     /// Times a new leader took this job over and resumed it.
     pub takeovers: u32,
     table: TableLocation,
     settings: Settings,
     book: Mutex<Book>,
     phase: Mutex<Phase>,
+    /// When the job ended.
+    finished: Mutex<Option<Instant>>,
     cancelled: AtomicBool,
     /// Why a worker's pipeline for this job failed (the first one to).
     failure: Mutex<Option<String>>,
@@ -98,11 +103,13 @@ impl ClusterJob {
             submitted: SystemTime::now(),
             started: Instant::now(),
             progress: Arc::default(),
+            watch: JobWatch::default(),
             takeovers: 0,
             table,
             settings,
             book: Mutex::default(),
             phase: Mutex::new(Phase::Running),
+            finished: Mutex::default(),
             cancelled: AtomicBool::new(false),
             failure: Mutex::default(),
             ended: Mutex::default(),
@@ -121,7 +128,26 @@ impl ClusterJob {
         self.phase.lock().clone()
     }
 
+    /// Add the job's figures now to its history.
+    pub fn sample(&self) {
+        let p = &self.progress;
+        self.watch.sample(Sample {
+            seconds: self.elapsed().as_secs_f64(),
+            files: p.files_finished(),
+            failed: JobProgress::get(&p.files_failed),
+            rows: JobProgress::get(&p.rows_committed),
+            bytes: JobProgress::get(&p.bytes),
+        });
+    }
+
+    /// How long the job ran (so far, while it runs).
+    pub fn elapsed(&self) -> Duration {
+        self.finished.lock().unwrap_or_else(Instant::now).duration_since(self.started)
+    }
+
     pub fn set_done(&self, state: pb::JobState, message: String, outcome: Result<JobSummary>) {
+        self.finished.lock().get_or_insert_with(Instant::now);
+        self.sample();
         *self.outcome.lock() = Some(outcome);
         *self.phase.lock() = Phase::Done { state, message };
         self.changed.notify_waiters();
@@ -148,6 +174,7 @@ impl ClusterJob {
 
     /// `worker_id` stopped this job and published everything it had.
     pub fn worker_ended(&self, worker_id: &str) {
+        self.watch.ended(worker_id);
         self.ended.lock().insert(worker_id.to_string());
         self.changed.notify_waiters();
     }
@@ -204,6 +231,8 @@ impl ClusterJob {
             });
             tracing::debug!(job_id = %self.id, shard_id = %id, %worker_id, generation = shard.generation, "shard assigned");
         }
+        drop(book);
+        self.watch.took(worker_id, out.len());
         out
     }
 
@@ -240,6 +269,7 @@ impl ClusterJob {
 
     /// A checkpoint was accepted: note the shards it finished.
     pub fn absorbed(&self, cp: &Checkpoint) {
+        self.watch.checkpoint(cp);
         let mut book = self.book.lock();
         for id in &cp.shards_finished {
             if let Some(shard) = book.shards.get_mut(id) {
@@ -252,6 +282,15 @@ impl ClusterJob {
 
     /// A commit landed with these checkpoints.
     pub fn committed(&self, cps: &[Checkpoint]) {
+        let fragments: usize = cps.iter().map(|c| c.fragments.len()).sum();
+        if fragments > 0 {
+            // The reconciler records the version before it calls this.
+            let rows = cps.iter().map(|c| c.rows).sum();
+            let files = cps.iter().map(|c| c.completed.len() as u64).sum();
+            let failed = cps.iter().map(|c| c.failed.len() as u64).sum();
+            let version = self.progress.version.load(Ordering::Relaxed);
+            self.watch.committed(version, rows, files, failed, fragments as u64);
+        }
         let mut book = self.book.lock();
         for cp in cps {
             for uri in cp.completed.iter().map(|c| (&c.shard_id, &c.uri)).chain(cp.failed.iter().map(|f| (&f.shard_id, &f.uri))) {
@@ -272,6 +311,7 @@ impl ClusterJob {
     /// `worker_id` is gone: fence it in the reconciler, then queue its
     /// shards again (new generation, without the files already committed).
     pub async fn worker_lost(&self, worker_id: &str) {
+        self.watch.lost(worker_id);
         let holds = {
             let book = self.book.lock();
             book.shards.values().any(|s| matches!(&s.state, ShardState::Assigned(w) | ShardState::Finished(w) if w == worker_id))

@@ -6,10 +6,12 @@
 //! job records there; a new leader resumes running jobs, and the table
 //! (which records every committed file) tells it what is already done.
 
+mod dashboard;
 mod http;
 mod job;
 mod service;
 mod store;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -415,6 +417,13 @@ impl Cluster {
         let job = Arc::new(job);
         self.jobs.lock().insert(job.id.clone(), job.clone());
         self.save(&job).await;
+        let sampled = job.clone();
+        tokio::spawn(async move {
+            while sampled.is_running() {
+                sampled.sample();
+                tokio::time::sleep(watch::SAMPLE_EVERY).await;
+            }
+        });
         let (me, runner) = (self.clone(), job.clone());
         tokio::spawn(async move {
             let guard = {
@@ -519,7 +528,7 @@ impl Cluster {
             message,
             table_uri: job.spec.table.as_ref().map(|t| t.uri.clone()).unwrap_or_default(),
             submitted_ms: job.submitted.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
-            seconds: job.started.elapsed().as_secs_f64(),
+            seconds: job.elapsed().as_secs_f64(),
             takeovers: job.takeovers,
         }
     }
@@ -598,6 +607,13 @@ impl Cluster {
         }
         workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         pb::ListWorkersResponse { workers, workers_lost: self.workers_lost.load(Ordering::Relaxed) }
+    }
+
+    /// The workers that took part in `job`, with their share of it.
+    pub fn job_workers(&self, job: &ClusterJob) -> Vec<watch::WorkerView> {
+        let seen: HashMap<String, f64> =
+            self.workers.lock().iter().map(|(id, w)| (id.clone(), w.last_seen.elapsed().as_secs_f64())).collect();
+        job.watch.workers(job.is_running(), |id| job.shards_held_by(id), |id| seen.get(id).copied())
     }
 
     /// Note that a worker is alive; false if it is not (or no longer) known.

@@ -315,7 +315,7 @@ function jobPage(main, id) {
       loadErrors(id, filter).catch(() => {});
     }, 250);
   });
-  let lastState = null;
+  let lastMark = null;
   every(REFRESH_MS, async () => {
     const job = await api("/v1/jobs/" + encodeURIComponent(id));
     const p = job.progress;
@@ -341,10 +341,12 @@ function jobPage(main, id) {
     ];
     fill("job-facts", facts.map(([k, v]) => h("div", { "data-fact": k }, h("dt", {}, k), h("dd", {}, v))));
     const tasks = [loadHistory(id), loadWorkers(id)];
-    // Failed files and versions change less often; read them when the job
-    // moved on (and once it ended).
-    if (lastState === null || running(job.state) || lastState !== job.state) tasks.push(loadErrors(id, filter), loadVersions(id));
-    lastState = job.state;
+    // Failed files and versions are read again only when a commit landed
+    // (failures are recorded with the commit they belong to) or the job's
+    // state changed: the error ledger of a big job is not small.
+    const mark = `${job.state} ${p.commits} ${p.files_failed}`;
+    if (mark !== lastMark) tasks.push(loadErrors(id, filter), loadVersions(id));
+    lastMark = mark;
     await Promise.all(tasks);
   });
 }

@@ -134,6 +134,10 @@ fn a_hostile_corpus_fails_file_by_file_and_the_good_files_land() {
         (long_name, b"a very long name".to_vec()),
         ("latin1.txt".into(), b"caf\xe9 cr\xe8me br\xfbl\xe9e, na\xefve fa\xe7ade".to_vec()),
         ("utf16.txt".into(), [&[0xff, 0xfe][..], &"hello".encode_utf16().flat_map(|u| u.to_le_bytes()).collect::<Vec<u8>>()].concat()),
+        // Without a byte-order mark: told by where the NULs fall, name or not.
+        ("utf16le-no-bom.txt".into(), "Grüße, no byte-order mark here".encode_utf16().flat_map(u16::to_le_bytes).collect()),
+        ("UTF16BE-NOTES".into(), "big-endian notes without a mark".encode_utf16().flat_map(u16::to_be_bytes).collect()),
+        ("utf32.txt".into(), [&[0xff, 0xfe, 0, 0][..], &"wide 🦀".chars().flat_map(|c| (c as u32).to_le_bytes()).collect::<Vec<u8>>()].concat()),
         ("really-a-png.txt".into(), encode(&img, image::ImageFormat::Png)),
         ("really-html.pdf".into(), b"<html><body>not a pdf, but fine text</body></html>".to_vec()),
         ("photo.jpg".into(), encode(&img, image::ImageFormat::Jpeg)),

@@ -168,9 +168,13 @@ fn looks_like_mpeg_ts(bytes: &[u8]) -> bool {
     bytes.first() == Some(&0x47) && bytes.get(188).is_none_or(|b| *b == 0x47)
 }
 
-/// A cheap look at the first bytes: no NULs and valid (possibly cut) UTF-8.
+/// A cheap look at the first bytes: valid (possibly cut) UTF-8 without
+/// NULs, or UTF-16/32 (with a byte-order mark or told by its NULs).
 fn looks_like_text(bytes: &[u8]) -> bool {
     let head = &bytes[..bytes.len().min(8192)];
+    if [&b"\xFF\xFE"[..], b"\xFE\xFF", b"\x00\x00\xFE\xFF"].iter().any(|bom| head.starts_with(bom)) || text::sniff_wide(head).is_some() {
+        return true;
+    }
     if head.contains(&0) {
         return false;
     }
@@ -280,6 +284,12 @@ mod tests {
         let mut packets = vec![0u8; 188 * 3];
         packets.iter_mut().step_by(188).for_each(|b| *b = 0x47);
         assert_eq!(detect_kind("clip.TS", &packets).0, Kind::Video);
+        // UTF-16 without a byte-order mark and without a telling name is text.
+        let utf16: Vec<u8> = "plain words, in UTF-16".encode_utf16().flat_map(u16::to_be_bytes).collect();
+        assert_eq!(detect_kind("NOTES", &utf16).0, Kind::Text);
+        let rows = normalize("NOTES", Bytes::from(utf16), &Settings::default()).unwrap().rows;
+        assert_eq!(rows[0].text.as_deref(), Some("plain words, in UTF-16"));
+        assert_eq!(rows[0].metadata.as_ref().unwrap()["encoding"], "UTF-16BE");
     }
 
     #[test]

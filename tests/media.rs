@@ -284,3 +284,71 @@ fn the_normalizer_binary_serves_requests_and_refuses_other_arguments() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("started by sluice workers"));
 }
+
+/// Every whitelisted container and raw stream, named by its extension and
+/// again without one (told by its content): each lands as video whose
+/// stored bytes decode on their own and last as long as the source.
+#[test]
+fn every_whitelisted_container_and_raw_stream_lands_by_content_or_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("containers");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let sine = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"];
+    // (file, ffmpeg output arguments, codec the row reports, stored whole)
+    let cases: &[(&str, &[&str], &str, bool)] = &[
+        ("clip.wmv", &["-c:v", "wmv2", "-c:a", "wmav2", "-f", "asf"], "wmv2", false),
+        ("clip.mpg", &["-c:v", "mpeg2video", "-c:a", "mp2", "-f", "mpeg"], "mpeg2video", false),
+        ("clip.m2v", &["-an", "-c:v", "mpeg2video", "-f", "mpeg2video"], "mpeg2video", false),
+        ("clip.m4v", &["-an", "-c:v", "mpeg4", "-f", "m4v"], "mpeg4", false),
+        ("clip.3gp", &["-c:v", "libx264", "-c:a", "aac", "-f", "3gp"], "h264", false),
+        ("clip.flv", &["-c:v", "flv", "-c:a", "libmp3lame", "-f", "flv"], "flv1", false),
+        ("clip.nut", &["-c:v", "mpeg4", "-c:a", "pcm_s16le", "-f", "nut"], "mpeg4", false),
+        ("clip.mxf", &["-c:v", "mpeg2video", "-c:a", "pcm_s16le", "-f", "mxf"], "mpeg2video", false),
+        ("clip.dv", &["-an", "-c:v", "dvvideo", "-s", "720x576", "-pix_fmt", "yuv420p", "-f", "dv"], "dvvideo", false),
+        ("clip.ts", &["-c:v", "libx264", "-c:a", "aac", "-f", "mpegts"], "h264", false),
+        ("clip.h264", &["-an", "-c:v", "libx264", "-f", "h264"], "h264", true),
+        ("clip.hevc", &["-an", "-c:v", "libx265", "-x265-params", "log-level=error", "-f", "hevc"], "hevc", true),
+    ];
+    for (name, args, _, _) in cases {
+        let mut a: Vec<&str> = lavfi_video("3").to_vec();
+        a.extend(sine);
+        a.extend(["-t", "3"]);
+        a.extend(*args);
+        let out = corpus.join(name);
+        a.push(out.to_str().unwrap());
+        ffmpeg(&a);
+        // The same bytes under a name that says nothing.
+        std::fs::copy(&out, corpus.join(format!("unnamed-{}", name.replace('.', "-")))).unwrap();
+    }
+    let table = dir.path().join("lake");
+    let (code, s) = ingest_json(&table, &[&corpus], &[]);
+    assert_eq!(code, 0, "every container lands: {}", s["errors"]);
+    let export = dir.path().join("export");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/export_blobs.py");
+    let out = run(Command::new(python()).arg(script).arg(&table).arg(&export));
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for (name, _, codec, whole) in cases {
+        for file in [name.to_string(), format!("unnamed-{}", name.replace('.', "-"))] {
+            let mine: Vec<_> = rows.iter().filter(|r| r["source_uri"].as_str().unwrap().ends_with(&format!("/{file}"))).collect();
+            assert_eq!(mine.len(), 1, "{file}: one segment of 3 s");
+            let row = mine[0];
+            assert_eq!(row["kind"], "video", "{file}");
+            assert_eq!(row["metadata"]["video_codec"], *codec, "{file}");
+            assert_eq!(row["metadata"]["stored_whole"].as_bool().unwrap_or(false), *whole, "{file}");
+            assert!(row["thumbnail_bytes"].as_u64().unwrap() > 0, "{file}: thumbnail");
+            let end = row["end_seconds"].as_f64().unwrap();
+            assert!((end - 3.0).abs() < 0.15, "{file}: row says {end}s of 3");
+            let path = row["path"].as_str().unwrap();
+            let decode = Command::new("ffmpeg").args(["-v", "error", "-i", path, "-f", "null", "-"]).output().unwrap();
+            assert!(decode.status.success() && decode.stderr.is_empty(), "{file}: {}", String::from_utf8_lossy(&decode.stderr));
+            let frames = Command::new("ffprobe")
+                .args(["-v", "error", "-count_packets", "-select_streams", "v:0", "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", path])
+                .output()
+                .unwrap();
+            let frames = String::from_utf8_lossy(&frames.stdout).to_string();
+            let frames: u64 = frames.trim().trim_end_matches(',').parse().unwrap_or_else(|_| panic!("{file}: ffprobe said {frames:?}"));
+            assert_eq!(frames, 75, "{file}: every frame of 3 s at 25 fps is stored");
+        }
+    }
+}

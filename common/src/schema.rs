@@ -71,7 +71,13 @@ const EXTENSIONS: &[(Kind, &[&str])] = &[
     (Kind::Pdf, &["pdf"]),
     // `ts` is MPEG-TS here; TypeScript sources named `.ts` have no MPEG-TS
     // sync bytes and are taken as text once their bytes are seen.
-    (Kind::Video, &["mp4", "m4v", "mov", "mkv", "webm", "avi", "ts", "flv", "mpg", "mpeg", "ogv", "3gp"]),
+    (
+        Kind::Video,
+        &[
+            "mp4", "m4v", "mov", "mkv", "webm", "avi", "ts", "mts", "m2ts", "flv", "mpg", "mpeg", "m2v", "vob", "ogv", "3gp", "3g2",
+            "wmv", "asf", "nut", "mxf", "dv", "h264", "264", "hevc", "h265", "265",
+        ],
+    ),
     (Kind::Image, &["jpg", "jpeg", "png", "gif", "webp", "tif", "tiff", "bmp"]),
     (
         Kind::Text,

@@ -12,7 +12,8 @@ os.makedirs(out_dir, exist_ok=True)
 ds = lance.dataset(table)
 rows = ds.to_table(columns=["source_uri", "kind", "mime_type", "chunk_index", "start_seconds",
                             "end_seconds", "width", "height", "metadata", "thumbnail"]).to_pylist()
-ext = {"video/mp4": "mp4", "video/webm": "webm", "video/x-matroska": "mkv", "image/jpeg": "jpg", "image/png": "png"}
+ext = {"video/mp4": "mp4", "video/webm": "webm", "video/x-matroska": "mkv", "video/h264": "h264", "video/h265": "hevc",
+       "image/jpeg": "jpg", "image/png": "png"}
 report = []
 blobs = ds.read_blobs("data", indices=list(range(len(rows))))
 for (_, data), r in zip(blobs, rows):

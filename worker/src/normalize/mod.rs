@@ -155,7 +155,14 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
         return (Kind::Image, mime);
     }
     let texty = by_name == Some(Kind::Text) || guessed.as_ref().is_some_and(|m| m.type_() == "text");
-    if texty || (guessed.is_none() && looks_like_text(bytes)) {
+    let text_bytes = looks_like_text(bytes);
+    if !texty && !text_bytes {
+        // Containers and raw streams without magic bytes that `infer` knows.
+        if let Some(format) = video::sniff_container(bytes) {
+            return (Kind::Video, format!("video/x-{format}"));
+        }
+    }
+    if texty || (guessed.is_none() && text_bytes) {
         let mime = guessed.filter(|m| m.type_() == "text" || m.subtype() == "json").map_or("text/plain".to_string(), |m| m.to_string());
         return (Kind::Text, mime);
     }

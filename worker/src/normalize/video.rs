@@ -29,8 +29,43 @@ use sluice_common::settings::Settings;
 
 use super::NormalizeError;
 
-/// Demuxers untrusted files may use; nothing else is probed.
-const FORMAT_WHITELIST: &str = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,mpeg,ogg";
+/// Demuxers untrusted files may use; nothing else is probed. Containers
+/// and raw streams of regular files, never protocols, devices or playlists
+/// (which open other files or URLs). Each has a fixture in the tests
+/// (`tests/media.rs`).
+pub const FORMAT_WHITELIST: &str =
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,mpeg,mpegvideo,m4v,ogg,asf,nut,mxf,dv,h264,hevc";
+
+/// The whitelisted demuxer FFmpeg takes these first bytes of a file for,
+/// from its content alone (raw H.264/HEVC, MXF, NUT, DV, ASF, MPEG
+/// streams: the formats without magic other tools know). Only a probe
+/// more than a quarter sure counts.
+pub fn sniff_container(head: &[u8]) -> Option<String> {
+    use std::ffi::{c_int, CStr};
+    init();
+    let padding = ff::ffi::AVPROBE_PADDING_SIZE as usize;
+    let mut buf = Vec::with_capacity(head.len() + padding);
+    buf.extend_from_slice(head);
+    buf.resize(head.len() + padding, 0);
+    #[allow(unsafe_code)]
+    // SAFETY: the probe data points at `buf`, which outlives the call and
+    // holds the zeroed padding FFmpeg's probes may read past `buf_size`; an
+    // empty file name and no MIME type make it judge by content alone. The
+    // format it returns is static and its name a C string.
+    let name = unsafe {
+        let mut pd: ff::ffi::AVProbeData = std::mem::zeroed();
+        pd.filename = c"".as_ptr();
+        pd.buf = buf.as_mut_ptr();
+        pd.buf_size = c_int::try_from(head.len()).ok()?;
+        let mut score = (ff::ffi::AVPROBE_SCORE_MAX / 4) as c_int;
+        let format = ff::ffi::av_probe_input_format2(&pd, 1, &mut score);
+        if format.is_null() || (*format).name.is_null() {
+            return None;
+        }
+        CStr::from_ptr((*format).name).to_str().ok()?.to_string()
+    };
+    name.split(',').find(|n| FORMAT_WHITELIST.split(',').any(|w| w == *n)).map(str::to_string)
+}
 
 fn init() {
     static INIT: Once = Once::new();
@@ -280,6 +315,8 @@ pub fn normalize_video(
     let mut opts = ff::Dictionary::new();
     opts.set("protocol_whitelist", "file");
     opts.set("format_whitelist", FORMAT_WHITELIST);
+    // Raw streams (H.264, HEVC, MPEG video) carry no timestamps of their own.
+    opts.set("fflags", "+genpts");
     let ictx = ff::format::input_with_dictionary(&path, opts).map_err(|e| err("cannot open video", e))?;
 
     let header_duration = (ictx.duration() > 0).then(|| ictx.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE));
@@ -309,7 +346,10 @@ pub fn normalize_video(
     let (width, height) = (decoder.width(), decoder.height());
     let header_frames = vstream.frames();
     let rate = vstream.avg_frame_rate();
+    // A raw stream has no average rate; its demuxer assumes one (25 fps).
+    let rate = if rate.denominator() != 0 && rate.numerator() != 0 { rate } else { vstream.rate() };
     let fps = if rate.denominator() != 0 { f64::from(rate) } else { 0.0 };
+    let format_name = job_format_name(&ictx);
     let rot = rotation(&vstream);
     let (muxer, ext, mime) = container(video_codec, audio_codec);
     let tbs: Vec<Rational> = ictx.streams().map(|s| s.time_base()).collect();
@@ -337,6 +377,7 @@ pub fn normalize_video(
     let mut current: Option<Segment> = None;
     let mut origin: Option<f64> = None;
     let mut last_end = 0.0f64;
+    let (mut untimed, mut untimed_thumbnail) = (0u64, None);
     loop {
         let mut packet = Packet::empty();
         match packet.read(&mut job.ictx) {
@@ -346,7 +387,17 @@ pub fn normalize_video(
         }
         let index = packet.stream();
         let tb = job.tbs[index];
-        let Some(ts) = packet.pts().or(packet.dts()) else { continue };
+        let Some(ts) = packet.pts().or(packet.dts()) else {
+            // Raw H.264/HEVC streams carry no timestamps: counted, and the
+            // first keyframe kept for a thumbnail, in case none has any.
+            if index == video {
+                untimed += 1;
+                if untimed_thumbnail.is_none() && packet.is_key() {
+                    untimed_thumbnail = job.thumbnail(&packet);
+                }
+            }
+            continue;
+        };
         let t = ts as f64 * f64::from(tb);
         if index == video {
             let end = t + packet.duration().max(0) as f64 * f64::from(tb);
@@ -382,6 +433,10 @@ pub fn normalize_video(
         packet.set_position(-1);
         packet.set_stream(out_index);
         packet.write_interleaved(&mut seg.octx).map_err(|e| err("cannot write segment", e))?;
+    }
+    if current.is_none() && untimed > 0 {
+        let whole = Whole { format: &format_name, frames: untimed, fps, codec: video_codec, width, height, thumbnail: untimed_thumbnail };
+        return store_whole(path, whole, settings, emit);
     }
     let Some(seg) = current.take() else {
         return Err(NormalizeError::new("no decodable video: no keyframe found"));
@@ -434,6 +489,80 @@ pub fn normalize_video(
         }])?;
     }
     Ok(())
+}
+
+fn job_format_name(ictx: &ff::format::context::Input) -> String {
+    ictx.format().name().split(',').next().unwrap_or_default().to_string()
+}
+
+/// A video stream without timestamps, to be stored whole.
+struct Whole<'a> {
+    format: &'a str,
+    frames: u64,
+    fps: f64,
+    codec: Id,
+    width: u32,
+    height: u32,
+    thumbnail: Option<Vec<u8>>,
+}
+
+/// A raw video stream (no container, no timestamps) cannot be cut into
+/// segments by stream copy: the file is stored whole as one row, which
+/// players read as it is, with what the stream says of itself. Only up to
+/// the bytes one file may hold in memory.
+fn store_whole(
+    path: &Path,
+    whole: Whole<'_>,
+    settings: &Settings,
+    emit: &mut dyn FnMut(Vec<Row>) -> Result<(), NormalizeError>,
+) -> Result<(), NormalizeError> {
+    let size = std::fs::metadata(path).map_err(|e| err("cannot read video", e))?.len();
+    let limit = held_limit(settings);
+    if size > limit {
+        return Err(NormalizeError::new(format!(
+            "raw {} stream without timestamps: it cannot be cut into segments, and at {size} bytes it is above the {limit} bytes one file may hold to be stored whole",
+            whole.format
+        )));
+    }
+    let duration = if whole.fps > 0.0 { whole.frames as f64 / whole.fps } else { 0.0 };
+    if duration > f64::from(settings.max_video_seconds) {
+        return Err(NormalizeError::new(format!(
+            "video is {duration:.0}s long, above the limit of {}s (max_video_seconds)",
+            settings.max_video_seconds
+        )));
+    }
+    let data = std::fs::read(path).map_err(|e| err("cannot read video", e))?;
+    let mime = match whole.format {
+        "h264" => "video/h264",
+        "hevc" => "video/h265",
+        _ => "application/octet-stream",
+    };
+    let meta = json!({
+        "duration": duration,
+        "fps": whole.fps,
+        "frames": whole.frames,
+        "video_codec": whole.codec.name(),
+        "audio_codec": null,
+        "width": whole.width,
+        "height": whole.height,
+        "has_audio": false,
+        "segments": 1,
+        "segment": 0,
+        "container": whole.format,
+        "stored_whole": true,
+    });
+    emit(vec![Row {
+        chunk_index: 0,
+        mime_type: mime.to_string(),
+        start_seconds: Some(0.0),
+        end_seconds: Some(duration),
+        data: Some(Bytes::from(data)),
+        thumbnail: whole.thumbnail,
+        width: Some(whole.width),
+        height: Some(whole.height),
+        metadata: Some(meta),
+        ..Default::default()
+    }])
 }
 
 /// Benchmark baseline: the plainest ffmpeg-next remux (every stream copied

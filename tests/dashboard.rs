@@ -254,6 +254,9 @@ fn the_dashboard_shows_a_cluster_job_its_workers_and_failed_files_during_and_aft
         assert_eq!(code, want, "{method} {path}: {answer}");
         assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path} says why: {answer}");
     }
+    // A job the coordinator does not know: said on the page, no script error.
+    let missing = dom(&profile, &format!("{base}/#/jobs/no-such-job"));
+    assert!(missing.contains(r#"data-missing="no-such-job""#), "{missing}");
     drop(workers);
 }
 

@@ -240,7 +240,7 @@ function every(ms, fn) {
       setStatus("updated " + new Date().toLocaleTimeString());
     } catch (e) {
       if (e instanceof Unauthorized) return;
-      setStatus("cannot reach the coordinator: " + e.message);
+      setStatus(e instanceof ApiError ? e.message : "cannot reach the coordinator: " + e.message);
     }
   };
   tick();
@@ -317,7 +317,13 @@ function jobPage(main, id) {
   });
   let lastMark = null;
   every(REFRESH_MS, async () => {
-    const job = await api("/v1/jobs/" + encodeURIComponent(id));
+    let job;
+    try {
+      job = await api("/v1/jobs/" + encodeURIComponent(id));
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 404) fill("job-message", h("span", { class: "bad", "data-missing": id }, e.message));
+      throw e;
+    }
     const p = job.progress;
     fill("job-state", stateBadge(job.state));
     fill("job-message", job.message || (running(job.state) ? "running" : "\u00a0"));
@@ -364,17 +370,22 @@ async function cancelJob(id) {
   }
 }
 
-async function loadHistory(id) {
-  let history;
+// What the coordinator keeps of a job it runs (history, workers, versions),
+// or null after showing why not in `ids` (a job that ran under an earlier
+// leader: 404).
+async function kept(id, what, ids) {
   try {
-    history = await api("/v1/jobs/" + encodeURIComponent(id) + "/history");
+    return await api("/v1/jobs/" + encodeURIComponent(id) + "/" + what);
   } catch (e) {
-    if (e instanceof ApiError && e.status === 404) {
-      for (const k of ["files", "rows", "bytes"]) fill("chart-" + k, h("p", { class: "empty" }, e.message));
-      return;
-    }
-    throw e;
+    if (!(e instanceof ApiError && e.status === 404)) throw e;
+    for (const target of ids) fill(target, h("p", { class: "empty" }, e.message));
+    return null;
   }
+}
+
+async function loadHistory(id) {
+  const history = await kept(id, "history", ["chart-files", "chart-rows", "chart-bytes"]);
+  if (!history) return;
   const series = {
     files: rates(history.samples, "files", 1),
     rows: rates(history.samples, "rows", 1),
@@ -388,13 +399,8 @@ async function loadHistory(id) {
 }
 
 async function loadWorkers(id) {
-  let body;
-  try {
-    body = await api("/v1/jobs/" + encodeURIComponent(id) + "/workers");
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 404) return fill("job-workers", h("p", { class: "empty" }, e.message));
-    throw e;
-  }
+  const body = await kept(id, "workers", ["job-workers"]);
+  if (!body) return;
   const columns = [
     { title: "Worker", width: "20%", cell: (w) => h("span", { class: "mono" }, w.worker_id), tip: (w) => w.worker_id },
     { title: "State", width: "130px", cell: (w) => stateBadge(w.state) },
@@ -424,13 +430,8 @@ async function loadErrors(id, filter) {
 }
 
 async function loadVersions(id) {
-  let body;
-  try {
-    body = await api("/v1/jobs/" + encodeURIComponent(id) + "/versions");
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 404) return fill("job-versions", h("p", { class: "empty" }, e.message));
-    throw e;
-  }
+  const body = await kept(id, "versions", ["job-versions"]);
+  if (!body) return;
   const shown = body.versions.slice(0, VERSIONS_SHOWN);
   fill("versions-count", `(${n(body.commits)} commits` + (shown.length < body.commits ? `, newest ${n(shown.length)} shown)` : ")"));
   const columns = [

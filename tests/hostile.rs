@@ -113,6 +113,8 @@ fn a_hostile_corpus_fails_file_by_file_and_the_good_files_land() {
     // Binary "text", a video that is really a PNG with no video stream, a file over the size limit.
     put_bad("binary.txt", &[b'a', b'b', 0, 0, 0xff, 0xfe, 0, 1, 2, 3]);
     put_bad("nul-heavy.md", &[0u8; 2048]);
+    // An H.264 start code and sequence header, then noise: no frame decodes.
+    put_bad("noise.h264", &[&[0u8, 0, 0, 1, 0x67, 0x42, 0, 0x1e][..], &garbage(20_000, 5)].concat());
     put_bad("too-big.bin", &garbage(3 << 20, 99));
     // Links and special files.
     std::os::unix::fs::symlink(bad.join("does-not-exist"), bad.join("dangling.txt")).unwrap();

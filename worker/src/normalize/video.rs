@@ -435,6 +435,9 @@ pub fn normalize_video(
         packet.write_interleaved(&mut seg.octx).map_err(|e| err("cannot write segment", e))?;
     }
     if current.is_none() && untimed > 0 {
+        if untimed_thumbnail.is_none() {
+            return Err(NormalizeError::new(format!("no decodable video: the {format_name} stream's first keyframe does not decode")));
+        }
         let whole = Whole { format: &format_name, frames: untimed, fps, codec: video_codec, width, height, thumbnail: untimed_thumbnail };
         return store_whole(path, whole, settings, emit);
     }

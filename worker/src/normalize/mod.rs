@@ -179,7 +179,7 @@ fn looks_like_mpeg_ts(bytes: &[u8]) -> bool {
 /// NULs, or UTF-16/32 (with a byte-order mark or told by its NULs).
 fn looks_like_text(bytes: &[u8]) -> bool {
     let head = &bytes[..bytes.len().min(8192)];
-    if [&b"\xFF\xFE"[..], b"\xFE\xFF", b"\x00\x00\xFE\xFF"].iter().any(|bom| head.starts_with(bom)) || text::sniff_wide(head).is_some() {
+    if text::wide_bom(head).is_some() || text::sniff_wide(head).is_some() {
         return true;
     }
     if head.contains(&0) {

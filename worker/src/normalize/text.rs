@@ -75,6 +75,11 @@ const BOMS: [(&[u8], Wide); 4] = [
     (b"\xFE\xFF", Wide::Utf16Be),
 ];
 
+/// The wide encoding whose byte-order mark starts `bytes`, and the bytes after it.
+pub fn wide_bom(bytes: &[u8]) -> Option<(Wide, &[u8])> {
+    BOMS.iter().find_map(|(bom, wide)| bytes.strip_prefix(*bom).map(|rest| (*wide, rest)))
+}
+
 /// Wide text without a byte-order mark, from the NUL bytes of its head:
 /// Latin-script text in UTF-16 has a NUL in one byte of nearly every unit
 /// and in the other of almost none; in UTF-32, two or three NULs a unit at
@@ -127,12 +132,10 @@ pub fn decode_text(bytes: &[u8]) -> Result<(String, &'static str), NormalizeErro
             Err(e) => Err(NormalizeError::new(format!("text has a UTF-8 byte-order mark but is not valid UTF-8 (byte {})", e.valid_up_to() + 3))),
         };
     }
-    for (bom, wide) in BOMS {
-        if let Some(rest) = bytes.strip_prefix(bom) {
-            let name = wide.name();
-            let text = wide.decode(rest).map_err(|why| NormalizeError::new(format!("text has a {name} byte-order mark but is not valid {name}: {why}")))?;
-            return Ok((text, name));
-        }
+    if let Some((wide, rest)) = wide_bom(bytes) {
+        let name = wide.name();
+        let text = wide.decode(rest).map_err(|why| NormalizeError::new(format!("text has a {name} byte-order mark but is not valid {name}: {why}")))?;
+        return Ok((text, name));
     }
     if let Some(pos) = bytes.iter().position(|b| *b == 0) {
         if let Some(wide) = sniff_wide(bytes) {

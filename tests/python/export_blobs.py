@@ -13,7 +13,8 @@ ds = lance.dataset(table)
 rows = ds.to_table(columns=["source_uri", "kind", "mime_type", "chunk_index", "start_seconds",
                             "end_seconds", "width", "height", "metadata", "thumbnail"]).to_pylist()
 ext = {"video/mp4": "mp4", "video/webm": "webm", "video/x-matroska": "mkv", "video/h264": "h264", "video/h265": "hevc",
-       "image/jpeg": "jpg", "image/png": "png"}
+       "image/jpeg": "jpg", "image/png": "png", "audio/mp4": "m4a", "audio/mpeg": "mp3", "audio/ogg": "ogg",
+       "audio/flac": "flac", "audio/ac3": "ac3", "audio/wav": "wav", "audio/x-matroska": "mka"}
 report = []
 blobs = ds.read_blobs("data", indices=list(range(len(rows))))
 for (_, data), r in zip(blobs, rows):

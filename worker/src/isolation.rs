@@ -6,7 +6,7 @@
 //! Protocol: the parent writes one JSON [`Request`] per line to the child's
 //! stdin; the child answers with frames on stdout: `[kind: u8][len: u32 LE]
 //! [payload]`, a `HASH` frame, any number of `ROWS` frames, then `DONE` or
-//! `ERROR`. A request for part of a PDF ([`Part`]) is answered without the
+//! `ERROR` (a media file's `KIND` comes before its rows). A request for part of a PDF ([`Part`]) is answered without the
 //! hash: `ROWS` of its pages, or one `COUNT` frame (a u32 LE page count).
 //!
 //! Both sides are here: [`serve`] is the child (`sluice normalize-server`),
@@ -55,6 +55,8 @@ pub const ROWS: u8 = 2;
 pub const DONE: u8 = 3;
 pub const ERROR: u8 = 4;
 pub const COUNT: u8 = 5;
+/// The kind a media file turned out to be (payload: its name).
+pub const KIND: u8 = 6;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
@@ -194,6 +196,7 @@ pub fn serve(input: impl Read, mut out: impl Write) -> std::io::Result<()> {
                 normalize::Piece::Hash(hash) => write_frame(&mut out, HASH, hash.as_bytes()),
                 normalize::Piece::Rows(rows) => write_rows(&mut out, rows),
                 normalize::Piece::PageCount(n) => write_frame(&mut out, COUNT, &(n as u32).to_le_bytes()),
+                normalize::Piece::Kind(kind) => write_frame(&mut out, KIND, kind.as_str().as_bytes()),
             }
             .map_err(|e| NormalizeError::new(e.to_string()))
         };
@@ -351,6 +354,10 @@ impl ChildProc {
                     (COUNT, p) => match <[u8; 4]>::try_from(p.as_slice()) {
                         Ok(n) => tx.send(Piece::PageCount(u32::from_le_bytes(n) as usize)).await,
                         Err(_) => return (Err("malformed count frame from normalizer process".into()), None),
+                    },
+                    (KIND, p) => match std::str::from_utf8(&p).ok().and_then(Kind::parse) {
+                        Some(kind) => tx.send(Piece::Kind(kind)).await,
+                        None => return (Err("malformed kind frame from normalizer process".into()), None),
                     },
                     (DONE, _) => break Ok(()),
                     (ERROR, p) => break Err(String::from_utf8_lossy(&p).into_owned()),

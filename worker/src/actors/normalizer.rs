@@ -261,7 +261,7 @@ async fn process(
     let (kind, _) = normalize::detect_kind(&name, &probe.head);
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let timed_out = || format!("normalizer timed out after {}s", timeout.as_secs());
-    if matches!(kind, Kind::Video | Kind::Pdf) {
+    if matches!(kind, Kind::Video | Kind::Audio | Kind::Pdf) {
         return process_streamed(kind, file, probe, settings, flusher, children, child).await;
     }
     let bytes = crate::fetch::read_all(&probe, settings.max_file_bytes).await.map_err(|e| failed(Some(kind), e))?;
@@ -273,10 +273,19 @@ async fn process(
         attributes: file_attributes(file),
     };
     let s = settings.clone();
+    let another_decoder = kind == Kind::Image && normalize::worth_another_decoder(&bytes);
     let work = tokio::task::spawn_blocking(move || normalize::normalize(&name, bytes, &s));
     let normalized = match tokio::time::timeout(timeout, work).await {
         Err(_) => return Err(failed(Some(kind), timed_out())),
         Ok(Err(join)) => return Err(failed(Some(kind), describe_join(join))),
+        // FFmpeg's image decoders have a go, from the file, in a normalizer
+        // process; if they fail too, both reasons are told.
+        Ok(Ok(Err((Kind::Image, e)))) if another_decoder => {
+            return process_streamed(Kind::Image, file, probe, settings, flusher, children, child).await.map_err(|o| match o {
+                Outcome::Failed(k, why) => Outcome::Failed(k, format!("{}; {why}", e.0)),
+                fatal => fatal,
+            });
+        }
         Ok(Ok(Err((kind, e)))) => return Err(failed(Some(kind), e.0)),
         Ok(Ok(Ok(n))) => n,
     };
@@ -294,6 +303,8 @@ fn file_attributes(file: &FileRef) -> Option<Arc<str>> {
 #[derive(Default)]
 struct Streamed {
     hash: String,
+    /// What a media file turned out to be, once opened.
+    kind: Option<Kind>,
     held: Option<Vec<Row>>,
     sent_any: bool,
 }
@@ -312,6 +323,10 @@ impl Streamed {
                 ready
             }
             Piece::PageCount(_) => None,
+            Piece::Kind(kind) => {
+                self.kind = Some(kind);
+                None
+            }
         }
     }
 }
@@ -334,7 +349,7 @@ async fn process_streamed(
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let deadline = tokio::time::Instant::now() + timeout;
     let (limit, limit_name) = match kind {
-        Kind::Video => (settings.max_video_bytes, "max_video_bytes"),
+        Kind::Video | Kind::Audio => (settings.max_video_bytes, "max_video_bytes"),
         _ => (settings.max_file_bytes, "max_file_bytes"),
     };
     let file_kind = kind;
@@ -393,7 +408,7 @@ async fn process_streamed(
     };
     tokio::pin!(work);
     let mut stream = Streamed::default();
-    let part = |hash: &str, rows: Vec<Row>, last: bool| FileRows {
+    let part = |hash: &str, found: Option<Kind>, rows: Vec<Row>, last: bool| FileRows {
         source: SourceInfo {
             uri: file.uri.clone(),
             size: probe.size,
@@ -402,7 +417,7 @@ async fn process_streamed(
             attributes: attributes.clone(),
         },
         shard_id: file.shard_id.clone(),
-        kind: file_kind,
+        kind: found.unwrap_or(file_kind),
         rows,
         last,
     };
@@ -410,7 +425,7 @@ async fn process_streamed(
         tokio::select! {
             Some(piece) = rx.recv() => {
                 if let Some(ready) = stream.accept(piece) {
-                    append(flusher, part(&stream.hash, ready, false)).await?;
+                    append(flusher, part(&stream.hash, stream.kind, ready, false)).await?;
                 }
             }
             r = &mut work => {
@@ -446,16 +461,18 @@ async fn process_streamed(
     // Whatever the thread sent before it ended.
     while let Ok(piece) = rx.try_recv() {
         if let Some(ready) = stream.accept(piece) {
-            append(flusher, part(&stream.hash, ready, false)).await?;
+            append(flusher, part(&stream.hash, stream.kind, ready, false)).await?;
         }
     }
     let sent_any = stream.sent_any;
+    // A failed file is recorded as what it turned out to be, if known.
+    let kind = stream.kind.or(kind);
     match (result, stream.held) {
         // Test hook: a decoder that breaks after handing on a file's first rows.
         (Ok(()), Some(_)) if sent_any && sluice_common::failpoint::fails("streamed_file_end") => {
             Err(Outcome::Fatal(format!("{}: injected failure after its first rows (failpoint streamed_file_end)", file.uri)))
         }
-        (Ok(()), Some(rows)) => append(flusher, part(&stream.hash, rows, true)).await,
+        (Ok(()), Some(rows)) => append(flusher, part(&stream.hash, stream.kind, rows, true)).await,
         (Ok(()), None) => Err(failed(kind, "the file produced no rows")),
         (Err(e), _) if !sent_any => Err(failed(kind, e)),
         (Err(e), _) => Err(Outcome::Fatal(format!("{}: failed after its first segments: {e}", file.uri))),

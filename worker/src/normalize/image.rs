@@ -14,18 +14,49 @@ use sluice_common::settings::Settings;
 use super::NormalizeError;
 
 fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, NormalizeError> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| NormalizeError::new(format!("unreadable image: {e}")))?;
+    if reader.format().is_none() && is_bigtiff(bytes) {
+        // The TIFF decoder reads BigTIFF; the format guess does not know it.
+        reader.set_format(image::ImageFormat::Tiff);
+    }
     if reader.format().is_none() {
         return Err(NormalizeError::new("not a decodable image: unrecognised image format"));
     }
     Ok(reader)
 }
 
+fn is_bigtiff(bytes: &[u8]) -> bool {
+    matches!(bytes.get(..4), Some(b"II\x2b\x00" | b"MM\x00\x2b"))
+}
+
+/// Whether FFmpeg's image decoders should have a go when the `image` crate
+/// fails: for formats it does not read, and for TIFF (whose variants it
+/// reads only in part). A JPEG, PNG, GIF, WebP or BMP it reads and finds
+/// corrupt stays refused (FFmpeg would conceal the damage).
+pub fn worth_another_decoder(bytes: &[u8]) -> bool {
+    match image::guess_format(bytes) {
+        Ok(format) => format == image::ImageFormat::Tiff || !format.reading_enabled(),
+        Err(_) => !is_bigtiff(bytes),
+    }
+}
+
 pub fn normalize_image(bytes: Bytes, mime: &str, settings: &Settings) -> Result<Vec<Row>, NormalizeError> {
     let format = reader(&bytes)?.format().expect("checked");
-    let (w, h) = reader(&bytes)?
+    // CIE L*a*b* TIFF: its samples are read as if RGB, then converted.
+    let lab = (format == image::ImageFormat::Tiff).then(|| tiff_photometric(&bytes)).flatten().filter(|p| p.value == 8);
+    let patched;
+    let source: &[u8] = match lab {
+        Some(p) => {
+            let mut copy = bytes.to_vec();
+            copy[p.at..p.at + 2].copy_from_slice(&if p.little_endian { 2u16.to_le_bytes() } else { 2u16.to_be_bytes() });
+            patched = copy;
+            &patched
+        }
+        None => &bytes,
+    };
+    let (w, h) = reader(source)?
         .into_dimensions()
         .map_err(|e| NormalizeError::new(format!("corrupt {format:?} image: {e}")))?;
     let pixels = u64::from(w) * u64::from(h);
@@ -38,7 +69,7 @@ pub fn normalize_image(bytes: Bytes, mime: &str, settings: &Settings) -> Result<
     if format == image::ImageFormat::Jpeg && !jpeg_is_complete(&bytes) {
         return Err(NormalizeError::new("truncated JPEG: no end-of-image marker after the image data"));
     }
-    let mut r = reader(&bytes)?;
+    let mut r = reader(source)?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(w);
     limits.max_image_height = Some(h);
@@ -49,6 +80,9 @@ pub fn normalize_image(bytes: Bytes, mime: &str, settings: &Settings) -> Result<
     let mut decoder = r.into_decoder().map_err(corrupt)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    if lab.is_some() {
+        img = lab_to_rgb(img)?;
+    }
     img.apply_orientation(orientation);
 
     let ts = settings.thumbnail_size;
@@ -71,7 +105,7 @@ pub fn normalize_image(bytes: Bytes, mime: &str, settings: &Settings) -> Result<
         thumbnail: Some(jpeg),
         metadata: Some(json!({
             "format": format!("{format:?}").to_lowercase(),
-            "color": format!("{:?}", img.color()),
+            "color": if lab.is_some() { "CIELab".to_string() } else { format!("{:?}", img.color()) },
             "orientation": format!("{orientation:?}"),
             "stored_width": w,
             "stored_height": h,
@@ -79,6 +113,75 @@ pub fn normalize_image(bytes: Bytes, mime: &str, settings: &Settings) -> Result<
         data: Some(bytes),
         ..Default::default()
     }])
+}
+
+/// Where a TIFF's (or BigTIFF's) first image directory keeps its
+/// PhotometricInterpretation (tag 262, one SHORT, held in the entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Photometric {
+    at: usize,
+    value: u16,
+    little_endian: bool,
+}
+
+fn tiff_photometric(bytes: &[u8]) -> Option<Photometric> {
+    let little_endian = match bytes.get(..2)? {
+        b"II" => true,
+        b"MM" => false,
+        _ => return None,
+    };
+    let int = |at: usize, n: usize| -> Option<u64> {
+        let b = bytes.get(at..at.checked_add(n)?)?;
+        Some(if little_endian { b.iter().rev().fold(0, |v, x| v << 8 | u64::from(*x)) } else { b.iter().fold(0, |v, x| v << 8 | u64::from(*x)) })
+    };
+    // Classic TIFF: 12-byte entries after a u16 count; BigTIFF: 20-byte
+    // entries after a u64 count, values in 8 bytes.
+    let (ifd, count_len, entry_len, value_at) = match int(2, 2)? {
+        42 => (int(4, 4)?, 2, 12, 8),
+        43 => (int(8, 8)?, 8, 20, 12),
+        _ => return None,
+    };
+    let ifd = usize::try_from(ifd).ok()?;
+    let count = int(ifd, count_len)?.min(4096) as usize;
+    (0..count).map(|i| ifd + count_len + i * entry_len).find(|at| int(*at, 2) == Some(262)).and_then(|entry| {
+        let (kind, n) = (int(entry + 2, 2)?, int(entry + 4, 4)?);
+        (kind == 3 && n == 1).then_some(())?;
+        let at = entry + value_at;
+        Some(Photometric { at, value: int(at, 2)? as u16, little_endian })
+    })
+}
+
+/// 8- or 16-bit CIE L*a*b* samples (L unsigned, a and b signed, as TIFF
+/// stores them; read as RGB) to sRGB, white point D65.
+fn lab_to_rgb(img: DynamicImage) -> Result<DynamicImage, NormalizeError> {
+    let convert = |l: f64, a: f64, b: f64| -> [u8; 3] {
+        let fy = (l + 16.0) / 116.0;
+        let (fx, fz) = (fy + a / 500.0, fy - b / 200.0);
+        let inv = |t: f64| if t > 6.0 / 29.0 { t * t * t } else { 3.0 * (6.0f64 / 29.0).powi(2) * (t - 4.0 / 29.0) };
+        let (x, y, z) = (0.95047 * inv(fx), inv(fy), 1.08883 * inv(fz));
+        let lin = [
+            3.2404542 * x - 1.5371385 * y - 0.4985314 * z,
+            -0.9692660 * x + 1.8760108 * y + 0.0415560 * z,
+            0.0556434 * x - 0.2040259 * y + 1.0572252 * z,
+        ];
+        lin.map(|c| {
+            let c = c.clamp(0.0, 1.0);
+            let s = if c <= 0.003_130_8 { 12.92 * c } else { 1.055 * c.powf(1.0 / 2.4) - 0.055 };
+            (s * 255.0).round() as u8
+        })
+    };
+    let (w, h) = (img.width(), img.height());
+    let out: Vec<u8> = match &img {
+        DynamicImage::ImageRgb8(p) => {
+            p.pixels().flat_map(|p| convert(f64::from(p[0]) * 100.0 / 255.0, f64::from(p[1] as i8), f64::from(p[2] as i8))).collect()
+        }
+        DynamicImage::ImageRgb16(p) => p
+            .pixels()
+            .flat_map(|p| convert(f64::from(p[0]) * 100.0 / 65535.0, f64::from(p[1] as i16) / 256.0, f64::from(p[2] as i16) / 256.0))
+            .collect(),
+        other => return Err(NormalizeError::new(format!("CIELab TIFF with {:?} samples is not supported", other.color()))),
+    };
+    Ok(DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, out).expect("3 bytes a pixel")))
 }
 
 /// The JPEG decoder fills a cut-off image with gray instead of failing, so

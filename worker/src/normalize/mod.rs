@@ -4,20 +4,21 @@
 //! [`NormalizeError`] whose message is what the error ledger records.
 
 mod image;
+mod media;
 mod other;
 mod pdf;
+mod still;
 mod text;
-mod video;
 
 use bytes::Bytes;
 use sluice_common::schema::{Kind, Row};
 use sluice_common::settings::Settings;
 
-pub use self::image::normalize_image;
+pub use self::image::{normalize_image, worth_another_decoder};
 pub use self::other::normalize_other;
 pub use self::pdf::{bare_render, normalize_pdf, normalize_pdf_pages, page_costs, pdf_page_count, PageCosts};
 pub use self::text::{chunk_text, decode_text, normalize_text};
-pub use self::video::{bare_remux, normalize_video};
+pub use self::media::{bare_remux, normalize_media};
 
 /// Why a file could not be normalized, in words a user can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,21 +133,32 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
         let decodable = ::image::ImageFormat::from_mime_type(&mime).is_some_and(|f| f.reading_enabled());
         return match t.matcher_type() {
             infer::MatcherType::Image if decodable => (Kind::Image, mime),
+            // Images for FFmpeg's image decoders (JPEG 2000, PSD, EXR, ...).
+            infer::MatcherType::Image if probed_image(bytes).is_some() => (Kind::Image, mime),
             infer::MatcherType::Video => (Kind::Video, mime),
+            // Audio the whitelisted demuxers read (MIDI, DSD, Monkey's Audio and
+            // AMR are kept as bytes).
+            infer::MatcherType::Audio if !matches!(t.extension(), "midi" | "dsf" | "ape" | "amr") => (Kind::Audio, mime),
             _ if mime == "application/pdf" => (Kind::Pdf, mime),
             // Text formats infer recognises (e.g. some XML/HTML) stay text.
             infer::MatcherType::Text => (Kind::Text, mime),
             _ => (Kind::Other, mime),
         };
     }
+    // Formats the image crate reads that `infer` does not know (binary
+    // PNM, ...); their two-byte magic alone would take some text for one.
+    let picture = || ::image::guess_format(bytes).ok().filter(|f| f.reading_enabled());
+    if let Some(format) = picture().filter(|_| !looks_like_text(bytes)) {
+        return (Kind::Image, format.to_mime_type().to_string());
+    }
     let guessed = mime_guess::from_path(name).first();
     if by_name == Some(Kind::Pdf) {
         return (Kind::Pdf, "application/pdf".to_string());
     }
-    if by_name == Some(Kind::Video) {
-        // Named like a video: the demuxer gives the precise reason if not.
+    if let Some(kind @ (Kind::Video | Kind::Audio)) = by_name {
+        // Named like media: the demuxer gives the precise reason if not.
         let mime = guessed.map_or("application/octet-stream".to_string(), |m| m.to_string());
-        return (Kind::Video, mime);
+        return (kind, mime);
     }
     if by_name == Some(Kind::Image) {
         // Named like an image but without image magic: the image decoder
@@ -158,8 +170,12 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
     let text_bytes = looks_like_text(bytes);
     if !texty && !text_bytes {
         // Containers and raw streams without magic bytes that `infer` knows.
-        if let Some(format) = video::sniff_container(bytes) {
-            return (Kind::Video, format!("video/x-{format}"));
+        let probed = media::probe_format(bytes);
+        if let Some((kind, format)) = probed.as_deref().and_then(media::whitelisted_container) {
+            return (kind, format!("{kind}/x-{format}"));
+        }
+        if let Some(format) = probed.as_deref().and_then(still::whitelisted_image) {
+            return (Kind::Image, still::mime(format).to_string());
         }
     }
     if texty || (guessed.is_none() && text_bytes) {
@@ -168,6 +184,11 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
     }
     let mime = guessed.map_or("application/octet-stream".to_string(), |m| m.to_string());
     (Kind::Other, mime)
+}
+
+/// The image format FFmpeg's whitelisted image demuxers take these bytes for.
+fn probed_image(bytes: &[u8]) -> Option<String> {
+    media::probe_format(bytes).as_deref().and_then(still::whitelisted_image).map(str::to_string)
 }
 
 /// MPEG transport streams are 188-byte packets, each starting with 0x47.
@@ -192,7 +213,8 @@ fn looks_like_text(bytes: &[u8]) -> bool {
     }
 }
 
-/// Normalize one file's bytes (every kind but video, which streams from its path).
+/// Normalize one file's bytes (every kind but video, audio and PDF, which
+/// stream from their path).
 /// On failure, the kind the file was detected as comes with the reason.
 pub fn normalize(name: &str, bytes: Bytes, settings: &Settings) -> Result<Normalized, (Kind, NormalizeError)> {
     let (kind, mime) = detect_kind(name, &bytes);
@@ -211,11 +233,16 @@ pub enum Piece {
     Rows(Vec<Row>),
     /// A PDF's page count (answer to [`crate::isolation::Part::PageCount`]).
     PageCount(usize),
+    /// What the file turned out to be once opened (video or audio, by its
+    /// streams), before its rows.
+    Kind(Kind),
 }
 
-/// Normalize a video or PDF from its path while another thread hashes the
-/// file, so the hash costs no time of its own. The hash is handed to `out`
-/// just before the first rows (or at the end, if there are none).
+/// Normalize a video, audio file, PDF or image (through FFmpeg's image
+/// decoders) from its path while another thread
+/// hashes the file, so the hash costs no time of its own. The hash is
+/// handed to `out` just before the first rows (or at the end, if there are
+/// none).
 pub fn normalize_streamed(
     kind: Kind,
     path: &std::path::Path,
@@ -231,13 +258,17 @@ pub fn normalize_streamed(
             }
             Ok(())
         };
-        let mut emit = |rows: Vec<Row>| -> Result<(), NormalizeError> {
-            hash_first(&mut *out)?;
-            out(Piece::Rows(rows))
+        let mut emit = |piece: Piece| -> Result<(), NormalizeError> {
+            if matches!(piece, Piece::Rows(_)) {
+                hash_first(&mut *out)?;
+            }
+            out(piece)
         };
         match kind {
-            Kind::Video => normalize_video(path, settings, &mut emit),
-            Kind::Pdf => normalize_pdf(path, settings, &mut emit),
+            Kind::Video | Kind::Audio => normalize_media(path, kind, settings, &mut emit),
+            Kind::Pdf => normalize_pdf(path, settings, &mut |rows| emit(Piece::Rows(rows))),
+            // Images come here when the `image` crate could not read them.
+            Kind::Image => emit(Piece::Rows(still::normalize_still(path, settings)?)),
             other => Err(NormalizeError::new(format!("{other} files are not normalized from a path"))),
         }?;
         hash_first(out)
@@ -291,6 +322,12 @@ mod tests {
         let mut packets = vec![0u8; 188 * 3];
         packets.iter_mut().step_by(188).for_each(|b| *b = 0x47);
         assert_eq!(detect_kind("clip.TS", &packets).0, Kind::Video);
+        // Audio by magic whatever the name; MIDI stays bytes; a bare MPEG
+        // audio frame (no ID3 tag) is told by FFmpeg's probe.
+        assert_eq!(detect_kind("song.bin", b"fLaC\0\0\0\x22\x10\0\x10\0").0, Kind::Audio);
+        assert_eq!(detect_kind("take", b"RIFF\x24\0\0\0WAVEfmt ").0, Kind::Audio);
+        assert_eq!(detect_kind("tune.mid", b"MThd\0\0\0\x06\0\x01\0\x02").0, Kind::Other);
+        assert_eq!(detect_kind("voice.opus", b"").0, Kind::Audio);
         // UTF-16 without a byte-order mark and without a telling name is text.
         let utf16: Vec<u8> = "plain words, in UTF-16".encode_utf16().flat_map(u16::to_be_bytes).collect();
         assert_eq!(detect_kind("NOTES", &utf16).0, Kind::Text);

@@ -149,3 +149,103 @@ fn a_big_pdf_is_spread_over_processes_and_its_pages_stay_in_order() {
     let whole = check(&dir.path().join("one"), "1");
     assert_eq!(whole["peak_concurrent_normalizations"], 1, "one normalizer: no helpers");
 }
+
+/// A page image of three lines of text, at 300 dpi (US letter), as a
+/// scanner makes it; two of them wrapped into a PDF without a text layer
+/// (img2pdf), and the image on its own.
+fn make_scans(dir: &Path) {
+    let script = format!(
+        "from PIL import Image, ImageDraw, ImageFont\n\
+         import img2pdf\n\
+         font = ImageFont.load_default(size=40)\n\
+         img = Image.new('L', (2550, 3300), 255)\n\
+         d = ImageDraw.Draw(img)\n\
+         for i, line in enumerate(['Quarterly report of the river sluice', 'The harbour gates opened at dawn', 'Invoice number 48213 was paid in full']):\n\
+         \x20   d.text((200, 300 + i * 120), line, fill=0, font=font)\n\
+         img.save('{d}/scan.png', dpi=(300, 300))\n\
+         open('{d}/scan.pdf', 'wb').write(img2pdf.convert(['{d}/scan.png', '{d}/scan.png']))\n",
+        d = dir.display()
+    );
+    let out = run(Command::new(python()).arg("-c").arg(&script));
+    assert!(out.status.success(), "Pillow and img2pdf make the scan: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// (file name, page, text, metadata) of every row, through pylance.
+fn rows_with_metadata(table: &Path) -> Vec<(String, Option<u64>, String, serde_json::Value)> {
+    let script = format!(
+        "import json, lance\n\
+         rows = lance.dataset('{t}').to_table(columns=['source_uri', 'page', 'text', 'metadata']).to_pylist()\n\
+         print(json.dumps([[r['source_uri'].rsplit('/', 1)[1], r['page'], r['text'] or '', json.loads(r['metadata'] or 'null')] for r in rows]))\n",
+        t = table.display()
+    );
+    let out = run(Command::new(python()).arg("-c").arg(&script));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<(String, Option<u64>, String, serde_json::Value)> = serde_json::from_slice(&out.stdout).unwrap();
+    rows
+}
+
+/// Scanned pages (no text layer) are read with Tesseract in the normalizer
+/// processes and can be found by SQL; pages with a text layer keep it and
+/// are not read again; `--ocr off` reads nothing; `--ocr always` reads
+/// images and every page.
+#[test]
+fn scanned_pages_are_read_with_ocr_and_found_by_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("docs");
+    std::fs::create_dir_all(&corpus).unwrap();
+    make_scans(&corpus);
+    std::fs::write(corpus.join("typed.pdf"), make_pdf(&["a typed page about sluice gates"], (612.0, 792.0), "typed")).unwrap();
+    let words = |text: &str| {
+        let t = text.to_lowercase();
+        ["quarterly report", "harbour gates", "48213"].iter().all(|w| t.contains(w))
+    };
+
+    let auto = dir.path().join("auto");
+    let (code, s) = ingest_json(&auto, &[&corpus], &[]);
+    assert_eq!(code, 0, "{s}");
+    let rows = rows_with_metadata(&auto);
+    let scans: Vec<_> = rows.iter().filter(|r| r.0 == "scan.pdf").collect();
+    assert_eq!(scans.len(), 2);
+    for (_, page, text, meta) in &scans {
+        assert!(words(text), "page {page:?}: OCR text {text:?}");
+        assert_eq!(meta["text_source"], "ocr");
+        assert!(meta["ocr_confidence"].as_i64().unwrap() >= 70, "{meta}");
+        assert_eq!((meta["ocr_dpi"].as_u64(), meta["ocr_languages"].as_str()), (Some(300), Some("eng")));
+        assert!(meta["ocr_cpu_seconds"].as_f64().unwrap() > 0.0, "{meta}");
+    }
+    let typed = rows.iter().find(|r| r.0 == "typed.pdf").unwrap();
+    assert_eq!(typed.2.trim(), "a typed page about sluice gates");
+    assert_eq!(typed.3["text_source"], "text_layer");
+    assert!(typed.3.get("ocr_confidence").is_none(), "a page with a text layer is not read again");
+    let png = rows.iter().find(|r| r.0 == "scan.png").unwrap();
+    assert!(png.2.is_empty(), "images are read only with --ocr always");
+    // Found by SQL.
+    let out = run(sluice().args(["query", "--json", "--table"]).arg(&auto).arg("SELECT page FROM auto WHERE text LIKE '%harbour gates%' ORDER BY page"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let found: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(found.iter().map(|r| r["page"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+
+    let off = dir.path().join("off");
+    let (code, _) = ingest_json(&off, &[&corpus], &["--ocr", "off"]);
+    assert_eq!(code, 0);
+    for (name, _, text, meta) in rows_with_metadata(&off).iter().filter(|r| r.0 == "scan.pdf") {
+        assert!(text.trim().is_empty() && meta["text_source"] == "none" && meta.get("ocr_confidence").is_none(), "{name}: {meta}");
+    }
+
+    let always = dir.path().join("always");
+    let (code, _) = ingest_json(&always, &[&corpus], &["--ocr", "always"]);
+    assert_eq!(code, 0);
+    let rows = rows_with_metadata(&always);
+    let png = rows.iter().find(|r| r.0 == "scan.png").unwrap();
+    assert!(words(&png.2) && png.3["text_source"] == "ocr", "the image is read: {:?} {}", png.2, png.3);
+    let typed = rows.iter().find(|r| r.0 == "typed.pdf").unwrap();
+    assert!(typed.2.to_lowercase().contains("typed page") && typed.3["text_source"] == "ocr", "{:?} {}", typed.2, typed.3);
+
+    // Languages without data installed: the pages land, and say why they have no text.
+    let missing = dir.path().join("missing");
+    let (code, _) = ingest_json(&missing, &[&corpus.join("scan.pdf")], &["--ocr-languages", "qqq"]);
+    assert_eq!(code, 0, "a missing OCR language costs the text, not the file");
+    for (_, _, text, meta) in rows_with_metadata(&missing) {
+        assert!(text.is_empty() && meta["ocr_error"].as_str().unwrap().contains("tesseract-ocr-"), "{meta}");
+    }
+}

@@ -1,7 +1,7 @@
 //! The pipeline knobs, shared by `sluice ingest` and `sluice submit`: each
 //! a flag and a `SLUICE_*` environment variable, defaults from [`Settings::DEFAULT`].
 
-use sluice_common::settings::Settings;
+use sluice_common::settings::{OcrMode, Settings};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Knobs {
@@ -62,6 +62,14 @@ pub struct Knobs {
     /// Most pages accepted in one PDF
     #[arg(long, env = "SLUICE_MAX_PDF_PAGES", default_value_t = Settings::DEFAULT.max_pdf_pages)]
     pub max_pdf_pages: u32,
+    /// OCR (Tesseract): `auto` reads PDF pages without a text layer,
+    /// `always` every PDF page and every image, `off` none
+    #[arg(long, env = "SLUICE_OCR", default_value = "auto", value_parser = clap::builder::PossibleValuesParser::new(OcrMode::NAMES))]
+    pub ocr: String,
+    /// Tesseract languages for OCR, joined by `+` (e.g. `eng+deu`; each needs
+    /// its data installed, Debian: tesseract-ocr-<lang>)
+    #[arg(long, env = "SLUICE_OCR_LANGUAGES", default_value = "eng")]
+    pub ocr_languages: String,
 }
 
 impl Knobs {
@@ -86,6 +94,8 @@ impl Knobs {
             pdf_dpi: self.pdf_dpi,
             max_render_pixels: self.max_render_pixels,
             max_pdf_pages: self.max_pdf_pages,
+            ocr: OcrMode::parse(&self.ocr).unwrap_or_default(),
+            ocr_languages: self.ocr_languages.clone(),
         }
     }
 }

@@ -48,6 +48,50 @@ pub struct Settings {
     pub max_render_pixels: u64,
     /// PDFs with more pages are refused.
     pub max_pdf_pages: u32,
+    /// When pictures of text are read with OCR.
+    pub ocr: OcrMode,
+    /// Tesseract languages joined by `+` (e.g. `eng+deu`); empty: `eng`.
+    pub ocr_languages: String,
+}
+
+/// When pictures of text are read with OCR (Tesseract).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OcrMode {
+    /// PDF pages without a text layer (scans).
+    #[default]
+    Auto,
+    Off,
+    /// Every PDF page (the text layer is replaced) and every image.
+    Always,
+}
+
+impl OcrMode {
+    pub const NAMES: [&'static str; 3] = ["auto", "off", "always"];
+
+    /// The mode named `s` (as [`OcrMode::as_str`] writes it).
+    pub fn parse(s: &str) -> Option<OcrMode> {
+        [OcrMode::Auto, OcrMode::Off, OcrMode::Always].into_iter().find(|m| m.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OcrMode::Auto => "auto",
+            OcrMode::Off => "off",
+            OcrMode::Always => "always",
+        }
+    }
+}
+
+impl Settings {
+    /// The OCR languages asked for, `eng` if none.
+    pub fn ocr_languages(&self) -> &str {
+        if self.ocr_languages.is_empty() {
+            "eng"
+        } else {
+            &self.ocr_languages
+        }
+    }
 }
 
 impl Settings {
@@ -73,6 +117,8 @@ impl Settings {
         pdf_dpi: 150,
         max_render_pixels: 25_000_000,
         max_pdf_pages: 5000,
+        ocr: OcrMode::Auto,
+        ocr_languages: String::new(),
     };
 }
 
@@ -139,6 +185,13 @@ impl Settings {
         if self.max_video_seconds == 0 || self.max_video_bytes == 0 {
             return bad("max_video_seconds and max_video_bytes must be at least 1".into());
         }
+        let language = |l: &str| !l.is_empty() && l.len() <= 32 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !self.ocr_languages.is_empty() && !self.ocr_languages.split('+').all(language) {
+            return bad(format!(
+                "ocr_languages must be Tesseract language names joined by '+' (e.g. eng+deu), got {:?}",
+                self.ocr_languages
+            ));
+        }
         Ok(())
     }
 }
@@ -165,6 +218,8 @@ impl From<&Settings> for pb::PipelineSettings {
             pdf_dpi: s.pdf_dpi,
             max_render_pixels: s.max_render_pixels,
             max_pdf_pages: s.max_pdf_pages,
+            ocr: s.ocr.as_str().to_string(),
+            ocr_languages: s.ocr_languages.clone(),
         }
     }
 }
@@ -197,6 +252,12 @@ impl TryFrom<&pb::PipelineSettings> for Settings {
             pdf_dpi: pick(p.pdf_dpi, d.pdf_dpi),
             max_render_pixels: pick64(p.max_render_pixels, d.max_render_pixels),
             max_pdf_pages: pick(p.max_pdf_pages, d.max_pdf_pages),
+            ocr: match p.ocr.as_str() {
+                "" => d.ocr,
+                other => OcrMode::parse(other)
+                    .ok_or_else(|| Error::InvalidSettings(format!("ocr must be auto, off or always, got {other:?}")))?,
+            },
+            ocr_languages: p.ocr_languages.clone(),
         };
         s.validate()?;
         Ok(s)
@@ -221,11 +282,15 @@ mod tests {
         assert!(e.contains("chunk_overlap"), "{e}");
         let s = Settings { normalization_workers: 0, ..Default::default() };
         assert!(s.validate().unwrap_err().to_string().contains("normalization_workers"));
+        let s = Settings { ocr_languages: "eng+../x".into(), ..Default::default() };
+        assert!(s.validate().unwrap_err().to_string().contains("ocr_languages"));
+        let p = pb::PipelineSettings { ocr: "sometimes".into(), ..Default::default() };
+        assert!(Settings::try_from(&p).unwrap_err().to_string().contains("ocr must be"));
     }
 
     #[test]
     fn protocol_round_trip_and_sparse_defaults() {
-        let s = Settings { flush_every: 7, ..Default::default() };
+        let s = Settings { flush_every: 7, ocr: OcrMode::Always, ocr_languages: "eng+deu".into(), ..Default::default() };
         let p = pb::PipelineSettings::from(&s);
         assert_eq!(Settings::try_from(&p).unwrap(), s);
         let sparse = pb::PipelineSettings::default();

@@ -6,7 +6,7 @@
 #   install.sh build-deps          apt packages to compile sluice (build stage)
 #   install.sh runtime             apt packages sluice needs at run time
 #   install.sh pdfium PREFIX       libpdfium (from the pypdfium2 wheel) into PREFIX/lib
-#   install.sh check BINARY PREFIX every shared library resolves; libpdfium is there
+#   install.sh check BINARY PREFIX every shared library resolves; libpdfium and libtesseract are there
 #
 # PYTHON (default python3) is the interpreter whose pip provides pypdfium2;
 # a version already installed there is used as is.
@@ -34,8 +34,11 @@ case "${1:-}" in
     ;;
   runtime)
     # The FFmpeg 5.1 and libjpeg-turbo libraries sluice links (Debian 12),
-    # and CA certificates for object stores over TLS.
-    apt_install ca-certificates libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4 libturbojpeg0
+    # CA certificates for object stores over TLS, and Tesseract with its
+    # English data for OCR (loaded when first needed; more languages:
+    # tesseract-ocr-<lang>).
+    apt_install ca-certificates libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4 libturbojpeg0 \
+      tesseract-ocr tesseract-ocr-eng
     ;;
   pdfium)
     prefix=${2:?usage: install.sh pdfium PREFIX}
@@ -59,7 +62,11 @@ case "${1:-}" in
       exit 1
     fi
     test -s "$prefix/lib/libpdfium.so"
-    echo "check: $binary resolves every library; libpdfium present"
+    if ! /sbin/ldconfig -p | grep -q 'libtesseract\.so\.5 '; then
+      echo "check: libtesseract.so.5 is not installed (OCR)" >&2
+      exit 1
+    fi
+    echo "check: $binary resolves every library; libpdfium and libtesseract present"
     ;;
   *)
     sed -n '2,12p' "$0" >&2

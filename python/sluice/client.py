@@ -55,6 +55,8 @@ _KNOBS = {
     "max_file_size": "--max-file-size",
     "max_image_pixels": "--max-image-pixels",
     "max_pdf_pages": "--max-pdf-pages",
+    "ocr": "--ocr",
+    "ocr_languages": "--ocr-languages",
 }
 
 #: The same knobs as the coordinator's JSON API names them.
@@ -74,6 +76,8 @@ _SETTINGS = {
     "max_file_size": "max_file_bytes",
     "max_image_pixels": "max_image_pixels",
     "max_pdf_pages": "max_pdf_pages",
+    "ocr": "ocr",
+    "ocr_languages": "ocr_languages",
 }
 
 
@@ -168,6 +172,8 @@ class Client:
         max_file_size: Optional[int] = None,
         max_image_pixels: Optional[int] = None,
         max_pdf_pages: Optional[int] = None,
+        ocr: Optional[str] = None,
+        ocr_languages: Optional[str] = None,
         job_id: Optional[str] = None,
     ) -> Dict[str, Any]:
         """Ingest files (or plain values) into ``table_name``, creating it if needed.
@@ -212,6 +218,9 @@ class Client:
                 than this have failed. Default: never.
             flush_bytes, flush_interval, memory_budget, segment_seconds, file_timeout, max_file_size,
             max_image_pixels, max_pdf_pages: Further knobs (see ``sluice ingest --help``).
+            ocr: ``"auto"`` (default: OCR PDF pages without a text layer),
+                ``"off"``, or ``"always"`` (every PDF page and every image).
+            ocr_languages: Tesseract languages joined by ``+`` (default ``"eng"``).
             job_id: The job's id (default: a new one).
 
         Returns:
@@ -269,6 +278,8 @@ class Client:
             "max_file_size": max_file_size,
             "max_image_pixels": max_image_pixels,
             "max_pdf_pages": max_pdf_pages,
+            "ocr": ocr,
+            "ocr_languages": ocr_languages,
         }
         knobs = {k: v for k, v in knobs.items() if v is not None}
         progress = _Progress(on_progress, len(files))

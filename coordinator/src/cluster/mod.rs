@@ -273,7 +273,7 @@ impl Cluster {
     fn plan(&self, spec: &pb::JobSpec) -> Result<JobPlan> {
         let table = spec.table.as_ref().filter(|t| !t.uri.trim().is_empty()).ok_or_else(|| invalid("spec.table.uri is required"))?;
         let location = self.table_location(&table.uri, table.storage_options.clone())?;
-        let settings = Settings::try_from(&spec.settings.unwrap_or_default())?;
+        let settings = Settings::try_from(&spec.settings.clone().unwrap_or_default())?;
         // Sources: absolute local paths (shared by coordinator and
         // workers) or object-store URIs.
         let source = |uri: &str| -> Result<String> {

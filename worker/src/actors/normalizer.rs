@@ -13,7 +13,7 @@ use std::time::Duration;
 use ractor::ActorRef;
 use sluice_common::protocol::{FileFailed, FileRef};
 use sluice_common::schema::{FileRows, Kind, Row, SourceInfo};
-use sluice_common::settings::Settings;
+use sluice_common::settings::{OcrMode, Settings};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -261,7 +261,9 @@ async fn process(
     let (kind, _) = normalize::detect_kind(&name, &probe.head);
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let timed_out = || format!("normalizer timed out after {}s", timeout.as_secs());
-    if matches!(kind, Kind::Video | Kind::Audio | Kind::Pdf) {
+    // Images read with OCR go where Tesseract runs: a normalizer process.
+    let ocr_image = kind == Kind::Image && settings.ocr == OcrMode::Always && children.is_some();
+    if matches!(kind, Kind::Video | Kind::Audio | Kind::Pdf) || ocr_image {
         return process_streamed(kind, file, probe, settings, flusher, children, child).await;
     }
     let bytes = crate::fetch::read_all(&probe, settings.max_file_bytes).await.map_err(|e| failed(Some(kind), e))?;
@@ -279,12 +281,9 @@ async fn process(
         Err(_) => return Err(failed(Some(kind), timed_out())),
         Ok(Err(join)) => return Err(failed(Some(kind), describe_join(join))),
         // FFmpeg's image decoders have a go, from the file, in a normalizer
-        // process; if they fail too, both reasons are told.
-        Ok(Ok(Err((Kind::Image, e)))) if another_decoder => {
-            return process_streamed(Kind::Image, file, probe, settings, flusher, children, child).await.map_err(|o| match o {
-                Outcome::Failed(k, why) => Outcome::Failed(k, format!("{}; {why}", e.0)),
-                fatal => fatal,
-            });
+        // process (which tells both reasons if they fail too).
+        Ok(Ok(Err((Kind::Image, _)))) if another_decoder => {
+            return process_streamed(Kind::Image, file, probe, settings, flusher, children, child).await;
         }
         Ok(Ok(Err((kind, e)))) => return Err(failed(Some(kind), e.0)),
         Ok(Ok(Ok(n))) => n,

@@ -97,7 +97,7 @@ pub fn normalize_image(bytes: Bytes, mime: &str, settings: &Settings) -> Result<
 
     let _ = mime;
     let mime = format.to_mime_type();
-    Ok(vec![Row {
+    let mut row = Row {
         chunk_index: 0,
         mime_type: if mime.is_empty() { "application/octet-stream".into() } else { mime.to_string() },
         width: Some(img.width()),
@@ -112,7 +112,12 @@ pub fn normalize_image(bytes: Bytes, mime: &str, settings: &Settings) -> Result<
         })),
         data: Some(bytes),
         ..Default::default()
-    }])
+    };
+    if settings.ocr == sluice_common::settings::OcrMode::Always {
+        let gray = img.to_luma8();
+        super::ocr::read_into(&mut row, Ok((gray.as_raw(), gray.width(), gray.height(), gray.width() as usize)), super::ocr::OCR_DPI, settings.ocr_languages());
+    }
+    Ok(vec![row])
 }
 
 /// Where a TIFF's (or BigTIFF's) first image directory keeps its

@@ -5,6 +5,7 @@
 
 mod image;
 mod media;
+mod ocr;
 mod other;
 mod pdf;
 mod still;
@@ -267,8 +268,8 @@ pub fn normalize_streamed(
         match kind {
             Kind::Video | Kind::Audio => normalize_media(path, kind, settings, &mut emit),
             Kind::Pdf => normalize_pdf(path, settings, &mut |rows| emit(Piece::Rows(rows))),
-            // Images come here when the `image` crate could not read them.
-            Kind::Image => emit(Piece::Rows(still::normalize_still(path, settings)?)),
+            // Images come here for OCR, or when the `image` crate could not read them.
+            Kind::Image => emit(Piece::Rows(still::normalize_image_file(path, settings)?)),
             other => Err(NormalizeError::new(format!("{other} files are not normalized from a path"))),
         }?;
         hash_first(out)

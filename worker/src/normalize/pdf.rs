@@ -17,9 +17,9 @@ use image::RgbaImage;
 use pdfium_render::prelude::*;
 use serde_json::json;
 use sluice_common::schema::Row;
-use sluice_common::settings::Settings;
+use sluice_common::settings::{OcrMode, Settings};
 
-use super::{encode_jpeg_baseline, encode_pixels, thumbnail_jpeg, NormalizeError};
+use super::{encode_jpeg_baseline, encode_pixels, ocr, thumbnail_jpeg, NormalizeError};
 
 /// Held for the whole of one PDF; see the module documentation.
 static PDF_LOCK: Mutex<()> = Mutex::new(());
@@ -76,6 +76,16 @@ fn pdfium() -> Result<&'static Pdfium, NormalizeError> {
 struct RenderedPage {
     row: Row,
     pixels: Result<Render, String>,
+    /// What OCR reads, if the page is to be read.
+    ocr: Option<OcrInput>,
+}
+
+/// The picture OCR reads: the page's render (when it is at
+/// [`ocr::OCR_DPI`] already), or a gray render of its own at that
+/// resolution.
+enum OcrInput {
+    Render { dpi: u32 },
+    Gray { render: Result<GrayRender, String>, dpi: u32 },
 }
 
 /// A page as pdfium rendered it: BGRx (4 bytes a pixel, the 4th unused),
@@ -102,11 +112,35 @@ impl Render {
     }
 }
 
-/// JPEG-encode a page's render and thumbnail into its row. Runs on its own
-/// thread, so encoding page N overlaps pdfium rendering page N+1. Gives the
-/// render's buffer back.
-fn encode_page(page: RenderedPage, thumbnail_size: u32) -> (Row, Option<Vec<u8>>) {
-    let RenderedPage { mut row, pixels } = page;
+/// Read a page's text with OCR into its row (see [`ocr::read_into`]).
+fn read_page(row: &mut Row, input: OcrInput, main: Option<&Render>, languages: &str) {
+    match input {
+        OcrInput::Render { dpi } => {
+            let gray = main.map(|r| (ocr::to_gray(&r.pixels, 4, true), r.width, r.height));
+            let picture = gray
+                .as_ref()
+                .map(|(g, w, h)| (g.as_slice(), *w, *h, *w as usize))
+                .ok_or_else(|| NormalizeError::new("the page did not render"));
+            ocr::read_into(row, picture, dpi, languages);
+        }
+        OcrInput::Gray { render, dpi } => {
+            let picture = render
+                .as_ref()
+                .map(|r| (r.pixels.as_slice(), r.width, r.height, r.stride))
+                .map_err(|e| NormalizeError::new(format!("the page did not render for OCR: {e}")));
+            ocr::read_into(row, picture, dpi, languages);
+        }
+    }
+}
+
+/// JPEG-encode a page's render and thumbnail into its row (and read it
+/// with OCR if asked). Runs on its own thread, so encoding page N overlaps
+/// pdfium rendering page N+1. Gives the render's buffer back.
+fn encode_page(page: RenderedPage, thumbnail_size: u32, languages: &str) -> (Row, Option<Vec<u8>>) {
+    let RenderedPage { mut row, pixels, ocr } = page;
+    if let Some(input) = ocr {
+        read_page(&mut row, input, pixels.as_ref().ok(), languages);
+    }
     match pixels {
         Ok(render) => {
             row.width = Some(render.width);
@@ -148,6 +182,22 @@ fn render(page: &PdfPage, scale: f32, mut buffer: Vec<u8>) -> Result<Render, Str
         page.render_into_bitmap_with_config(&mut bitmap, &config).map_err(|e| e.to_string())?;
     }
     Ok(Render { width: w as u32, height: h as u32, pixels: buffer })
+}
+
+/// A page rendered in 8-bit gray for OCR, rows of `stride` bytes.
+struct GrayRender {
+    width: u32,
+    height: u32,
+    stride: usize,
+    pixels: Vec<u8>,
+}
+
+/// Render `page` at `scale` pixels a point and turn it gray, for OCR.
+/// (pdfium's own gray bitmaps leave images out: scans would be blank.)
+fn render_gray(page: &PdfPage, scale: f32) -> Result<GrayRender, String> {
+    let color = render(page, scale, Vec::new())?;
+    let pixels = ocr::to_gray(&color.pixels, 4, true);
+    Ok(GrayRender { width: color.width, height: color.height, stride: color.width as usize, pixels })
 }
 
 /// Render scale (pixels per point) for a page, capped to `max_pixels`.
@@ -234,9 +284,10 @@ pub fn normalize_pdf_pages(
         let (to_encoder, encoder_in) = mpsc::sync_channel::<RenderedPage>(0);
         let (encoder_out, encoded) = mpsc::channel::<Row>();
         let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
+        let languages = settings.ocr_languages();
         scope.spawn(move || {
             for page in encoder_in {
-                let (row, buffer) = encode_page(page, thumbnail_size);
+                let (row, buffer) = encode_page(page, thumbnail_size, languages);
                 if let Some(buffer) = buffer {
                     let _ = recycle.send(buffer);
                 }
@@ -257,8 +308,23 @@ pub fn normalize_pdf_pages(
             let page = pages.get(index as PdfPageIndex).map_err(|e| NormalizeError::new(format!("page {}: {e}", index + 1)))?;
             let (w_pt, h_pt) = (page.width().value, page.height().value);
             let text = page.text().map(|t| t.all()).unwrap_or_default();
+            let has_text = !text.trim().is_empty();
             let scale = render_scale(w_pt, h_pt, settings.pdf_dpi, settings.max_render_pixels);
             let pixels = render(&page, scale, recycled.try_recv().unwrap_or_default());
+            let ocr = match settings.ocr {
+                OcrMode::Off => false,
+                OcrMode::Auto => !has_text,
+                OcrMode::Always => true,
+            }
+            .then(|| {
+                let ocr_scale = render_scale(w_pt, h_pt, ocr::OCR_DPI.max(settings.pdf_dpi), settings.max_render_pixels);
+                let dpi = (ocr_scale * 72.0).round() as u32;
+                if (ocr_scale - scale).abs() < 1e-3 {
+                    OcrInput::Render { dpi }
+                } else {
+                    OcrInput::Gray { render: render_gray(&page, ocr_scale), dpi }
+                }
+            });
             let row = Row {
                 chunk_index: index as u32,
                 page: Some(index as u32 + 1),
@@ -272,11 +338,12 @@ pub fn normalize_pdf_pages(
                     "author": author,
                     "encrypted": encrypted,
                     "dpi": (scale * 72.0).round(),
+                    "text_source": if has_text { "text_layer" } else { "none" },
                 })),
                 ..Default::default()
             };
             to_encoder
-                .send(RenderedPage { row, pixels })
+                .send(RenderedPage { row, pixels, ocr })
                 .map_err(|_| NormalizeError::new("PDF page encoder stopped"))?;
             while let Ok(row) = encoded.try_recv() {
                 take(row, &mut batch)?;

@@ -13,7 +13,7 @@ use ff::software::scaling::{Context as Scaler, Flags};
 use ff::util::frame::video::Video as VideoFrame;
 use serde_json::json;
 use sluice_common::schema::Row;
-use sluice_common::settings::Settings;
+use sluice_common::settings::{OcrMode, Settings};
 
 use super::NormalizeError;
 
@@ -114,7 +114,7 @@ pub fn normalize_still(path: &Path, settings: &Settings) -> Result<Vec<Row>, Nor
     let jpeg = super::encode_pixels(&thumb, tw as usize, row, th as usize, turbojpeg::PixelFormat::RGB, 80)
         .ok_or_else(|| NormalizeError::new("thumbnail encoding failed"))?;
     let data = std::fs::read(path).map_err(|e| NormalizeError::new(format!("cannot read image: {e}")))?;
-    Ok(vec![Row {
+    let mut row = Row {
         chunk_index: 0,
         mime_type: mime(&format).to_string(),
         width: Some(w),
@@ -128,5 +128,30 @@ pub fn normalize_still(path: &Path, settings: &Settings) -> Result<Vec<Row>, Nor
         })),
         data: Some(Bytes::from(data)),
         ..Default::default()
-    }])
+    };
+    if settings.ocr == OcrMode::Always {
+        let gray = Scaler::get(frame.format(), w, h, ff::format::Pixel::GRAY8, w, h, Flags::BILINEAR)
+            .and_then(|mut s| {
+                let mut out = VideoFrame::empty();
+                s.run(&frame, &mut out).map(|()| out)
+            })
+            .map_err(|e| err("cannot convert to gray for OCR", e));
+        let picture = gray.as_ref().map(|g| (g.data(0), w, h, g.stride(0))).map_err(Clone::clone);
+        super::ocr::read_into(&mut row, picture, super::ocr::OCR_DPI, settings.ocr_languages());
+    }
+    Ok(vec![row])
+}
+
+/// An image file from its path (in a normalizer process): the `image`
+/// crate first, then FFmpeg's image decoders; both reasons if neither
+/// reads it.
+pub fn normalize_image_file(path: &Path, settings: &Settings) -> Result<Vec<Row>, NormalizeError> {
+    let bytes = Bytes::from(std::fs::read(path).map_err(|e| NormalizeError::new(format!("cannot read image: {e}")))?);
+    match super::normalize_image(bytes.clone(), "", settings) {
+        Ok(rows) => Ok(rows),
+        Err(first) if super::worth_another_decoder(&bytes) => {
+            normalize_still(path, settings).map_err(|second| NormalizeError::new(format!("{first}; {second}")))
+        }
+        Err(first) => Err(first),
+    }
 }

@@ -94,6 +94,12 @@ try:
     raise AssertionError("bad settings were accepted")
 except IngestError as e:
     assert "chunk_overlap" in str(e), e
+# OCR settings reach the binary (or the coordinator) and are checked there.
+try:
+    client.ingest("labeled", data={"path": files}, schema={"path": "FILE"}, ocr_languages="eng+../etc")
+    raise AssertionError("bad OCR languages were accepted")
+except IngestError as e:
+    assert "ocr_languages" in str(e), e
 
 # Inserts: typed columns from the values, one landing per idempotency key.
 meta = [{"filename": os.path.basename(f), "metadata": {"fps": 30 if i % 2 else 60}, "size": i} for i, f in enumerate(videos)]

@@ -556,14 +556,22 @@ fn images_of_every_common_format_land_with_thumbnails() {
     let mut cut_psd = psd(96, 64);
     cut_psd.truncate(200);
     std::fs::write(bad.join("cut.psd"), cut_psd).unwrap();
+    // A header that claims 16000 x 16000 (256 Mpx, 768 MB decoded) over 4 KB
+    // of data: refused before FFmpeg allocates the picture.
+    let mut bomb = psd(16, 16);
+    bomb[14..18].copy_from_slice(&16_000u32.to_be_bytes());
+    bomb[18..22].copy_from_slice(&16_000u32.to_be_bytes());
+    std::fs::write(bad.join("bomb.psd"), bomb).unwrap();
 
     let table = dir.path().join("lake");
     let (code, s) = ingest_json(&table, &[&corpus], &[]);
     assert_eq!(code, 2, "{}", s["errors"]);
-    assert_eq!(s["files_failed"], 2, "{}", s["errors"]);
+    assert_eq!(s["files_failed"], 3, "{}", s["errors"]);
     let reason = |name: &str| {
         s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string()).unwrap()
     };
+    assert!(reason("bomb.psd").contains("above the limit of 100000000 pixels"), "{}", reason("bomb.psd"));
+    assert!(reason("cut.psd").contains("corrupt psd image"), "{}", reason("cut.psd"));
     for name in ["noise.exr", "cut.psd"] {
         let r = reason(name);
         assert!(r.contains("image") && r.contains("; FFmpeg's image decoders:"), "{name}: both reasons: {r}");
@@ -620,5 +628,5 @@ fn images_of_every_common_format_land_with_thumbnails() {
     std::fs::copy(corpus.join("pic.exr"), small.join("pic.exr")).unwrap();
     let (code, s) = ingest_json(&dir.path().join("lake2"), &[&small], &["--max-image-pixels", "10000"]);
     assert_eq!(code, 2);
-    assert!(s["errors"][0]["reason"].as_str().unwrap().contains("max_image_pixels"), "{}", s["errors"]);
+    assert!(s["errors"][0]["reason"].as_str().unwrap().contains("above the limit of 10000 pixels"), "{}", s["errors"]);
 }

@@ -3,30 +3,52 @@
 //! FFmpeg's image decoders. FFmpeg is C code fed untrusted files: this runs
 //! in the normalizer processes (see `crate::isolation`), from the file's
 //! path, like video.
+//!
+//! No demuxer is opened: FFmpeg's probe names the format from the first
+//! bytes, and the whole file goes as one packet to that format's decoder,
+//! opened with `max_pixels` = `max_image_pixels`, so a header that claims
+//! a huge picture is refused before anything is allocated for it (a
+//! demuxer's stream probing would decode it without that limit).
 
 use std::path::Path;
 
 use bytes::Bytes;
-use ffmpeg_next as ff;
-use ff::media::Type as Medium;
+use ff::codec::Id;
 use ff::software::scaling::{Context as Scaler, Flags};
 use ff::util::frame::video::Video as VideoFrame;
+use ffmpeg_next as ff;
 use serde_json::json;
 use sluice_common::schema::Row;
 use sluice_common::settings::{OcrMode, Settings};
 
 use super::NormalizeError;
 
-/// The single-image demuxers FFmpeg may use here, each judging a file by
-/// its content; never `image2`, whose file name patterns open other files.
-/// Each has a fixture in the tests (`tests/media.rs`).
+/// The single-image formats (as FFmpeg's probes name them) whose decoders
+/// may read files here. Each has a fixture in the tests (`tests/media.rs`).
 pub const IMAGE_FORMAT_WHITELIST: &str =
     "tiff_pipe,exr_pipe,j2k_pipe,psd_pipe,dpx_pipe,sgi_pipe,sunrast_pipe,xwd_pipe,pcx_pipe,qoi_pipe";
 
-/// The whitelisted image demuxer a probe named, without its `_pipe`.
+/// The whitelisted image format a probe named, without its `_pipe`.
 pub fn whitelisted_image(probed: &str) -> Option<&str> {
     let name = probed.split(',').find(|n| IMAGE_FORMAT_WHITELIST.split(',').any(|w| w == *n))?;
     Some(name.trim_end_matches("_pipe"))
+}
+
+/// The decoder of each whitelisted format.
+fn codec(format: &str) -> Option<Id> {
+    Some(match format {
+        "tiff" => Id::TIFF,
+        "exr" => Id::EXR,
+        "j2k" => Id::JPEG2000,
+        "psd" => Id::PSD,
+        "dpx" => Id::DPX,
+        "sgi" => Id::SGI,
+        "sunrast" => Id::SUNRAST,
+        "xwd" => Id::XWD,
+        "pcx" => Id::PCX,
+        "qoi" => Id::QOI,
+        _ => return None,
+    })
 }
 
 /// The MIME type of what a demuxer read.
@@ -54,50 +76,50 @@ fn err(what: &str, e: impl std::fmt::Display) -> NormalizeError {
 /// original bytes. Refused above `max_image_pixels`, from the header.
 pub fn normalize_still(path: &Path, settings: &Settings) -> Result<Vec<Row>, NormalizeError> {
     super::media::init();
+    let data = std::fs::read(path).map_err(|e| NormalizeError::new(format!("cannot read image: {e}")))?;
+    let probed = super::media::probe_format(&data[..data.len().min(64 << 10)]);
+    let format = probed.as_deref().and_then(whitelisted_image).ok_or_else(|| {
+        err("not an image they read", probed.as_deref().map_or("no format recognised".to_string(), |p| format!("read as {p}")))
+    })?;
+    let id = codec(format).expect("every whitelisted format has a decoder");
+    let decoder = ff::decoder::find(id).ok_or_else(|| err("no decoder", format!("for {}", id.name())))?;
     let mut opts = ff::Dictionary::new();
-    opts.set("protocol_whitelist", "file");
-    opts.set("format_whitelist", IMAGE_FORMAT_WHITELIST);
-    let mut ictx = ff::format::input_with_dictionary(&path, opts).map_err(|e| err("not an image they read", e))?;
-    let format = ictx.format().name().trim_end_matches("_pipe").to_string();
-    let stream = ictx.streams().best(Medium::Video).ok_or_else(|| err("no picture", format!("the {format} file holds none")))?;
-    let index = stream.index();
-    let context = ff::codec::context::Context::from_parameters(stream.parameters()).map_err(|e| err("no decoder", e))?;
-    let mut dopts = ff::Dictionary::new();
+    opts.set("max_pixels", &settings.max_image_pixels.min(i64::MAX as u64).to_string());
     // OpenEXR holds linear light: shown through the sRGB curve.
     if format == "exr" {
-        dopts.set("apply_trc", "iec61966_2_1");
+        opts.set("apply_trc", "iec61966_2_1");
     }
-    let id = stream.parameters().id();
-    let codec = ff::decoder::find(id).ok_or_else(|| err("no decoder", format!("for {}", id.name())))?;
-    let mut decoder = context.decoder().open_as_with(codec, dopts).and_then(|d| d.video()).map_err(|e| err("no decoder", e))?;
-    let codec = decoder.id().name().to_string();
-    let (w, h) = (decoder.width(), decoder.height());
-    let pixels = u64::from(w) * u64::from(h);
+    let mut decoder = ff::codec::context::Context::new_with_codec(decoder)
+        .decoder()
+        .open_as_with(decoder, opts)
+        .and_then(|d| d.video())
+        .map_err(|e| err("no decoder", e))?;
+    // The size check before any allocation answers EINVAL; damage in the
+    // data answers otherwise (AVERROR_INVALIDDATA, mostly).
+    let refused = |e: ff::Error| match e {
+        ff::Error::Other { errno } if errno == libc::EINVAL => NormalizeError::new(format!(
+            "the {format} image's header gives a size above the limit of {} pixels (max_image_pixels), or no valid size; refused before decoding",
+            settings.max_image_pixels
+        )),
+        other => err(&format!("corrupt {format} image"), other),
+    };
+    decoder.send_packet(&ff::Packet::copy(&data)).map_err(refused)?;
+    let _ = decoder.send_eof();
+    let mut frame = VideoFrame::empty();
+    decoder.receive_frame(&mut frame).map_err(refused)?;
+    if frame.width() == 0 || frame.height() == 0 {
+        return Err(err(&format!("corrupt {format} image"), "no picture decoded"));
+    }
+    let pixels = u64::from(frame.width()) * u64::from(frame.height());
     if pixels > settings.max_image_pixels {
         return Err(NormalizeError::new(format!(
-            "image is {w}x{h} = {pixels} pixels, above the limit of {} (max_image_pixels); refused as a possible decompression bomb",
+            "image is {}x{} = {pixels} pixels, above the limit of {} (max_image_pixels)",
+            frame.width(),
+            frame.height(),
             settings.max_image_pixels
         )));
     }
-    let mut frame = VideoFrame::empty();
-    let mut got = false;
-    for (s, packet) in ictx.packets() {
-        if s.index() != index {
-            continue;
-        }
-        decoder.send_packet(&packet).map_err(|e| err(&format!("corrupt {format} image"), e))?;
-        if decoder.receive_frame(&mut frame).is_ok() {
-            got = true;
-            break;
-        }
-    }
-    if !got {
-        let _ = decoder.send_eof();
-        got = decoder.receive_frame(&mut frame).is_ok();
-    }
-    if !got || frame.width() == 0 || frame.height() == 0 {
-        return Err(err(&format!("corrupt {format} image"), "no picture decoded"));
-    }
+    let codec_name = id.name().to_string();
     let (w, h) = (frame.width(), frame.height());
     let size = settings.thumbnail_size.max(1);
     let scale = f64::min(1.0, f64::from(size) / f64::from(w.max(h)));
@@ -113,7 +135,6 @@ pub fn normalize_still(path: &Path, settings: &Settings) -> Result<Vec<Row>, Nor
     }
     let jpeg = super::encode_pixels(&thumb, tw as usize, row, th as usize, turbojpeg::PixelFormat::RGB, 80)
         .ok_or_else(|| NormalizeError::new("thumbnail encoding failed"))?;
-    let data = std::fs::read(path).map_err(|e| NormalizeError::new(format!("cannot read image: {e}")))?;
     let mut row = Row {
         chunk_index: 0,
         mime_type: mime(&format).to_string(),
@@ -122,7 +143,7 @@ pub fn normalize_still(path: &Path, settings: &Settings) -> Result<Vec<Row>, Nor
         thumbnail: Some(jpeg),
         metadata: Some(json!({
             "format": format,
-            "codec": codec,
+            "codec": codec_name,
             "color": format!("{:?}", frame.format()).to_lowercase(),
             "decoder": "ffmpeg",
         })),

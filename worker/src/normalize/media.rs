@@ -403,9 +403,14 @@ fn cover_art(ictx: &Input) -> Option<usize> {
     ictx.streams().find(|s| s.disposition().contains(ff::format::stream::Disposition::ATTACHED_PIC)).map(|s| s.index())
 }
 
-/// A picture's bytes (cover art) as a thumbnail.
+/// A picture's bytes (cover art) as a thumbnail. A cover that would take
+/// more than 64 MiB decoded gets none (covers are a few hundred pixels).
 fn picture_thumbnail(bytes: &[u8], size: u32) -> Option<Vec<u8>> {
-    let rgb = image::load_from_memory(bytes).ok()?.to_rgb8();
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().ok()?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(64 << 20);
+    reader.limits(limits);
+    let rgb = reader.decode().ok()?.to_rgb8();
     super::thumbnail_jpeg(rgb.as_raw(), rgb.width(), rgb.height(), turbojpeg::PixelFormat::RGB, size)
 }
 

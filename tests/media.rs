@@ -45,6 +45,14 @@ fn make_fixtures(dir: &Path) {
     let bad = dir.join("bad");
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::write(bad.join("truncated.mp4"), &bytes[..bytes.len() * 3 / 4]).unwrap();
+    // ASF gives no duration once cut: its header's file size tells.
+    let wmv = dir.join("whole.wmv");
+    let mut a: Vec<&str> = lavfi_video("3").to_vec();
+    a.extend(["-c:v", "wmv2", "-f", "asf", wmv.to_str().unwrap()]);
+    ffmpeg(&a);
+    let bytes = std::fs::read(&wmv).unwrap();
+    std::fs::write(bad.join("truncated.wmv"), &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::remove_file(&wmv).unwrap();
     std::fs::write(bad.join("garbage.mp4"), (0..50_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>()).unwrap();
     std::fs::write(bad.join("empty.webm"), b"").unwrap();
 }
@@ -65,11 +73,12 @@ fn videos_become_playable_segments_that_tile_the_source() {
     let table = dir.path().join("lake");
     let (code, s) = ingest_json(&table, &[&corpus], &["--segment-seconds", "10"]);
     assert_eq!(code, 2, "the bad videos fail, the rest land");
-    assert_eq!(s["files_failed"], 3);
+    assert_eq!(s["files_failed"], 4);
     let reason = |name: &str| {
         s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string()).unwrap()
     };
     assert!(reason("truncated.mp4").contains("truncated video"), "{}", reason("truncated.mp4"));
+    assert!(reason("truncated.wmv").contains("truncated video: the ASF header says"), "{}", reason("truncated.wmv"));
     assert!(reason("garbage.mp4").contains("cannot open video"));
     assert!(reason("empty.webm").contains("cannot open video"));
 

@@ -419,16 +419,19 @@ fn audio_files_become_segments_with_their_tags() {
     std::fs::create_dir_all(&bad).unwrap();
     let mp3 = std::fs::read(corpus.join("tone.mp3")).unwrap();
     std::fs::write(bad.join("cut.mp3"), &mp3[..mp3.len() / 2]).unwrap();
+    let wav = std::fs::read(corpus.join("tone.wav")).unwrap();
+    std::fs::write(bad.join("cut.wav"), &wav[..wav.len() / 2]).unwrap();
     std::fs::write(bad.join("noise.flac"), (0..40_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect::<Vec<_>>()).unwrap();
 
     let table = dir.path().join("lake");
     let (code, s) = ingest_json(&table, &[&corpus], &["--segment-seconds", "10"]);
     assert_eq!(code, 2, "the bad files fail, the rest land: {}", s["errors"]);
-    assert_eq!(s["files_failed"], 2, "{}", s["errors"]);
+    assert_eq!(s["files_failed"], 3, "{}", s["errors"]);
     let reason = |name: &str| {
         s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string()).unwrap()
     };
     assert!(reason("cut.mp3").contains("truncated audio"), "{}", reason("cut.mp3"));
+    assert!(reason("cut.wav").contains("truncated audio: the WAVE header says"), "{}", reason("cut.wav"));
     let noise = reason("noise.flac");
     assert!(noise.contains("cannot open audio") || noise.contains("no audio or video stream"), "{noise}");
 

@@ -656,9 +656,7 @@ pub fn normalize_media(
         };
         return store_whole(path, whole, settings, &mut |rows| out(Piece::Rows(rows)));
     }
-    if format_name == "asf" {
-        check_asf_size(path, kind)?;
-    }
+    check_declared_size(path, &format_name, kind)?;
     let Some(seg) = current.take() else {
         return Err(NormalizeError::new(match kind {
             Kind::Audio => "no audio: the audio stream holds no packets",
@@ -729,24 +727,40 @@ fn check_complete(kind: Kind, last_end: f64, duration: Option<f64>, by_frames: O
     }
 }
 
-/// ASF (WMV, WMA) headers give no duration FFmpeg reads once the file is
-/// cut, but their File Properties Object gives the file's size: a file
-/// shorter than that is truncated (unless it is a broadcast, whose size is
-/// not known when the header is written).
-fn check_asf_size(path: &Path, kind: Kind) -> Result<(), NormalizeError> {
+/// Some headers give no duration FFmpeg trusts once the file is cut (ASF:
+/// WMV and WMA; WAVE, whose length FFmpeg takes from the bit rate) but do
+/// give the file's size: a file shorter than that is truncated. (ASF
+/// broadcasts and streamed WAVE, whose size is not known when the header is
+/// written, say so or give 0 or 0xFFFFFFFF.)
+fn check_declared_size(path: &Path, format: &str, kind: Kind) -> Result<(), NormalizeError> {
     use std::io::Read;
     const FILE_PROPERTIES: [u8; 16] = [0xA1, 0xDC, 0xAB, 0x8C, 0x47, 0xA9, 0xCF, 0x11, 0x8E, 0xE4, 0x00, 0xC0, 0x0C, 0x20, 0x53, 0x65];
+    if format != "asf" && format != "wav" {
+        return Ok(());
+    }
     let mut head = Vec::with_capacity(64 << 10);
     let file = std::fs::File::open(path).map_err(|e| err("cannot read media", e))?;
     let actual = file.metadata().map_err(|e| err("cannot read media", e))?.len();
     file.take(64 << 10).read_to_end(&mut head).map_err(|e| err("cannot read media", e))?;
-    let Some(at) = head.windows(16).position(|w| w == FILE_PROPERTIES) else { return Ok(()) };
-    // GUID, object size, file id (16), file size (8), ..., flags at +88.
     let u64_at = |o: usize| head.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
     let u32_at = |o: usize| head.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-    let (Some(promised), Some(flags)) = (u64_at(at + 40), u32_at(at + 88)) else { return Ok(()) };
-    if flags & 1 == 0 && promised > actual {
-        return Err(NormalizeError::new(format!("truncated {kind}: the ASF header says {promised} bytes, the file has {actual}")));
+    let promised = if format == "asf" {
+        // GUID, object size, file id (16), file size (8), ..., flags at +88.
+        let Some(at) = head.windows(16).position(|w| w == FILE_PROPERTIES) else { return Ok(()) };
+        match (u64_at(at + 40), u32_at(at + 88)) {
+            (Some(size), Some(flags)) if flags & 1 == 0 => size,
+            _ => return Ok(()),
+        }
+    } else {
+        // "RIFF", the size of what follows, "WAVE".
+        match (head.get(..4), u32_at(4), head.get(8..12)) {
+            (Some(b"RIFF"), Some(size), Some(b"WAVE")) if size != 0 && size != u32::MAX => u64::from(size) + 8,
+            _ => return Ok(()),
+        }
+    };
+    if promised > actual {
+        let name = if format == "asf" { "ASF" } else { "WAVE" };
+        return Err(NormalizeError::new(format!("truncated {kind}: the {name} header says {promised} bytes, the file has {actual}")));
     }
     Ok(())
 }

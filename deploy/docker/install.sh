@@ -57,12 +57,14 @@ case "${1:-}" in
   check)
     binary=${2:?usage: install.sh check BINARY PREFIX}
     prefix=${3:?usage: install.sh check BINARY PREFIX}
-    if ldd "$binary" | grep -q "not found"; then
+    if ldd "$binary" | grep "not found" >/dev/null; then
       ldd "$binary" | grep "not found" >&2
       exit 1
     fi
     test -s "$prefix/lib/libpdfium.so"
-    if ! /sbin/ldconfig -p | grep -q 'libtesseract\.so\.5 '; then
+    # grep reads all of it (no -q): under pipefail, ldconfig cut off by a
+    # closed pipe would fail the check.
+    if ! /sbin/ldconfig -p | grep 'libtesseract\.so\.5 ' >/dev/null; then
       echo "check: libtesseract.so.5 is not installed (OCR)" >&2
       exit 1
     fi

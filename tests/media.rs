@@ -121,6 +121,13 @@ fn videos_become_playable_segments_that_tile_the_source() {
     }
     let long: Vec<f64> = rows.iter().filter(|r| r["source_uri"].as_str().unwrap().ends_with("long_gop.mp4")).map(|r| r["start_seconds"].as_f64().unwrap()).collect();
     assert!(long.iter().all(|t| (t / 10.0 - (t / 10.0).round()).abs() < 1e-6), "long GOP: cuts only at its keyframes {long:?}");
+
+    // Frames above the pixel limit are refused from the header (FFmpeg's
+    // stream probing and the thumbnail decoder are held to it too).
+    let (code, s) = ingest_json(&dir.path().join("small"), &[&corpus.join("no_audio.mp4")], &["--max-image-pixels", "10000"]);
+    assert_eq!(code, 2);
+    let why = s["errors"][0]["reason"].as_str().unwrap();
+    assert!(why.contains("video frames are 320x240 = 76800 pixels, above the limit of 10000"), "{why}");
     let rotated = rows.iter().find(|r| r["source_uri"].as_str().unwrap().ends_with("rotated.mp4")).unwrap();
     assert_eq!((rotated["width"].as_u64(), rotated["height"].as_u64()), (Some(240), Some(320)), "rotated: display size");
     assert_eq!(rotated["metadata"]["rotation"], 270);

@@ -389,6 +389,56 @@ fn fix_flac_streaminfo(bytes: &mut [u8], samples: u64) {
     bytes[26..42].fill(0);
 }
 
+/// Open a media file as FFmpeg's `avformat_open_input` and
+/// `avformat_find_stream_info` do, but with every stream's probing decoder
+/// held to `max_pixels`: a header claiming a huge picture is refused before
+/// a frame is allocated for it (ffmpeg-next's `input_with_dictionary` gives
+/// the probe no options).
+fn open_input(path: &Path, options: ff::Dictionary, max_pixels: u64) -> Result<Input, ff::Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| ff::Error::InvalidData)?;
+    let limit = std::ffi::CString::new(max_pixels.min(i64::MAX as u64).to_string()).expect("digits");
+    #[allow(unsafe_code)]
+    // SAFETY: as ffmpeg-next's own `input_with_dictionary`: the context is
+    // opened from a C string that outlives the call, the option dictionary
+    // is handed over and what is left of it taken back (and freed); one
+    // dictionary per stream is made for the probe and freed after it; on
+    // failure the context is closed, on success wrapped (and closed by the
+    // wrapper when dropped).
+    unsafe {
+        let mut ctx = std::ptr::null_mut();
+        let mut opts = options.disown();
+        let opened = ff::ffi::avformat_open_input(&mut ctx, cpath.as_ptr(), std::ptr::null(), &mut opts);
+        drop(ff::Dictionary::own(opts));
+        if opened < 0 {
+            return Err(ff::Error::from(opened));
+        }
+        let mut per_stream: Vec<*mut ff::ffi::AVDictionary> = vec![std::ptr::null_mut(); (*ctx).nb_streams as usize];
+        for d in per_stream.iter_mut() {
+            ff::ffi::av_dict_set(d, c"max_pixels".as_ptr(), limit.as_ptr(), 0);
+        }
+        let found = ff::ffi::avformat_find_stream_info(ctx, per_stream.as_mut_ptr());
+        for d in per_stream.iter_mut() {
+            ff::ffi::av_dict_free(d);
+        }
+        if found < 0 {
+            ff::ffi::avformat_close_input(&mut ctx);
+            return Err(ff::Error::from(found));
+        }
+        Ok(Input::wrap(ctx))
+    }
+}
+
+/// Hold a decoder to pictures of at most `max_pixels` (checked from the
+/// stream's header before a frame is allocated).
+fn limit_pixels(ctx: &mut ff::codec::context::Context, max_pixels: u64) {
+    #[allow(unsafe_code)]
+    // SAFETY: a plain field of a codec context not yet opened.
+    unsafe {
+        (*ctx.as_mut_ptr()).max_pixels = max_pixels.min(i64::MAX as u64) as i64;
+    }
+}
+
 /// The video stream to cut on: the best one that is not cover art.
 fn pick_video(ictx: &Input) -> Option<usize> {
     let art = |s: &ff::format::stream::Stream| s.disposition().contains(ff::format::stream::Disposition::ATTACHED_PIC);
@@ -470,7 +520,7 @@ pub fn normalize_media(
     opts.set("format_whitelist", FORMAT_WHITELIST);
     // Raw streams (H.264, HEVC, MPEG video) carry no timestamps of their own.
     opts.set("fflags", "+genpts");
-    let ictx = ff::format::input_with_dictionary(&path, opts).map_err(|e| err(&format!("cannot open {named}"), e))?;
+    let ictx = open_input(path, opts, settings.max_image_pixels).map_err(|e| err(&format!("cannot open {named}"), e))?;
 
     let header_duration = (ictx.duration() > 0).then(|| ictx.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE));
     if let Some(d) = header_duration {
@@ -495,11 +545,25 @@ pub fn normalize_media(
     let lead_stream = ictx.stream(lead).expect("exists");
     let video_codec = video.map(|v| ictx.stream(v).expect("exists").parameters().id());
     let audio_codec = audio.map(|a| ictx.stream(a).expect("exists").parameters().id());
+    if video.is_some() {
+        let par = lead_stream.parameters();
+        #[allow(unsafe_code)]
+        // SAFETY: the parameters belong to an open stream; plain integer fields.
+        let (w, h) = unsafe { ((*par.as_ptr()).width.max(0) as u64, (*par.as_ptr()).height.max(0) as u64) };
+        if w * h > settings.max_image_pixels {
+            return Err(NormalizeError::new(format!(
+                "video frames are {w}x{h} = {} pixels, above the limit of {} (max_image_pixels); refused as a possible decompression bomb",
+                w * h,
+                settings.max_image_pixels
+            )));
+        }
+    }
     let decoder = match video {
         None => None,
         Some(_) => Some(
             ff::codec::context::Context::from_parameters(lead_stream.parameters())
-                .and_then(|c| {
+                .and_then(|mut c| {
+                    limit_pixels(&mut c, settings.max_image_pixels);
                     let mut d = c.decoder();
                     // It decodes one keyframe a segment for a thumbnail of a few
                     // hundred pixels: the deblocking filter would not show.

@@ -29,10 +29,7 @@ fn mixed_directory_lands_with_rows_per_kind_and_a_ledger_of_bad_files() {
     assert_eq!(kinds["other"], 10);
     assert_eq!(s["rows"].as_u64().unwrap() as usize, rows.len());
 
-    let errors = s["errors"].as_array().unwrap();
-    let reason = |name: &str| {
-        errors.iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string())
-    };
+    let reason = |name: &str| failure_reason(&s, name);
     assert!(reason("binary.txt").unwrap().contains("NUL byte"));
     assert!(reason("bomb.png").unwrap().contains("decompression bomb"));
     assert!(reason("truncated.jpg").unwrap().contains("image"));

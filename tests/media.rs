@@ -74,9 +74,7 @@ fn videos_become_playable_segments_that_tile_the_source() {
     let (code, s) = ingest_json(&table, &[&corpus], &["--segment-seconds", "10"]);
     assert_eq!(code, 2, "the bad videos fail, the rest land");
     assert_eq!(s["files_failed"], 4);
-    let reason = |name: &str| {
-        s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string()).unwrap()
-    };
+    let reason = |name: &str| failure_reason(&s, name).unwrap();
     assert!(reason("truncated.mp4").contains("truncated video"), "{}", reason("truncated.mp4"));
     assert!(reason("truncated.wmv").contains("truncated video: the ASF header says"), "{}", reason("truncated.wmv"));
     assert!(reason("garbage.mp4").contains("cannot open video"));
@@ -194,9 +192,7 @@ fn a_crashing_or_hanging_decoder_costs_its_file_not_the_job() {
     assert_eq!(out.status.code(), Some(2), "the job completes, with failures");
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["files_ingested"], 4);
-    let reason = |name: &str| {
-        s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string()).unwrap()
-    };
+    let reason = |name: &str| failure_reason(&s, name).unwrap();
     assert!(reason("crash-me.mp4").contains("normalizer process crashed"), "{}", reason("crash-me.mp4"));
     assert!(reason("hang-me.mp4").contains("timed out after 5s"), "{}", reason("hang-me.mp4"));
     let rows = read_rows(&table);
@@ -434,9 +430,7 @@ fn audio_files_become_segments_with_their_tags() {
     let (code, s) = ingest_json(&table, &[&corpus], &["--segment-seconds", "10"]);
     assert_eq!(code, 2, "the bad files fail, the rest land: {}", s["errors"]);
     assert_eq!(s["files_failed"], 3, "{}", s["errors"]);
-    let reason = |name: &str| {
-        s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string()).unwrap()
-    };
+    let reason = |name: &str| failure_reason(&s, name).unwrap();
     assert!(reason("cut.mp3").contains("truncated audio"), "{}", reason("cut.mp3"));
     assert!(reason("cut.wav").contains("truncated audio: the WAVE header says"), "{}", reason("cut.wav"));
     let noise = reason("noise.flac");
@@ -586,9 +580,7 @@ fn images_of_every_common_format_land_with_thumbnails() {
     let (code, s) = ingest_json(&table, &[&corpus], &[]);
     assert_eq!(code, 2, "{}", s["errors"]);
     assert_eq!(s["files_failed"], 3, "{}", s["errors"]);
-    let reason = |name: &str| {
-        s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string()).unwrap()
-    };
+    let reason = |name: &str| failure_reason(&s, name).unwrap();
     assert!(reason("bomb.psd").contains("above the limit of 100000000 pixels"), "{}", reason("bomb.psd"));
     assert!(reason("cut.psd").contains("corrupt psd image"), "{}", reason("cut.psd"));
     for name in ["noise.exr", "cut.psd"] {

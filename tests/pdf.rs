@@ -33,9 +33,7 @@ fn pdf_pages_become_rows_and_bad_pdfs_are_refused() {
     let table = dir.path().join("lake");
     let (code, s) = ingest_json(&table, &[&corpus], &["--pdf-dpi", "72", "--max-render-pixels", "4000000"]);
     assert_eq!(code, 2, "bad PDFs fail, good ones land");
-    let reason = |name: &str| {
-        s["errors"].as_array().unwrap().iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["reason"].as_str().unwrap().to_string())
-    };
+    let reason = |name: &str| failure_reason(&s, name);
     assert!(reason("encrypted.pdf").unwrap().contains("encrypted PDF"), "{:?}", reason("encrypted.pdf"));
     assert!(reason("corrupt.pdf").unwrap().contains("corrupt PDF"), "{:?}", reason("corrupt.pdf"));
     assert_eq!(s["files_failed"], 2);

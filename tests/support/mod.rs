@@ -178,3 +178,9 @@ pub fn python() -> String {
 
 #[allow(unused_imports)]
 pub use sluice_common::samples::minimal_pdf as make_pdf;
+
+/// The reason an ingest summary gives for the failed file whose URI ends
+/// with `name`.
+pub fn failure_reason(summary: &serde_json::Value, name: &str) -> Option<String> {
+    summary["errors"].as_array()?.iter().find(|e| e["uri"].as_str().is_some_and(|u| u.ends_with(name)))?["reason"].as_str().map(str::to_string)
+}

@@ -65,6 +65,16 @@ fn probe_duration(path: &str) -> f64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0.0)
 }
 
+/// The first frame of a picture or video, as 64x48 gray pixels.
+fn gray_64x48(path: &str) -> Vec<u8> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i", path, "-frames:v", "1", "-vf", "scale=64:48,format=gray", "-f", "rawvideo", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stdout.len() == 64 * 48, "{path}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 #[test]
 fn videos_become_playable_segments_that_tile_the_source() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,6 +126,17 @@ fn videos_become_playable_segments_that_tile_the_source() {
         let meta = &segs[0]["metadata"];
         assert!((meta["duration"].as_f64().unwrap() - source_seconds).abs() < 0.2);
         assert_eq!(meta["has_audio"], !name.starts_with("no_audio") && !name.starts_with("long_gop") && !name.starts_with("rotated"));
+    }
+    // Each segment's thumbnail is its own first frame (thumbnails are
+    // decoded beside the muxing and matched back to their segments).
+    let mut segs: Vec<_> = rows.iter().filter(|r| r["source_uri"].as_str().unwrap().ends_with("h264_aac.mp4")).collect();
+    segs.sort_by_key(|r| r["chunk_index"].as_u64());
+    let firsts: Vec<Vec<u8>> = segs.iter().map(|r| gray_64x48(r["path"].as_str().unwrap())).collect();
+    for (i, seg) in segs.iter().enumerate() {
+        let thumb = gray_64x48(seg["thumbnail_path"].as_str().unwrap());
+        let diffs: Vec<f64> = firsts.iter().map(|f| f.iter().zip(&thumb).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>() / f.len() as f64).collect();
+        let nearest = diffs.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        assert_eq!(nearest, i, "segment {i}'s thumbnail is its first frame: mean differences {diffs:?}");
     }
     let long: Vec<f64> = rows.iter().filter(|r| r["source_uri"].as_str().unwrap().ends_with("long_gop.mp4")).map(|r| r["start_seconds"].as_f64().unwrap()).collect();
     assert!(long.iter().all(|t| (t / 10.0 - (t / 10.0).round()).abs() < 1e-6), "long GOP: cuts only at its keyframes {long:?}");

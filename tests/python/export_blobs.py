@@ -1,4 +1,4 @@
-"""Write every row's `data` blob of a table to a directory (one file a row)
+"""Write every row's `data` blob (and thumbnail) of a table to a directory (one file a row)
 and print the rows' positions and metadata as JSON, for checks with other
 tools (e.g. the ffmpeg CLI)."""
 import json
@@ -22,8 +22,14 @@ for (_, data), r in zip(blobs, rows):
     path = os.path.join(out_dir, f"{name}.{r['chunk_index']:04d}.{ext.get(r['mime_type'], 'bin')}")
     with open(path, "wb") as f:
         f.write(data or b"")
+    thumbnail_path = None
+    if r["thumbnail"]:
+        thumbnail_path = path + ".thumbnail.jpg"
+        with open(thumbnail_path, "wb") as f:
+            f.write(r["thumbnail"])
     report.append({k: r[k] for k in ("source_uri", "kind", "mime_type", "chunk_index", "start_seconds",
                                      "end_seconds", "width", "height")}
                   | {"metadata": json.loads(r["metadata"]) if r["metadata"] else None,
-                     "path": path, "thumbnail_bytes": len(r["thumbnail"] or b"")})
+                     "path": path, "thumbnail_bytes": len(r["thumbnail"] or b""),
+                     "thumbnail_path": thumbnail_path})
 print(json.dumps(report))

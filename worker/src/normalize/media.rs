@@ -240,7 +240,7 @@ struct Segment {
     map: Vec<Option<usize>>,
     start: f64,
     offset: Vec<i64>,
-    thumbnail: Option<Vec<u8>>,
+    thumbnail: Option<Ticket>,
     /// The sample rate of a FLAC segment, whose header is fixed at the end.
     flac_rate: Option<u32>,
 }
@@ -251,7 +251,7 @@ struct Done {
     bytes: Waiting,
     start: f64,
     end: f64,
-    thumbnail: Option<Vec<u8>>,
+    thumbnail: Option<Ticket>,
 }
 
 struct Job {
@@ -266,12 +266,8 @@ struct Job {
     refused: Option<String>,
     /// Expected bytes of one segment, to size its buffer.
     segment_bytes: usize,
-    /// The video decoder, for thumbnails (none for audio).
-    decoder: Option<ff::decoder::Video>,
-    /// Made for the first thumbnail, kept for the file's others (frames of
-    /// one stream share their size and format).
-    scaler: Option<Scaler>,
-    rotation: i32,
+    /// Segment thumbnails, decoded beside the muxing.
+    thumbs: Thumbnails,
     thumb: u32,
 }
 
@@ -317,47 +313,103 @@ impl Job {
         let flac_rate = (self.container.muxer == "flac").then(|| audio_shape(&self.ictx.stream(self.copied[0]).expect("exists")).0);
         Ok(Segment { index, buf, octx, map, start, offset, thumbnail: None, flac_rate })
     }
+}
 
-    /// First decodable frame of a keyframe packet, as a JPEG thumbnail.
-    fn thumbnail(&mut self, packet: &Packet) -> Option<Vec<u8>> {
-        let decoder = self.decoder.as_mut()?;
-        decoder.send_packet(packet).ok()?;
-        let _ = decoder.send_eof();
-        let mut frame = VideoFrame::empty();
-        let got = decoder.receive_frame(&mut frame).is_ok();
-        decoder.flush();
-        if !got || frame.width() == 0 || frame.height() == 0 {
-            return None;
-        }
-        let (w, h) = (frame.width(), frame.height());
-        let scale = f64::from(self.thumb) / f64::from(w.max(h));
-        let (tw, th) = if scale < 1.0 {
-            (((f64::from(w) * scale).round() as u32).max(1), ((f64::from(h) * scale).round() as u32).max(1))
-        } else {
-            (w, h)
-        };
-        let fits = |s: &Scaler| s.input().format == frame.format() && (s.input().width, s.input().height) == (w, h);
-        if !self.scaler.as_ref().is_some_and(fits) {
-            self.scaler = Some(Scaler::get(frame.format(), w, h, ff::format::Pixel::RGB24, tw, th, Flags::BILINEAR).ok()?);
-        }
-        let scaler = self.scaler.as_mut()?;
-        let mut rgb = VideoFrame::empty();
-        scaler.run(&frame, &mut rgb).ok()?;
-        let stride = rgb.stride(0);
-        let row = tw as usize * 3;
-        let mut pixels = Vec::with_capacity(row * th as usize);
-        for y in 0..th as usize {
-            pixels.extend_from_slice(&rgb.data(0)[y * stride..y * stride + row]);
-        }
-        let mut img = image::DynamicImage::ImageRgb8(RgbImage::from_raw(tw, th, pixels)?);
-        img = match self.rotation {
-            90 => img.rotate90(),
-            180 => img.rotate180(),
-            270 => img.rotate270(),
-            _ => img,
-        };
-        super::encode_jpeg(&img.to_rgb8(), 80)
+/// Where a segment's thumbnail will be, once decoded.
+#[derive(Debug, Clone, Copy)]
+struct Ticket(usize);
+
+/// Thumbnails of keyframes, decoded and encoded on a thread of their own
+/// while the segments are muxed (a keyframe's decode costs more than
+/// muxing its segment): asked for by ticket as segments start, taken when
+/// the rows go out, after the whole file was read. At most a few keyframes
+/// wait for the thread; past them, asking waits.
+struct Thumbnails {
+    ask: Option<std::sync::mpsc::SyncSender<Packet>>,
+    got: Option<std::sync::mpsc::Receiver<Option<Vec<u8>>>>,
+    asked: usize,
+    /// What the thread sent so far, by ticket.
+    ready: Vec<Option<Vec<u8>>>,
+}
+
+impl Thumbnails {
+    /// Start the thread for `decoder` (none: an audio file, no thumbnails).
+    fn start(decoder: Option<ff::decoder::Video>, rotation: i32, size: u32) -> Result<Self, NormalizeError> {
+        let Some(mut decoder) = decoder else { return Ok(Self { ask: None, got: None, asked: 0, ready: Vec::new() }) };
+        let (ask, packets) = std::sync::mpsc::sync_channel::<Packet>(4);
+        let (done, got) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("thumbnails".into())
+            .spawn(move || {
+                // Made for the first thumbnail, kept for the file's others
+                // (frames of one stream share their size and format).
+                let mut scaler = None;
+                for packet in packets {
+                    if done.send(keyframe_thumbnail(&mut decoder, &mut scaler, &packet, rotation, size)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| err("cannot start the thumbnail thread", e))?;
+        Ok(Self { ask: Some(ask), got: Some(got), asked: 0, ready: Vec::new() })
     }
+
+    /// Ask for the thumbnail of a keyframe packet.
+    fn ask(&mut self, packet: &Packet) -> Option<Ticket> {
+        self.ask.as_ref()?.send(packet.clone()).ok()?;
+        self.asked += 1;
+        Some(Ticket(self.asked - 1))
+    }
+
+    /// The thumbnail a ticket stands for, once decoded (none if its frame
+    /// did not decode).
+    fn take(&mut self, ticket: Option<Ticket>) -> Option<Vec<u8>> {
+        let Ticket(n) = ticket?;
+        while self.ready.len() <= n {
+            self.ready.push(self.got.as_ref()?.recv().ok()?);
+        }
+        self.ready[n].take()
+    }
+}
+
+/// First decodable frame of a keyframe packet, as a JPEG thumbnail.
+fn keyframe_thumbnail(decoder: &mut ff::decoder::Video, scaler: &mut Option<Scaler>, packet: &Packet, rotation: i32, thumb: u32) -> Option<Vec<u8>> {
+    decoder.send_packet(packet).ok()?;
+    let _ = decoder.send_eof();
+    let mut frame = VideoFrame::empty();
+    let got = decoder.receive_frame(&mut frame).is_ok();
+    decoder.flush();
+    if !got || frame.width() == 0 || frame.height() == 0 {
+        return None;
+    }
+    let (w, h) = (frame.width(), frame.height());
+    let scale = f64::from(thumb) / f64::from(w.max(h));
+    let (tw, th) = if scale < 1.0 {
+        (((f64::from(w) * scale).round() as u32).max(1), ((f64::from(h) * scale).round() as u32).max(1))
+    } else {
+        (w, h)
+    };
+    let fits = |s: &Scaler| s.input().format == frame.format() && (s.input().width, s.input().height) == (w, h);
+    if !scaler.as_ref().is_some_and(fits) {
+        *scaler = Some(Scaler::get(frame.format(), w, h, ff::format::Pixel::RGB24, tw, th, Flags::BILINEAR).ok()?);
+    }
+    let scaler = scaler.as_mut()?;
+    let mut rgb = VideoFrame::empty();
+    scaler.run(&frame, &mut rgb).ok()?;
+    let stride = rgb.stride(0);
+    let row = tw as usize * 3;
+    let mut pixels = Vec::with_capacity(row * th as usize);
+    for y in 0..th as usize {
+        pixels.extend_from_slice(&rgb.data(0)[y * stride..y * stride + row]);
+    }
+    let mut img = image::DynamicImage::ImageRgb8(RgbImage::from_raw(tw, th, pixels)?);
+    img = match rotation {
+        90 => img.rotate90(),
+        180 => img.rotate180(),
+        270 => img.rotate270(),
+        _ => img,
+    };
+    super::encode_jpeg(&img.to_rgb8(), 80)
 }
 
 fn close(mut seg: Segment, end: f64, held: &mut Held) -> Result<Done, NormalizeError> {
@@ -603,9 +655,7 @@ pub fn normalize_media(
         container,
         refused: None,
         segment_bytes,
-        decoder,
-        scaler: None,
-        rotation: rot,
+        thumbs: Thumbnails::start(decoder, rot, settings.thumbnail_size)?,
         thumb: settings.thumbnail_size,
     };
 
@@ -618,7 +668,7 @@ pub fn normalize_media(
     let mut art_thumbnail = None;
     // Streams no segment container takes: the file is read through (to
     // validate it and learn its length), then stored whole.
-    let mut uncopyable: Option<(NormalizeError, Option<Vec<u8>>)> = None;
+    let mut uncopyable: Option<(NormalizeError, Option<Ticket>)> = None;
     loop {
         let mut packet = Packet::empty();
         match packet.read(&mut job.ictx) {
@@ -640,7 +690,7 @@ pub fn normalize_media(
             if index == lead && video.is_some() {
                 untimed += 1;
                 if untimed_thumbnail.is_none() && packet.is_key() {
-                    untimed_thumbnail = job.thumbnail(&packet);
+                    untimed_thumbnail = job.thumbs.ask(&packet).and_then(|t| job.thumbs.take(Some(t)));
                 }
             }
             continue;
@@ -659,10 +709,10 @@ pub fn normalize_media(
                     }
                     match job.open_segment(next, rel, t) {
                         Ok(mut seg) => {
-                            seg.thumbnail = job.thumbnail(&packet);
+                            seg.thumbnail = job.thumbs.ask(&packet);
                             current = Some(seg);
                         }
-                        Err(e) if next == 0 => uncopyable = Some((e, job.thumbnail(&packet))),
+                        Err(e) if next == 0 => uncopyable = Some((e, job.thumbs.ask(&packet))),
                         Err(e) => return Err(e),
                     }
                 }
@@ -715,7 +765,7 @@ pub fn normalize_media(
             codec: video_codec.or(audio_codec).unwrap_or(Id::None),
             width,
             height,
-            thumbnail: thumbnail.or(art_thumbnail),
+            thumbnail: job.thumbs.take(thumbnail).or(art_thumbnail),
             why: &refused.0,
         };
         return store_whole(path, whole, settings, &mut |rows| out(Piece::Rows(rows)));
@@ -767,7 +817,7 @@ pub fn normalize_media(
             start_seconds: Some(seg.start),
             end_seconds: Some(seg.end),
             data: Some(Bytes::from(bytes)),
-            thumbnail: seg.thumbnail.or_else(|| art_thumbnail.clone()),
+            thumbnail: job.thumbs.take(seg.thumbnail).or_else(|| art_thumbnail.clone()),
             width: dims(w),
             height: dims(h),
             metadata: Some(meta),

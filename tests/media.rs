@@ -310,12 +310,96 @@ fn the_normalizer_binary_serves_requests_and_refuses_other_arguments() {
             assert!(rows.windows(text.len()).any(|w| w == text), "{text:?} crosses the pipe: text and JPEG of both pages");
         }
     }
+    // This one has no FFmpeg: a video request is refused, saying where video goes.
+    let video = Request { kind: sluice_common::schema::Kind::Video, ..request };
+    let mut line = serde_json::to_vec(&video).unwrap();
+    line.push(b'\n');
+    stdin.write_all(&line).unwrap();
+    stdin.flush().unwrap();
+    let mut head = [0u8; 5];
+    stdout.read_exact(&mut head).unwrap();
+    let mut payload = vec![0u8; u32::from_le_bytes(head[1..].try_into().unwrap()) as usize];
+    stdout.read_exact(&mut payload).unwrap();
+    let reason = String::from_utf8_lossy(&payload);
+    assert_eq!(head[0], ERROR, "{reason}");
+    assert!(reason.contains("no FFmpeg") && reason.contains("sluice-normalizer-media"), "{reason}");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap();
+    assert!(maps.contains("libturbojpeg") && !maps.contains("libavcodec"), "maps FFmpeg:\n{maps}");
     drop(stdin);
     assert!(child.wait().unwrap().success(), "exits 0 once its input closes");
 
     let out = Command::new(exe).arg("ingest").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("started by sluice workers"));
+}
+
+/// One request on the normalizer process in `slot` (started or replaced
+/// as the request needs): its rows, or why it failed.
+async fn ask_child(
+    slot: &mut Option<sluice_worker::isolation::ChildProc>,
+    exes: &sluice_worker::isolation::Normalizers,
+    kind: sluice_common::schema::Kind,
+    path: &Path,
+) -> Result<usize, String> {
+    use sluice_worker::isolation::{ChildProc, Part, Request};
+    use sluice_worker::normalize::Piece;
+    let settings = sluice_common::settings::Settings { pdf_dpi: 36, ..sluice_common::settings::Settings::DEFAULT };
+    let request = Request { path: path.to_path_buf(), kind, settings, part: Part::Whole };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let work = ChildProc::start(slot, exes, &request, tx).await?;
+    let mut rows = 0;
+    while let Some(piece) = rx.recv().await {
+        if let Piece::Rows(r) = piece {
+            rows += r.len();
+        }
+    }
+    let (result, stdout) = work.await.unwrap();
+    slot.as_mut().unwrap().give_back(stdout.expect("the child stays healthy"));
+    result.map(|()| rows)
+}
+
+/// Whether the process maps FFmpeg's libraries.
+fn maps_ffmpeg(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap().contains("libavcodec")
+}
+
+/// Normalizer processes come from two programs: PDFs get
+/// `sluice-normalizer`, which maps no FFmpeg; video replaces it by
+/// `sluice-normalizer-media`, which keeps the PDFs that follow until video
+/// has stopped coming for a second, and then gives way to a lean one again.
+#[tokio::test]
+async fn pdfs_run_without_ffmpeg_and_video_brings_the_process_that_has_it() {
+    use sluice_common::schema::Kind;
+    let exes = sluice_worker::isolation::Normalizers {
+        lean: Path::new(env!("CARGO_BIN_EXE_sluice-normalizer")).to_path_buf(),
+        media: Path::new(env!("CARGO_BIN_EXE_sluice-normalizer-media")).to_path_buf(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pdf = dir.path().join("note.pdf");
+    std::fs::write(&pdf, sluice_common::samples::text_pdf(&[vec!["a note".to_string()]], (612.0, 792.0), "Note")).unwrap();
+    let video = dir.path().join("clip.mp4");
+    let mut args = lavfi_video("2").to_vec();
+    args.extend(["-c:v", "libx264", "-g", "12", video.to_str().unwrap()]);
+    ffmpeg(&args);
+
+    let mut slot = None;
+    let pid = |slot: &Option<sluice_worker::isolation::ChildProc>| slot.as_ref().and_then(|c| c.id()).unwrap();
+    assert_eq!(ask_child(&mut slot, &exes, Kind::Pdf, &pdf).await, Ok(1));
+    let lean = pid(&slot);
+    assert!(!slot.as_ref().unwrap().has_ffmpeg() && !maps_ffmpeg(lean), "a PDF starts the program without FFmpeg");
+
+    let rows = ask_child(&mut slot, &exes, Kind::Video, &video).await.unwrap();
+    assert!(rows >= 1, "{rows} segments");
+    let media = pid(&slot);
+    assert!(media != lean && slot.as_ref().unwrap().has_ffmpeg() && maps_ffmpeg(media), "video replaced the process");
+
+    assert_eq!(ask_child(&mut slot, &exes, Kind::Pdf, &pdf).await, Ok(1));
+    assert_eq!(pid(&slot), media, "a PDF right after video stays on the process with FFmpeg");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(ask_child(&mut slot, &exes, Kind::Pdf, &pdf).await, Ok(1));
+    let again = pid(&slot);
+    assert!(again != media && !maps_ffmpeg(again), "a second without video: a lean process again");
+    slot.take().unwrap().finish().await;
 }
 
 /// Every whitelisted container and raw stream, named by its extension and

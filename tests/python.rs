@@ -65,8 +65,10 @@ fn venv_with(dir: &Path, name: &str, package: &Path, find_links: &[&Path]) -> Pa
     // The package gave both the command and the module.
     let version = Command::new(venv.join("bin/sluice")).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("sluice "), "{version:?}");
-    // With the normalizer processes' own binary beside it.
-    assert!(venv.join("bin/sluice-normalizer").is_file(), "sluice-normalizer is not installed in {}", venv.display());
+    // With the normalizer processes' own binaries beside it.
+    for normalizer in ["sluice-normalizer", "sluice-normalizer-media"] {
+        assert!(venv.join("bin").join(normalizer).is_file(), "{normalizer} is not installed in {}", venv.display());
+    }
     venv
 }
 

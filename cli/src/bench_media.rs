@@ -50,7 +50,7 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
         let mb = bytes as f64 / 1e6;
         let t = Instant::now();
         for (i, v) in args.videos.iter().enumerate() {
-            sluice_worker::normalize::bare_remux(v, &work.join(format!("remux-{i}.mkv")))
+            sluice_media::bare_remux(v, &work.join(format!("remux-{i}.mkv")))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let bare = mb / t.elapsed().as_secs_f64();

@@ -3,7 +3,6 @@
 //! transport of the worker protocol. Shards, generations, fencing and
 //! checkpoints go the same way as between machines; only the wire is gone.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ pub struct Embedded {
 impl Embedded {
     /// Start the coordinator and the worker. `storage_concurrency` bounds
     /// the storage requests of both together.
-    pub async fn start(normalizer_exe: Option<PathBuf>, storage_concurrency: u32) -> anyhow::Result<Self> {
+    pub async fn start(normalizer_exe: Option<sluice_worker::isolation::Normalizers>, storage_concurrency: u32) -> anyhow::Result<Self> {
         let cfg = ClusterConfig {
             heartbeat: HEARTBEAT,
             worker_timeout: WORKER_TIMEOUT,

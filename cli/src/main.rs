@@ -82,6 +82,9 @@ enum Command {
 
 fn main() {
     sluice_worker::limit_malloc_arenas();
+    // Kind detection probes containers with FFmpeg, and in-process
+    // normalizers (and `normalize-server`) cut video with it.
+    sluice_media::install();
     let cli = Cli::parse();
     // Long-running roles log their work; one-shot commands only problems.
     let default = match cli.command {

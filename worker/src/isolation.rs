@@ -24,19 +24,55 @@ use tokio::io::AsyncReadExt;
 use crate::normalize::{self, NormalizeError};
 
 /// The argument a normalizer process is started with (`sluice
-/// normalize-server`; `sluice-normalizer` accepts it too).
+/// normalize-server`; the normalizer binaries accept it too).
 pub const SUBCOMMAND: &str = "normalize-server";
 
-/// Name of the normalizer binary installed beside `sluice`.
-const NORMALIZER_BINARY: &str = "sluice-normalizer";
+/// The normalizer binary without FFmpeg (PDFs, images, OCR), installed
+/// beside `sluice`.
+const LEAN_BINARY: &str = "sluice-normalizer";
+/// The normalizer binary with FFmpeg (video, audio and FFmpeg's image
+/// decoders too), installed beside `sluice`.
+const MEDIA_BINARY: &str = "sluice-normalizer-media";
 
-/// The program to start normalizer processes from: `sluice-normalizer`
-/// beside the running binary if it is there (a small binary: each process
-/// maps only the decoders), else the running binary itself.
-pub fn normalizer_exe() -> std::io::Result<PathBuf> {
+/// The programs normalizer processes are started from. Two, because
+/// linking Debian's FFmpeg loads ~130 shared libraries into a process
+/// (~40 ms of CPU at every start, ~35 MB of resident pages): the processes
+/// that only render PDFs or read images do without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Normalizers {
+    /// Serves PDFs and images the `image` crate reads (and OCR).
+    pub lean: PathBuf,
+    /// Serves every request, video and audio too.
+    pub media: PathBuf,
+}
+
+impl Normalizers {
+    /// One program for every request.
+    pub fn single(exe: PathBuf) -> Self {
+        Self { lean: exe.clone(), media: exe }
+    }
+
+    /// The program `request` needs.
+    fn for_request(&self, request: &Request) -> &std::path::Path {
+        if request.needs_ffmpeg() {
+            &self.media
+        } else {
+            &self.lean
+        }
+    }
+}
+
+/// The normalizer binaries beside the running one: `sluice-normalizer`
+/// and `sluice-normalizer-media` where they are installed (each process
+/// then maps only the decoders it needs, not the table engine and the rest
+/// of `sluice`); the running binary (`sluice normalize-server`, which has
+/// FFmpeg) stands in for a missing one.
+pub fn normalizer_exe() -> std::io::Result<Normalizers> {
     let exe = std::env::current_exe()?;
-    let sibling = exe.with_file_name(NORMALIZER_BINARY);
-    Ok(if sibling.is_file() { sibling } else { exe })
+    let sibling = |name: &str| Some(exe.with_file_name(name)).filter(|p| p.is_file());
+    let media = sibling(MEDIA_BINARY).unwrap_or_else(|| exe.clone());
+    let lean = sibling(LEAN_BINARY).unwrap_or_else(|| media.clone());
+    Ok(Normalizers { lean, media })
 }
 
 /// Serve requests on stdin and stdout until stdin closes, then exit: the
@@ -65,6 +101,15 @@ pub struct Request {
     pub settings: Settings,
     #[serde(default)]
     pub part: Part,
+}
+
+impl Request {
+    /// Whether only a process with FFmpeg can serve this: video, audio,
+    /// and images (which go to a process when the `image` crate could not
+    /// read them, or for OCR).
+    pub fn needs_ffmpeg(&self) -> bool {
+        matches!(self.kind, Kind::Video | Kind::Audio | Kind::Image)
+    }
 }
 
 /// What of the file a request asks for.
@@ -260,6 +305,10 @@ pub fn rows_from_frame(payload: Vec<u8>) -> Result<Vec<Row>, String> {
 /// A normalizer's child process, kept across files while it stays healthy.
 pub struct ChildProc {
     child: tokio::process::Child,
+    /// Started from `Normalizers::media`: it serves every request.
+    media: bool,
+    /// When it last served a request only it could (video, audio, images).
+    last_media: Option<std::time::Instant>,
     stdin: tokio::process::ChildStdin,
     /// Lent to the task reading a file's frames, given back when it ends
     /// cleanly; missing: the child must not be reused.
@@ -271,7 +320,7 @@ pub struct ChildProc {
 pub type Work = (Result<(), String>, Option<tokio::process::ChildStdout>);
 
 impl ChildProc {
-    fn spawn(exe: &std::path::Path) -> Result<Self, String> {
+    fn spawn(exe: &std::path::Path, media: bool) -> Result<Self, String> {
         let mut command = tokio::process::Command::new(exe);
         // OpenMP (Tesseract's threads, through a library FFmpeg already
         // loads) reads its thread limit once, at process start: one thread a
@@ -293,7 +342,7 @@ impl ChildProc {
         if let Some(out) = &stdout {
             widen_pipe(out);
         }
-        Ok(Self { child, stdin, stdout })
+        Ok(Self { child, media, last_media: None, stdin, stdout })
     }
 
     /// Kill the child and say how it ended.
@@ -309,12 +358,22 @@ impl ChildProc {
     /// here (so no zombie stays behind, and its CPU time is counted as
     /// this process's children's). Killed if it does not exit in time.
     pub async fn finish(self) {
-        let Self { mut child, stdin, stdout } = self;
+        let Self { mut child, stdin, stdout, .. } = self;
         drop((stdin, stdout));
         if tokio::time::timeout(std::time::Duration::from_secs(2), child.wait()).await.is_err() {
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
+    }
+
+    /// The child's process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Whether the child was started from the program with FFmpeg.
+    pub fn has_ffmpeg(&self) -> bool {
+        self.media
     }
 
     /// Take back the stdout a cleanly finished file lent out.
@@ -323,19 +382,38 @@ impl ChildProc {
     }
 
     /// Send `request` to the child in `slot` (started first if there is
-    /// none) and stream its pieces into `tx`. Err: the file fails (the child
-    /// could not be started or is gone).
+    /// none, or replaced if it is not the program the request wants) and
+    /// stream its pieces into `tx`. Err: the file fails (the child could
+    /// not be started or is gone).
     pub async fn start(
         slot: &mut Option<ChildProc>,
-        exe: &std::path::Path,
+        exes: &Normalizers,
         request: &Request,
         tx: tokio::sync::mpsc::Sender<normalize::Piece>,
     ) -> Result<tokio::task::JoinHandle<Work>, String> {
         use tokio::io::AsyncWriteExt;
+        let needs_ffmpeg = request.needs_ffmpeg();
+        if let Some(proc) = slot.take() {
+            // A process without FFmpeg cannot serve video; one with FFmpeg
+            // serves PDFs as well, and gives way to a lean one once video
+            // has stopped coming its way (so files of mixed kinds do not
+            // start a process each).
+            let idle_media = proc.media
+                && exes.lean != exes.media
+                && proc.last_media.is_none_or(|t| t.elapsed() >= MEDIA_KEPT);
+            match (needs_ffmpeg && !proc.media) || (!needs_ffmpeg && idle_media) {
+                true => proc.finish().await,
+                false => *slot = Some(proc),
+            }
+        }
         if slot.is_none() {
-            *slot = Some(ChildProc::spawn(exe)?);
+            let exe = exes.for_request(request);
+            *slot = Some(ChildProc::spawn(exe, exe == exes.media)?);
         }
         let Some(proc) = slot.as_mut() else { return Err("no normalizer process".into()) };
+        if needs_ffmpeg {
+            proc.last_media = Some(std::time::Instant::now());
+        }
         let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
         line.push(b'\n');
         let stdout = proc.stdout.take();
@@ -380,6 +458,12 @@ impl ChildProc {
         }))
     }
 }
+
+/// How long a normalizer process with FFmpeg is kept for PDFs after its
+/// last video, audio file or image: past it, the next PDF replaces it by
+/// one without FFmpeg (~35 MB less resident). At most one start of each
+/// kind a second per process however files of mixed kinds come.
+const MEDIA_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Segments and renders are megabytes each: a 1 MiB pipe (Linux's default
 /// is 64 KiB) moves them in far fewer wakeups. Best effort.

@@ -10,7 +10,6 @@
 //! under a new id. Whatever it had not yet had committed is redone from the
 //! coordinator's side, and its old checkpoints are refused (fencing).
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +31,8 @@ use pb::coordinator_service_client::CoordinatorServiceClient;
 pub struct WorkerConfig {
     /// Name prefix of this worker's ids.
     pub name: String,
-    /// Run media decoders in child processes of this executable.
-    pub normalizer_exe: Option<PathBuf>,
+    /// Run media decoders in child processes of these executables.
+    pub normalizer_exe: Option<crate::isolation::Normalizers>,
     /// Set while registered with a coordinator (readiness).
     pub ready: Arc<AtomicBool>,
     /// Share this storage limiter with the rest of the process.

@@ -33,7 +33,7 @@ pub struct Worker {
     jobs: Mutex<HashMap<String, RunningJob>>,
     stats: Arc<PipelineStats>,
     limiter: Option<StorageLimiter>,
-    isolation: Option<std::path::PathBuf>,
+    isolation: Option<crate::isolation::Normalizers>,
     /// Cancelled when the session ends; every job's `stop` is a child of it.
     session: CancellationToken,
     /// Cancelled by a pipeline when the coordinator refuses this worker's
@@ -55,11 +55,11 @@ impl Worker {
         }
     }
 
-    /// Normalize media (video, PDF) in child processes of `exe`
+    /// Normalize media (video, audio, PDF) in child processes of `exes`
     /// (`exe normalize-server`), so a crashing or hanging decoder costs one
     /// file, not the worker.
-    pub fn with_normalizer_processes(mut self, exe: Option<std::path::PathBuf>) -> Self {
-        self.isolation = exe;
+    pub fn with_normalizer_processes(mut self, exes: Option<crate::isolation::Normalizers>) -> Self {
+        self.isolation = exes;
         self
     }
 

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::flusher::FlusherMsg;
-use crate::isolation::{ChildProc, Part, Request};
+use crate::isolation::{ChildProc, Normalizers, Part, Request};
 use crate::normalize::{self, Piece};
 use crate::PipelineError;
 
@@ -31,9 +31,9 @@ pub struct FileTask {
 
 pub struct NormalizerPool {
     pub settings: Arc<Settings>,
-    /// Executable that serves media normalization in a child process
-    /// (`sluice normalize-server`); `None` runs it in this process.
-    pub isolation: Option<std::path::PathBuf>,
+    /// The programs that serve normalization in child processes; `None`
+    /// runs it in this process.
+    pub isolation: Option<Normalizers>,
     pub sink: Sink,
     pub busy: Arc<BusyGauge>,
 }
@@ -148,7 +148,7 @@ impl NormalizerPool {
             };
             busy.enter();
             test_hooks(&task.file.uri).await;
-            let children = isolation.as_deref().map(|exe| Children { exe, permits: &permits, busy: &busy });
+            let children = isolation.as_ref().map(|exes| Children { exes, permits: &permits, busy: &busy });
             let outcome = process(&task.file, &settings, &flusher, children, &mut slot).await;
             busy.exit();
             let label = match &outcome {
@@ -232,11 +232,11 @@ async fn append(sink: &Sink, rows: FileRows) -> Result<(), Outcome> {
     sink.flusher.call(|reply| FlusherMsg::Append(rows, grant, reply), None).await.map(|_| ()).map_err(|e| Outcome::Fatal(e.to_string()))
 }
 
-/// Media is normalized in child processes of `exe`; a big PDF may borrow
+/// Media is normalized in child processes of `exes`; a big PDF may borrow
 /// the pool's idle `permits` to spread its pages over more of them.
 #[derive(Clone, Copy)]
 struct Children<'a> {
-    exe: &'a std::path::Path,
+    exes: &'a Normalizers,
     permits: &'a Arc<Semaphore>,
     /// Helpers count as normalizations in flight.
     busy: &'a Arc<BusyGauge>,
@@ -344,7 +344,7 @@ async fn process_streamed(
     children: Option<Children<'_>>,
     child: &mut Option<ChildProc>,
 ) -> Result<(), Outcome> {
-    let isolation = children.map(|c| c.exe);
+    let isolation = children.map(|c| c.exes);
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let deadline = tokio::time::Instant::now() + timeout;
     let (limit, limit_name) = match kind {
@@ -360,7 +360,7 @@ async fn process_streamed(
     if let (Kind::Pdf, Some(children)) = (file_kind, children) {
         if probe.size >= SPLIT_MIN_BYTES {
             let ask_count = Request { path: probe.path.clone(), kind: file_kind, settings: (**settings).clone(), part: Part::PageCount };
-            let count = match tokio::time::timeout_at(deadline, ask(child, children.exe, &ask_count)).await {
+            let count = match tokio::time::timeout_at(deadline, ask(child, children.exes, &ask_count)).await {
                 Err(_) => {
                     if let Some(proc) = child.take() {
                         proc.end().await;
@@ -400,9 +400,9 @@ async fn process_streamed(
             };
             (run(), None)
         }),
-        Some(exe) => {
+        Some(exes) => {
             let request = Request { path: path.clone(), kind: file_kind, settings: (*s).clone(), part: Part::Whole };
-            ChildProc::start(child, exe, &request, tx).await.map_err(|e| failed(kind, e))?
+            ChildProc::start(child, exes, &request, tx).await.map_err(|e| failed(kind, e))?
         }
     };
     tokio::pin!(work);
@@ -491,9 +491,9 @@ const SPLIT_MIN_BYTES: u64 = 64 << 10;
 /// Run one request on the child in `slot` (started first if there is none)
 /// and collect what it answers. Err: the request failed; a child that
 /// crashed or spoke nonsense is ended and the slot emptied.
-async fn ask(slot: &mut Option<ChildProc>, exe: &std::path::Path, request: &Request) -> Result<Vec<Piece>, String> {
+async fn ask(slot: &mut Option<ChildProc>, exes: &Normalizers, request: &Request) -> Result<Vec<Piece>, String> {
     let (tx, mut rx) = mpsc::channel::<Piece>(4);
-    let work = ChildProc::start(slot, exe, request, tx).await?;
+    let work = ChildProc::start(slot, exes, request, tx).await?;
     let collect = async {
         let mut pieces = Vec::new();
         while let Some(piece) = rx.recv().await {
@@ -557,7 +557,7 @@ async fn split_pdf(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RangeDone>();
     let runner = |slot: Option<ChildProc>, helper: Option<(OwnedSemaphorePermit, Arc<BusyGauge>)>| {
         let request = Request { path: probe.path.clone(), kind: Kind::Pdf, settings: (**settings).clone(), part: Part::Whole };
-        run_ranges(slot, children.exe.to_path_buf(), request, queue.clone(), done_tx.clone(), helper)
+        run_ranges(slot, children.exes.clone(), request, queue.clone(), done_tx.clone(), helper)
     };
     let mut runners: JoinSet<Option<ChildProc>> = JoinSet::new();
     runners.spawn(runner(child.take(), None));
@@ -648,7 +648,7 @@ async fn split_pdf(
 /// its process; the file's own runner hands its process back.
 async fn run_ranges(
     mut slot: Option<ChildProc>,
-    exe: std::path::PathBuf,
+    exes: Normalizers,
     mut request: Request,
     queue: RangeQueue,
     done: mpsc::UnboundedSender<RangeDone>,
@@ -660,7 +660,7 @@ async fn run_ranges(
     loop {
         let Some((i, (start, end))) = queue.lock().pop_front() else { break };
         request.part = Part::Pages { start, end };
-        let rows = ask(&mut slot, &exe, &request).await.map(|pieces| {
+        let rows = ask(&mut slot, &exes, &request).await.map(|pieces| {
             pieces.into_iter().flat_map(|p| if let Piece::Rows(rows) = p { rows } else { Vec::new() }).collect()
         });
         let failed = rows.is_err();

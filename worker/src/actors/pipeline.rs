@@ -64,8 +64,8 @@ pub struct PipelineArgs {
     /// Failures of a child or of a checkpoint, as they happen.
     pub failed: mpsc::UnboundedSender<PipelineError>,
     pub stats: Arc<PipelineStats>,
-    /// Run media normalizers in child processes of this executable.
-    pub isolation: Option<std::path::PathBuf>,
+    /// Run media normalizers in child processes of these executables.
+    pub isolation: Option<crate::isolation::Normalizers>,
 }
 
 /// Observations a pipeline exposes (for summaries, tests and metrics).

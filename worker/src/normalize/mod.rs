@@ -4,11 +4,9 @@
 //! [`NormalizeError`] whose message is what the error ledger records.
 
 mod image;
-mod media;
-mod ocr;
+pub mod ocr;
 mod other;
 mod pdf;
-mod still;
 mod text;
 
 use bytes::Bytes;
@@ -19,7 +17,6 @@ pub use self::image::{normalize_image, worth_another_decoder};
 pub use self::other::normalize_other;
 pub use self::pdf::{bare_render, normalize_pdf, normalize_pdf_pages, page_costs, pdf_page_count, PageCosts};
 pub use self::text::{chunk_text, decode_text, normalize_text};
-pub use self::media::{bare_remux, normalize_media};
 
 /// Why a file could not be normalized, in words a user can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,7 +39,7 @@ pub struct Normalized {
 /// JPEG-encode an image through libjpeg-turbo (SIMD; 4:2:0 chroma, or
 /// grayscale). `None` if the image is empty or above JPEG's 65,535 pixels a
 /// side.
-pub(crate) fn encode_jpeg<P>(img: &::image::ImageBuffer<P, Vec<u8>>, quality: u8) -> Option<Vec<u8>>
+pub fn encode_jpeg<P>(img: &::image::ImageBuffer<P, Vec<u8>>, quality: u8) -> Option<Vec<u8>>
 where
     P: ::image::Pixel<Subpixel = u8>,
 {
@@ -58,7 +55,7 @@ where
 
 /// JPEG-encode raw pixels (`pitch` bytes a row) of any layout libjpeg-turbo
 /// reads, such as pdfium's BGRA renders, without converting them first.
-pub(crate) fn encode_pixels(
+pub fn encode_pixels(
     pixels: &[u8],
     width: usize,
     pitch: usize,
@@ -91,7 +88,7 @@ pub(crate) fn encode_pixels(
 /// 4th byte, if any, is padding), scaled to fit `size`×`size` with its
 /// aspect kept: a box filter over a 3x supersampling (fast_image_resize,
 /// SIMD), then libjpeg-turbo. `None` if the image is empty.
-pub(crate) fn thumbnail_jpeg(pixels: &[u8], width: u32, height: u32, format: turbojpeg::PixelFormat, size: u32) -> Option<Vec<u8>> {
+pub fn thumbnail_jpeg(pixels: &[u8], width: u32, height: u32, format: turbojpeg::PixelFormat, size: u32) -> Option<Vec<u8>> {
     use fast_image_resize as fr;
     let pixel_type = match format.size() {
         3 => fr::PixelType::U8x3,
@@ -171,12 +168,14 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
     let text_bytes = looks_like_text(bytes);
     if !texty && !text_bytes {
         // Containers and raw streams without magic bytes that `infer` knows.
-        let probed = media::probe_format(bytes);
-        if let Some((kind, format)) = probed.as_deref().and_then(media::whitelisted_container) {
-            return (kind, format!("{kind}/x-{format}"));
-        }
-        if let Some(format) = probed.as_deref().and_then(still::whitelisted_image) {
-            return (Kind::Image, still::mime(format).to_string());
+        if let Some(ff) = ffmpeg() {
+            let probed = ff.probe_format(bytes);
+            if let Some((kind, format)) = probed.as_deref().and_then(|p| ff.whitelisted_container(p)) {
+                return (kind, format!("{kind}/x-{format}"));
+            }
+            if let Some((_, mime)) = probed.as_deref().and_then(|p| ff.whitelisted_image(p)) {
+                return (Kind::Image, mime.to_string());
+            }
         }
     }
     if texty || (guessed.is_none() && text_bytes) {
@@ -189,7 +188,8 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
 
 /// The image format FFmpeg's whitelisted image demuxers take these bytes for.
 fn probed_image(bytes: &[u8]) -> Option<String> {
-    media::probe_format(bytes).as_deref().and_then(still::whitelisted_image).map(str::to_string)
+    let ff = ffmpeg()?;
+    ff.probe_format(bytes).as_deref().and_then(|p| ff.whitelisted_image(p)).map(|(format, _)| format)
 }
 
 /// MPEG transport streams are 188-byte packets, each starting with 0x47.
@@ -225,6 +225,68 @@ pub fn normalize(name: &str, bytes: Bytes, settings: &Settings) -> Result<Normal
         _ => Ok(normalize_other(bytes, &mime)),
     };
     rows.map(|rows| Normalized { kind, rows }).map_err(|e| (kind, e))
+}
+
+/// FFmpeg's part of normalization, provided by the `sluice-media` crate to
+/// the binaries that link it (`sluice`, `sluice-normalizer-media`): linking
+/// Debian's FFmpeg loads ~130 shared libraries into a process, so the
+/// normalizer processes that render PDFs and images do without it.
+pub trait Ffmpeg: Send + Sync {
+    /// The demuxers FFmpeg's probe takes a file's first bytes for, from
+    /// their content alone (names, comma separated).
+    fn probe_format(&self, head: &[u8]) -> Option<String>;
+    /// The whitelisted container a probe named, and whether it holds video
+    /// or audio.
+    fn whitelisted_container(&self, probed: &str) -> Option<(Kind, String)>;
+    /// The whitelisted image format a probe named, and its MIME type.
+    fn whitelisted_image(&self, probed: &str) -> Option<(String, &'static str)>;
+    /// A video or audio file cut into segments (`named`: what the file was
+    /// taken for before it was opened).
+    fn normalize_media(
+        &self,
+        path: &std::path::Path,
+        named: Kind,
+        settings: &Settings,
+        out: &mut dyn FnMut(Piece) -> Result<(), NormalizeError>,
+    ) -> Result<(), NormalizeError>;
+    /// An image file only FFmpeg's image decoders read.
+    fn normalize_still(&self, path: &std::path::Path, settings: &Settings) -> Result<Vec<Row>, NormalizeError>;
+}
+
+static FFMPEG: std::sync::OnceLock<&'static dyn Ffmpeg> = std::sync::OnceLock::new();
+
+/// Give this process FFmpeg's decoders (`sluice_media::install`).
+pub fn install_ffmpeg(ffmpeg: &'static dyn Ffmpeg) {
+    let _ = FFMPEG.set(ffmpeg);
+}
+
+/// FFmpeg's decoders, if this process has them.
+pub fn ffmpeg() -> Option<&'static dyn Ffmpeg> {
+    FFMPEG.get().copied()
+}
+
+/// Whether this process can normalize what only FFmpeg reads (video,
+/// audio, images the `image` crate does not).
+pub fn has_ffmpeg() -> bool {
+    FFMPEG.get().is_some()
+}
+
+fn need_ffmpeg() -> Result<&'static dyn Ffmpeg, NormalizeError> {
+    ffmpeg().ok_or_else(|| NormalizeError::new("this process has no FFmpeg: video, audio and FFmpeg's image decoders run in sluice-normalizer-media"))
+}
+
+/// An image file from its path (in a normalizer process): the `image`
+/// crate first, then FFmpeg's image decoders; both reasons if neither
+/// reads it.
+pub fn normalize_image_file(path: &std::path::Path, settings: &Settings) -> Result<Vec<Row>, NormalizeError> {
+    let bytes = Bytes::from(std::fs::read(path).map_err(|e| NormalizeError::new(format!("cannot read image: {e}")))?);
+    match normalize_image(bytes.clone(), "", settings) {
+        Ok(rows) => Ok(rows),
+        Err(first) if worth_another_decoder(&bytes) => need_ffmpeg()?
+            .normalize_still(path, settings)
+            .map_err(|second| NormalizeError::new(format!("{first}; {second}"))),
+        Err(first) => Err(first),
+    }
 }
 
 /// What a streamed (video, PDF) normalization hands out: the file's content
@@ -266,10 +328,10 @@ pub fn normalize_streamed(
             out(piece)
         };
         match kind {
-            Kind::Video | Kind::Audio => normalize_media(path, kind, settings, &mut emit),
+            Kind::Video | Kind::Audio => need_ffmpeg()?.normalize_media(path, kind, settings, &mut emit),
             Kind::Pdf => normalize_pdf(path, settings, &mut |rows| emit(Piece::Rows(rows))),
             // Images come here for OCR, or when the `image` crate could not read them.
-            Kind::Image => emit(Piece::Rows(still::normalize_image_file(path, settings)?)),
+            Kind::Image => emit(Piece::Rows(normalize_image_file(path, settings)?)),
             other => Err(NormalizeError::new(format!("{other} files are not normalized from a path"))),
         }?;
         hash_first(out)

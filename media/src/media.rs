@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use sluice_common::schema::{Kind, Row};
 use sluice_common::settings::Settings;
 
-use super::{NormalizeError, Piece};
+use sluice_worker::normalize::{NormalizeError, Piece};
 
 /// Demuxers untrusted files may use; nothing else is probed. Containers
 /// and raw streams of regular files, never protocols, devices or playlists
@@ -44,7 +44,7 @@ const AUDIO_FORMATS: &[&str] = &["mp3", "aac", "flac", "wav", "aiff", "ac3"];
 /// The demuxer FFmpeg takes these first bytes of a file for, from its
 /// content alone, if a probe is more than a quarter sure (its names, comma
 /// separated).
-pub(crate) fn probe_format(head: &[u8]) -> Option<String> {
+pub fn probe_format(head: &[u8]) -> Option<String> {
     use std::ffi::{c_int, CStr};
     init();
     let padding = ff::ffi::AVPROBE_PADDING_SIZE as usize;
@@ -79,7 +79,7 @@ pub fn whitelisted_container(probed: &str) -> Option<(Kind, String)> {
     Some((kind, name.to_string()))
 }
 
-pub(crate) fn init() {
+pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         let _ = ff::init();
@@ -409,7 +409,7 @@ fn keyframe_thumbnail(decoder: &mut ff::decoder::Video, scaler: &mut Option<Scal
         270 => img.rotate270(),
         _ => img,
     };
-    super::encode_jpeg(&img.to_rgb8(), 80)
+    sluice_worker::normalize::encode_jpeg(&img.to_rgb8(), 80)
 }
 
 fn close(mut seg: Segment, end: f64, held: &mut Held) -> Result<Done, NormalizeError> {
@@ -513,7 +513,7 @@ fn picture_thumbnail(bytes: &[u8], size: u32) -> Option<Vec<u8>> {
     limits.max_alloc = Some(64 << 20);
     reader.limits(limits);
     let rgb = reader.decode().ok()?.to_rgb8();
-    super::thumbnail_jpeg(rgb.as_raw(), rgb.width(), rgb.height(), turbojpeg::PixelFormat::RGB, size)
+    sluice_worker::normalize::thumbnail_jpeg(rgb.as_raw(), rgb.width(), rgb.height(), turbojpeg::PixelFormat::RGB, size)
 }
 
 /// The file's tags (title, artist, album, ...), keys in lower case: the

@@ -1,7 +1,7 @@
 //! Images the `image` crate does not read (OpenEXR, JPEG 2000, Photoshop,
 //! DPX, SGI, Sun Raster, XWD, PCX, QOI, and TIFF variants) through
 //! FFmpeg's image decoders. FFmpeg is C code fed untrusted files: this runs
-//! in the normalizer processes (see `crate::isolation`), from the file's
+//! in the normalizer processes (see `sluice_worker::isolation`), from the file's
 //! path, like video.
 //!
 //! No demuxer is opened: FFmpeg's probe names the format from the first
@@ -21,7 +21,7 @@ use serde_json::json;
 use sluice_common::schema::Row;
 use sluice_common::settings::{OcrMode, Settings};
 
-use super::NormalizeError;
+use sluice_worker::normalize::NormalizeError;
 
 /// The single-image formats (as FFmpeg's probes name them) whose decoders
 /// may read files here. Each has a fixture in the tests (`tests/media.rs`).
@@ -75,9 +75,9 @@ fn err(what: &str, e: impl std::fmt::Display) -> NormalizeError {
 /// One row for an image file FFmpeg decodes: its size, a thumbnail, the
 /// original bytes. Refused above `max_image_pixels`, from the header.
 pub fn normalize_still(path: &Path, settings: &Settings) -> Result<Vec<Row>, NormalizeError> {
-    super::media::init();
+    crate::media::init();
     let data = std::fs::read(path).map_err(|e| NormalizeError::new(format!("cannot read image: {e}")))?;
-    let probed = super::media::probe_format(&data[..data.len().min(64 << 10)]);
+    let probed = crate::media::probe_format(&data[..data.len().min(64 << 10)]);
     let format = probed.as_deref().and_then(whitelisted_image).ok_or_else(|| {
         err("not an image they read", probed.as_deref().map_or("no format recognised".to_string(), |p| format!("read as {p}")))
     })?;
@@ -133,7 +133,7 @@ pub fn normalize_still(path: &Path, settings: &Settings) -> Result<Vec<Row>, Nor
     for y in 0..th as usize {
         thumb.extend_from_slice(&rgb.data(0)[y * stride..y * stride + row]);
     }
-    let jpeg = super::encode_pixels(&thumb, tw as usize, row, th as usize, turbojpeg::PixelFormat::RGB, 80)
+    let jpeg = sluice_worker::normalize::encode_pixels(&thumb, tw as usize, row, th as usize, turbojpeg::PixelFormat::RGB, 80)
         .ok_or_else(|| NormalizeError::new("thumbnail encoding failed"))?;
     let mut row = Row {
         chunk_index: 0,
@@ -158,21 +158,8 @@ pub fn normalize_still(path: &Path, settings: &Settings) -> Result<Vec<Row>, Nor
             })
             .map_err(|e| err("cannot convert to gray for OCR", e));
         let picture = gray.as_ref().map(|g| (g.data(0), w, h, g.stride(0))).map_err(Clone::clone);
-        super::ocr::read_into(&mut row, picture, super::ocr::OCR_DPI, settings.ocr_languages());
+        sluice_worker::normalize::ocr::read_into(&mut row, picture, sluice_worker::normalize::ocr::OCR_DPI, settings.ocr_languages());
     }
     Ok(vec![row])
 }
 
-/// An image file from its path (in a normalizer process): the `image`
-/// crate first, then FFmpeg's image decoders; both reasons if neither
-/// reads it.
-pub fn normalize_image_file(path: &Path, settings: &Settings) -> Result<Vec<Row>, NormalizeError> {
-    let bytes = Bytes::from(std::fs::read(path).map_err(|e| NormalizeError::new(format!("cannot read image: {e}")))?);
-    match super::normalize_image(bytes.clone(), "", settings) {
-        Ok(rows) => Ok(rows),
-        Err(first) if super::worth_another_decoder(&bytes) => {
-            normalize_still(path, settings).map_err(|second| NormalizeError::new(format!("{first}; {second}")))
-        }
-        Err(first) => Err(first),
-    }
-}

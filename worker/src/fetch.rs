@@ -23,7 +23,7 @@ pub struct Probe {
     pub head: Vec<u8>,
 }
 
-const HEAD_BYTES: usize = 8192;
+const HEAD_BYTES: usize = crate::normalize::DETECT_BYTES;
 
 /// Stat the file and read its first bytes.
 pub async fn probe(uri: &str) -> Result<Probe, String> {

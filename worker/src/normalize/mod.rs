@@ -406,6 +406,55 @@ mod tests {
         assert_eq!(rows[0].metadata.as_ref().unwrap()["encoding"], "UTF-16BE");
     }
 
+    /// Stands in for FFmpeg: remembers the longest input its probe was given.
+    struct ProbeLength(std::sync::atomic::AtomicUsize);
+
+    impl Ffmpeg for ProbeLength {
+        fn probe_format(&self, head: &[u8]) -> Option<String> {
+            self.0.fetch_max(head.len(), std::sync::atomic::Ordering::SeqCst);
+            None
+        }
+        fn whitelisted_container(&self, _: &str) -> Option<(Kind, String)> {
+            None
+        }
+        fn whitelisted_image(&self, _: &str) -> Option<(String, &'static str)> {
+            None
+        }
+        fn normalize_media(
+            &self,
+            _: &std::path::Path,
+            _: Kind,
+            _: &Settings,
+            _: &mut dyn FnMut(Piece) -> Result<(), NormalizeError>,
+        ) -> Result<(), NormalizeError> {
+            Err(NormalizeError::new("not here"))
+        }
+        fn normalize_still(&self, _: &std::path::Path, _: &Settings) -> Result<Vec<Row>, NormalizeError> {
+            Err(NormalizeError::new("not here"))
+        }
+    }
+
+    #[test]
+    fn ffmpegs_probe_sees_only_the_head_of_a_big_unknown_file() {
+        static FAKE: ProbeLength = ProbeLength(std::sync::atomic::AtomicUsize::new(0));
+        install_ffmpeg(&FAKE);
+        let Some(ff) = ffmpeg() else { unreachable!("installed") };
+        assert!(std::ptr::addr_eq(ff, &FAKE), "no other FFmpeg in the worker's tests");
+        // 4 MB of bytes no detector knows, as an in-process normalizer gets them.
+        let mut bytes = vec![0u8; 4 << 20];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in bytes.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 24) as u8;
+        }
+        let normalized = normalize("blob.bin", Bytes::from(bytes), &Settings::default()).unwrap();
+        assert_eq!(normalized.kind, Kind::Other);
+        let probed = FAKE.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(probed > 0 && probed <= DETECT_BYTES, "FFmpeg probed {probed} bytes");
+    }
+
     #[test]
     fn wrong_extension_image_fails_with_a_reason() {
         let (kind, err) = normalize("fake.jpg", Bytes::from_static(b"not an image at all"), &Settings::default()).unwrap_err();

@@ -337,6 +337,8 @@ impl ChildProc {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start normalizer process {}: {e}", exe.display()))?;
+        let program = if media { "media" } else { "lean" };
+        metrics::counter!("sluice_worker_normalizer_processes_started_total", "program" => program).increment(1);
         let stdin = child.stdin.take().ok_or("the normalizer process has no stdin")?;
         let stdout = child.stdout.take();
         if let Some(out) = &stdout {

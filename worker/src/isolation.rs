@@ -47,11 +47,6 @@ pub struct Normalizers {
 }
 
 impl Normalizers {
-    /// One program for every request.
-    pub fn single(exe: PathBuf) -> Self {
-        Self { lean: exe.clone(), media: exe }
-    }
-
     /// The program `request` needs.
     fn for_request(&self, request: &Request) -> &std::path::Path {
         if request.needs_ffmpeg() {
@@ -403,9 +398,10 @@ impl ChildProc {
             let idle_media = proc.media
                 && exes.lean != exes.media
                 && proc.last_media.is_none_or(|t| t.elapsed() >= MEDIA_KEPT);
-            match (needs_ffmpeg && !proc.media) || (!needs_ffmpeg && idle_media) {
-                true => proc.finish().await,
-                false => *slot = Some(proc),
+            if (needs_ffmpeg && !proc.media) || (!needs_ffmpeg && idle_media) {
+                proc.finish().await;
+            } else {
+                *slot = Some(proc);
             }
         }
         if slot.is_none() {

@@ -272,12 +272,6 @@ pub fn ffmpeg() -> Option<&'static dyn Ffmpeg> {
     FFMPEG.get().copied()
 }
 
-/// Whether this process can normalize what only FFmpeg reads (video,
-/// audio, images the `image` crate does not).
-pub fn has_ffmpeg() -> bool {
-    FFMPEG.get().is_some()
-}
-
 fn need_ffmpeg() -> Result<&'static dyn Ffmpeg, NormalizeError> {
     ffmpeg().ok_or_else(|| NormalizeError::new("this process has no FFmpeg: video, audio and FFmpeg's image decoders run in sluice-normalizer-media"))
 }

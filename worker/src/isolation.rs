@@ -6,21 +6,29 @@
 //! Protocol: the parent writes one JSON [`Request`] per line to the child's
 //! stdin; the child answers with frames on stdout: `[kind: u8][len: u32 LE]
 //! [payload]`, a `HASH` frame, any number of `ROWS` frames, then `DONE` or
-//! `ERROR` (a media file's `KIND` comes before its rows). A request for part of a PDF ([`Part`]) is answered without the
-//! hash: `ROWS` of its pages, or one `COUNT` frame (a u32 LE page count).
+//! `ERROR` (a media file's `KIND` comes before its rows). A request for part
+//! of a PDF ([`Part`]) is answered without the hash: `ROWS` of its pages, or
+//! one `COUNT` frame (a u32 LE page count).
+//!
+//! The parent makes the child's stdout a Unix socket: rows whose blobs are
+//! big then come as `ROWS_FD` frames, the blobs in a sealed memfd passed
+//! with the frame's first byte (see `handover`) and mapped by the parent,
+//! not copied through the stream. On any other stdout (a pipe, a file) the
+//! child sends every blob inline in `ROWS` frames.
 //!
 //! Both sides are here: [`serve`] is the child (`sluice normalize-server`),
 //! [`ChildProc`] the parent's handle on one.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_common::schema::{Kind, Row};
 use sluice_common::settings::Settings;
-use tokio::io::AsyncReadExt;
-
+use crate::handover;
 use crate::normalize::{self, NormalizeError};
 
 /// The argument a normalizer process is started with (`sluice
@@ -74,8 +82,16 @@ pub fn normalizer_exe() -> std::io::Result<Normalizers> {
 /// whole of a normalizer process. No async runtime: a plain loop the parent
 /// can kill at any moment.
 pub fn serve_stdio() -> ! {
-    let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    std::process::exit(match serve(std::io::stdin().lock(), out) {
+    let stdout = std::io::stdout();
+    let socket = stdout
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+    let handover = socket.then(|| stdout.as_fd());
+    let out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    std::process::exit(match serve(std::io::stdin().lock(), out, handover) {
         Ok(()) => 0,
         Err(_) => 1,
     })
@@ -88,6 +104,12 @@ pub const ERROR: u8 = 4;
 pub const COUNT: u8 = 5;
 /// The kind a media file turned out to be (payload: its name).
 pub const KIND: u8 = 6;
+/// Rows whose blobs come in the memfd passed with the frame's first byte.
+pub const ROWS_FD: u8 = 7;
+
+/// Rows frames with at least this many bytes of blobs hand them over in a
+/// memfd (a few syscalls each side) rather than through the stream.
+const HANDOVER_MIN_BYTES: usize = 128 << 10;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
@@ -138,7 +160,10 @@ struct RowHeader {
 
 /// Write a `ROWS` frame: `[header len: u32 LE][JSON headers][blobs]`; the
 /// blobs (segment bytes, renders, thumbnails) go out straight from the rows.
-fn write_rows(out: &mut impl Write, rows: Vec<Row>) -> std::io::Result<()> {
+/// With `handover` (the socket `out` writes to) and blobs of at least
+/// [`HANDOVER_MIN_BYTES`], a `ROWS_FD` frame instead: `[header len][JSON
+/// headers]`, the blobs in a sealed memfd passed with its first byte.
+fn write_rows(out: &mut impl Write, rows: Vec<Row>, handover: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
     let mut blobs: Vec<(Option<Bytes>, Option<Vec<u8>>)> = Vec::with_capacity(rows.len());
     let headers: Vec<RowHeader> = rows
         .into_iter()
@@ -162,6 +187,21 @@ fn write_rows(out: &mut impl Write, rows: Vec<Row>) -> std::io::Result<()> {
         .collect();
     let header = serde_json::to_vec(&headers).map_err(std::io::Error::other)?;
     let blob_len: usize = blobs.iter().map(|(d, t)| d.as_ref().map_or(0, |d| d.len()) + t.as_ref().map_or(0, |t| t.len())).sum();
+    if let Some(socket) = handover.filter(|_| blob_len >= HANDOVER_MIN_BYTES) {
+        let parts: Vec<&[u8]> = blobs
+            .iter()
+            .flat_map(|(d, t)| [d.as_deref().unwrap_or_default(), t.as_deref().unwrap_or_default()])
+            .collect();
+        let memfd = handover::sealed_memfd(&parts)?;
+        // What is buffered goes first: the descriptor rides on this frame's first byte.
+        out.flush()?;
+        handover::send_with_fd(socket, ROWS_FD, memfd.as_fd())?;
+        let len = u32::try_from(4 + header.len()).map_err(|_| std::io::Error::other("rows header above 4 GiB"))?;
+        out.write_all(&len.to_le_bytes())?;
+        out.write_all(&(header.len() as u32).to_le_bytes())?;
+        out.write_all(&header)?;
+        return out.flush();
+    }
     let len = u32::try_from(4 + header.len() + blob_len)
         .map_err(|_| std::io::Error::other("rows frame above 4 GiB"))?;
     out.write_all(&[ROWS])?;
@@ -175,11 +215,40 @@ fn write_rows(out: &mut impl Write, rows: Vec<Row>) -> std::io::Result<()> {
     out.flush()
 }
 
+fn malformed() -> String {
+    "malformed rows frame from normalizer process".to_string()
+}
+
+/// A rows frame's headers, and where its blobs start in the payload.
+fn row_headers(payload: &[u8]) -> Result<(Vec<RowHeader>, usize), String> {
+    let n = u32::from_le_bytes(payload.get(..4).ok_or_else(malformed)?.try_into().expect("4 bytes")) as usize;
+    let headers = serde_json::from_slice(payload.get(4..4 + n).ok_or_else(malformed)?).map_err(|_| malformed())?;
+    Ok((headers, 4 + n))
+}
+
+/// Bytes of blobs the rows of `headers` carry.
+fn blob_len(headers: &[RowHeader]) -> u64 {
+    headers.iter().map(|h| h.data_len.unwrap_or(0) + h.thumbnail_len.unwrap_or(0)).sum()
+}
+
+/// Decode a `ROWS` frame's payload.
 fn decode_rows(payload: Vec<u8>) -> Result<Vec<Row>, String> {
-    let bad = || "malformed rows frame from normalizer process".to_string();
-    let n = u32::from_le_bytes(payload.get(..4).ok_or_else(bad)?.try_into().expect("4 bytes")) as usize;
-    let headers: Vec<RowHeader> = serde_json::from_slice(payload.get(4..4 + n).ok_or_else(bad)?).map_err(|_| bad())?;
-    let blobs = Bytes::from(payload).slice(4 + n..);
+    let (headers, at) = row_headers(&payload)?;
+    rows_with_blobs(headers, Bytes::from(payload).slice(at..))
+}
+
+/// Decode a `ROWS_FD` frame's payload, its blobs in `memfd`.
+fn decode_rows_fd(payload: &[u8], memfd: OwnedFd) -> Result<Vec<Row>, String> {
+    let (headers, _) = row_headers(payload)?;
+    let len = usize::try_from(blob_len(&headers)).map_err(|_| malformed())?;
+    let blobs = handover::map_sealed(memfd, len).map_err(|e| e.to_string())?;
+    rows_with_blobs(headers, blobs)
+}
+
+/// Rows of `headers`, their blobs sliced from `blobs` (no copy but the
+/// thumbnails').
+fn rows_with_blobs(headers: Vec<RowHeader>, blobs: Bytes) -> Result<Vec<Row>, String> {
+    let bad = malformed;
     let mut at = 0usize;
     let mut take = |len: Option<u64>| -> Result<Option<Bytes>, String> {
         let Some(len) = len else { return Ok(None) };
@@ -218,8 +287,9 @@ fn write_frame(out: &mut impl Write, kind: u8, payload: &[u8]) -> std::io::Resul
     out.flush()
 }
 
-/// The child's loop: serve requests until stdin closes.
-pub fn serve(input: impl Read, mut out: impl Write) -> std::io::Result<()> {
+/// The child's loop: serve requests until stdin closes. `handover`: the
+/// socket `out` writes to, when it is one (big blobs then go by memfd).
+pub fn serve(input: impl Read, mut out: impl Write, handover: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
     use std::io::BufRead;
     for line in std::io::BufReader::new(input).lines() {
         let line = line?;
@@ -234,7 +304,7 @@ pub fn serve(input: impl Read, mut out: impl Write) -> std::io::Result<()> {
         let mut send = |piece| {
             match piece {
                 normalize::Piece::Hash(hash) => write_frame(&mut out, HASH, hash.as_bytes()),
-                normalize::Piece::Rows(rows) => write_rows(&mut out, rows),
+                normalize::Piece::Rows(rows) => write_rows(&mut out, rows, handover),
                 normalize::Piece::PageCount(n) => write_frame(&mut out, COUNT, &(n as u32).to_le_bytes()),
                 normalize::Piece::Kind(kind) => write_frame(&mut out, KIND, kind.as_str().as_bytes()),
             }
@@ -278,23 +348,58 @@ fn crash_hooks(path: &std::path::Path) {
     }
 }
 
-/// One frame from the child; `None` at end of stream.
-pub async fn read_frame(input: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<Option<(u8, Vec<u8>)>> {
-    let mut head = [0u8; 5];
-    match input.read_exact(&mut head).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
-    let mut payload = vec![0u8; len];
-    input.read_exact(&mut payload).await?;
-    Ok(Some((head[0], payload)))
+/// The parent's end of a normalizer process's stdout, a Unix socket:
+/// frames, and the memfds handed over with them.
+pub struct Frames {
+    socket: tokio::net::UnixStream,
+    /// Descriptors received, in the order their frames come.
+    fds: VecDeque<OwnedFd>,
 }
 
-/// Decode a `ROWS` frame's payload.
-pub fn rows_from_frame(payload: Vec<u8>) -> Result<Vec<Row>, String> {
-    decode_rows(payload)
+impl Frames {
+    fn new(socket: std::os::unix::net::UnixStream) -> std::io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(Self { socket: tokio::net::UnixStream::from_std(socket)?, fds: VecDeque::new() })
+    }
+
+    /// Fill `buf`, keeping descriptors that come along.
+    async fn read_exact(&mut self, mut buf: &mut [u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            self.socket.readable().await?;
+            let (socket, fds) = (&self.socket, &mut self.fds);
+            let got = socket.try_io(tokio::io::Interest::READABLE, || handover::recv_with_fds(socket.as_raw_fd(), buf, fds));
+            match got {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => buf = &mut std::mem::take(&mut buf)[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// One frame from the child; `None` at end of stream.
+    pub async fn next(&mut self) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+        let mut head = [0u8; 5];
+        match self.read_exact(&mut head).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+        let mut payload = vec![0u8; len];
+        self.read_exact(&mut payload).await?;
+        Ok(Some((head[0], payload)))
+    }
+
+    /// The rows of a `ROWS` or `ROWS_FD` frame.
+    fn rows(&mut self, kind: u8, payload: Vec<u8>) -> Result<Vec<Row>, String> {
+        if kind == ROWS {
+            return decode_rows(payload);
+        }
+        let memfd = self.fds.pop_front().ok_or("a rows frame from the normalizer process came without its buffer")?;
+        decode_rows_fd(&payload, memfd)
+    }
 }
 
 /// A normalizer's child process, kept across files while it stays healthy.
@@ -307,12 +412,12 @@ pub struct ChildProc {
     stdin: tokio::process::ChildStdin,
     /// Lent to the task reading a file's frames, given back when it ends
     /// cleanly; missing: the child must not be reused.
-    stdout: Option<tokio::process::ChildStdout>,
+    stdout: Option<Frames>,
 }
 
 /// What a file's normalization yields: its outcome and, from a child
 /// process that is still healthy, its stdout back.
-pub type Work = (Result<(), String>, Option<tokio::process::ChildStdout>);
+pub type Work = (Result<(), String>, Option<Frames>);
 
 impl ChildProc {
     fn spawn(exe: &std::path::Path, media: bool) -> Result<Self, String> {
@@ -325,21 +430,23 @@ impl ChildProc {
         if std::env::var_os("OMP_THREAD_LIMIT").is_none() {
             command.env("OMP_THREAD_LIMIT", "1");
         }
+        // Its stdout is a socket, so it can hand big buffers over by memfd.
+        // The child's end is closed here once started (it goes with
+        // `command`): the child's exit then ends the stream.
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("cannot make a socket pair: {e}"))?;
         let mut child = command
             .arg(SUBCOMMAND)
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::from(OwnedFd::from(theirs)))
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start normalizer process {}: {e}", exe.display()))?;
+        drop(command);
         let program = if media { "media" } else { "lean" };
         metrics::counter!("sluice_worker_normalizer_processes_started_total", "program" => program).increment(1);
         let stdin = child.stdin.take().ok_or("the normalizer process has no stdin")?;
-        let stdout = child.stdout.take();
-        if let Some(out) = &stdout {
-            widen_pipe(out);
-        }
-        Ok(Self { child, media, last_media: None, stdin, stdout })
+        let stdout = Frames::new(ours).map_err(|e| format!("cannot read the normalizer process: {e}"))?;
+        Ok(Self { child, media, last_media: None, stdin, stdout: Some(stdout) })
     }
 
     /// Kill the child and say how it ended.
@@ -374,7 +481,7 @@ impl ChildProc {
     }
 
     /// Take back the stdout a cleanly finished file lent out.
-    pub fn give_back(&mut self, stdout: tokio::process::ChildStdout) {
+    pub fn give_back(&mut self, stdout: Frames) {
         self.stdout = Some(stdout);
     }
 
@@ -426,13 +533,13 @@ impl ChildProc {
         Ok(tokio::spawn(async move {
             use normalize::Piece;
             let result = loop {
-                let frame = match read_frame(&mut out).await {
+                let frame = match out.next().await {
                     Ok(Some(frame)) => frame,
                     _ => return (Err("died".to_string()), None),
                 };
                 let sent = match frame {
                     (HASH, p) => tx.send(Piece::Hash(String::from_utf8_lossy(&p).into_owned())).await,
-                    (ROWS, p) => match rows_from_frame(p) {
+                    (kind @ (ROWS | ROWS_FD), p) => match out.rows(kind, p) {
                         Ok(rows) => tx.send(Piece::Rows(rows)).await,
                         Err(e) => return (Err(e), None),
                     },
@@ -463,20 +570,6 @@ impl ChildProc {
 /// kind a second per process however files of mixed kinds come.
 const MEDIA_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Segments and renders are megabytes each: a 1 MiB pipe (Linux's default
-/// is 64 KiB) moves them in far fewer wakeups. Best effort.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
-    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; failure leaves the default size.
-    unsafe {
-        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn widen_pipe<T>(_: &T) {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,7 +581,7 @@ mod tests {
             Row { chunk_index: 1, mime_type: "image/jpeg".into(), text: Some("page".into()), page: Some(2), ..Default::default() },
         ];
         let mut frame = Vec::new();
-        write_rows(&mut frame, rows).unwrap();
+        write_rows(&mut frame, rows, None).unwrap();
         assert_eq!(frame[0], ROWS);
         assert_eq!(u32::from_le_bytes(frame[1..5].try_into().unwrap()) as usize, frame.len() - 5);
         let back = decode_rows(frame[5..].to_vec()).unwrap();
@@ -499,5 +592,33 @@ mod tests {
         assert_eq!(back[1].text.as_deref(), Some("page"));
         assert!(back[1].data.is_none());
         assert!(decode_rows(vec![9, 0, 0, 0, 1]).is_err());
+    }
+
+    /// Over a socket, big blobs come by memfd and small ones inline, in
+    /// the order they were written.
+    #[tokio::test]
+    async fn big_blobs_cross_a_socket_by_memfd_and_small_ones_inline() {
+        let (child, parent) = std::os::unix::net::UnixStream::pair().unwrap();
+        let segment: Vec<u8> = (0..HANDOVER_MIN_BYTES + 1000).map(|i| (i % 251) as u8).collect();
+        let big = vec![Row { chunk_index: 0, data: Some(Bytes::from(segment.clone())), thumbnail: Some(vec![7; 10]), ..Default::default() }];
+        let small = vec![Row { chunk_index: 1, data: Some(Bytes::from_static(b"tail")), ..Default::default() }];
+        let mut out = std::io::BufWriter::new(&child);
+        write_rows(&mut out, big, Some(child.as_fd())).unwrap();
+        write_rows(&mut out, small, Some(child.as_fd())).unwrap();
+        drop(out);
+        drop(child);
+        let mut frames = Frames::new(parent).unwrap();
+        let (kind, payload) = frames.next().await.unwrap().unwrap();
+        assert_eq!(kind, ROWS_FD);
+        assert!(payload.len() < 1000, "the blobs are not in the stream");
+        let rows = frames.rows(kind, payload).unwrap();
+        assert_eq!(rows[0].data.as_deref(), Some(&segment[..]));
+        assert_eq!(rows[0].thumbnail, Some(vec![7; 10]));
+        let (kind, payload) = frames.next().await.unwrap().unwrap();
+        assert_eq!(kind, ROWS);
+        assert_eq!(frames.rows(kind, payload).unwrap()[0].data.as_deref(), Some(&b"tail"[..]));
+        assert!(frames.next().await.unwrap().is_none(), "the stream ends with the child's end");
+        // A ROWS_FD frame without its descriptor fails the file, clearly.
+        assert!(frames.rows(ROWS_FD, vec![2, 0, 0, 0, b'[', b']']).unwrap_err().contains("without its buffer"));
     }
 }

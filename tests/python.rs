@@ -30,14 +30,16 @@ fn build_env() -> (PathBuf, &'static str) {
 }
 
 /// The environment for builds started from this test: the caller's, minus
-/// the `CARGO_*` variables the test runner sets for tests (build scripts
-/// watch some of them, and cargo would rebuild their crates for every run).
+/// the `CARGO_*` variables and `OUT_DIR` the test runner sets for tests
+/// (build scripts watch some of them: ring's watches `OUT_DIR`, and cargo
+/// rebuilt it and every crate above it, Lance included, whenever a build
+/// ran with it and the next without).
 fn build_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
     cmd.env_clear();
     for (key, value) in std::env::vars_os() {
         let k = key.to_string_lossy();
-        let keep = !(k.starts_with("CARGO_") || k.starts_with("NEXTEST") || k.starts_with("RUST_") || k == "CARGO")
+        let keep = !(k.starts_with("CARGO_") || k.starts_with("NEXTEST") || k.starts_with("RUST_") || k == "CARGO" || k == "OUT_DIR")
             || k == "CARGO_HOME";
         if keep {
             cmd.env(&key, &value);

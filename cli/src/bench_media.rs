@@ -2,7 +2,9 @@
 //! same files in one run. Video: sluice ingest vs a bare ffmpeg-next remux
 //! loop vs `ffmpeg -c copy -f segment`. PDF: sluice ingest (1 and 2
 //! workers) vs bare pdfium rendering of the same pages at the same DPI,
-//! with and without one JPEG encode per page.
+//! with and without one JPEG encode per page. The video runs take turns
+//! over `--rounds` and report medians: each ratio is of runs next to each
+//! other.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,6 +28,21 @@ pub struct BenchMediaArgs {
     /// pages as four PDFs (0: skip)
     #[arg(long, default_value_t = 0)]
     pub big_pdf_pages: usize,
+    /// Rounds of the video runs, the bare remux and each sluice ingest
+    /// taking turns; medians are reported (a shared machine's pace drifts
+    /// within seconds, so one run of each is not a ratio)
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+/// The median of `values` (NaN for none).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// Pages of text, `first..first + n`, about 60 lines each.
@@ -48,12 +65,13 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
     if !args.videos.is_empty() {
         let bytes: u64 = args.videos.iter().map(|v| std::fs::metadata(v).map_or(0, |m| m.len())).sum();
         let mb = bytes as f64 / 1e6;
-        let t = Instant::now();
-        for (i, v) in args.videos.iter().enumerate() {
-            sluice_media::bare_remux(v, &work.join(format!("remux-{i}.mkv")))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        let bare = mb / t.elapsed().as_secs_f64();
+        let bare_remux = || -> Result<f64> {
+            let t = Instant::now();
+            for (i, v) in args.videos.iter().enumerate() {
+                sluice_media::bare_remux(v, &work.join(format!("remux-{i}.mkv"))).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            Ok(mb / t.elapsed().as_secs_f64())
+        };
         let t = Instant::now();
         for (i, v) in args.videos.iter().enumerate() {
             let pattern = work.join(format!("seg-{i}-%03d.mp4"));
@@ -68,26 +86,46 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
             }
         }
         let cli = mb / t.elapsed().as_secs_f64();
-        let s1 = sluice_ingest(&args.videos, &work.join("v1"), &["--normalization-workers", "1"])?;
-        let s2 = sluice_ingest(&args.videos, &work.join("v2"), &["--normalization-workers", "2"])?;
-        // As users run it: the default knobs (four normalizer processes).
-        let sd = sluice_ingest(&args.videos, &work.join("vd"), &[])?;
         let rate = |s: &Value| mb / s["seconds"].as_f64().unwrap_or(f64::NAN);
+        // Each round: the bare remux, then sluice with 1 and 2 normalizer
+        // processes and with the default knobs (four), as users run it.
+        let knobs: [&[&str]; 3] = [&["--normalization-workers", "1"], &["--normalization-workers", "2"], &[]];
+        let (mut bare, mut rates, mut ratios) = (Vec::new(), vec![Vec::new(); 3], vec![Vec::new(); 3]);
+        let (mut segments, mut peak_rss) = (Value::Null, Vec::new());
+        for _ in 0..args.rounds.max(1) {
+            let b = bare_remux()?;
+            bare.push(b);
+            for (k, extra) in knobs.iter().enumerate() {
+                let s = sluice_ingest(&args.videos, &work.join(format!("v{k}")), extra)?;
+                rates[k].push(rate(&s));
+                ratios[k].push(rate(&s) / b);
+                if k == 0 {
+                    segments = s["rows"].clone();
+                    peak_rss.extend(s["peak_rss_bytes"].as_f64().map(|b| b / 1e6));
+                }
+            }
+        }
+        let range = |v: &[f64]| json!([v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max)]);
         report.insert(
             "video".into(),
             json!({
                 "mb": mb,
-                "bare_ffmpeg_next_remux_mb_s": bare,
+                "rounds": bare.len(),
+                "bare_ffmpeg_next_remux_mb_s": median(bare.clone()),
+                "bare_ffmpeg_next_remux_mb_s_range": range(&bare),
                 "ffmpeg_cli_segment_mb_s": cli,
-                "sluice_1_worker_mb_s": rate(&s1),
-                "sluice_2_workers_mb_s": rate(&s2),
-                "sluice_default_knobs_mb_s": rate(&sd),
-                "sluice_1_vs_bare_remux": rate(&s1) / bare,
-                "sluice_2_vs_bare_remux": rate(&s2) / bare,
-                "sluice_default_knobs_vs_bare_remux": rate(&sd) / bare,
-                "sluice_1_vs_ffmpeg_cli": rate(&s1) / cli,
-                "segments": s1["rows"],
-                "peak_rss_mb_1_worker": s1["peak_rss_bytes"].as_f64().map(|b| b / 1e6),
+                "sluice_1_worker_mb_s": median(rates[0].clone()),
+                "sluice_2_workers_mb_s": median(rates[1].clone()),
+                "sluice_default_knobs_mb_s": median(rates[2].clone()),
+                "sluice_1_vs_bare_remux": median(ratios[0].clone()),
+                "sluice_1_vs_bare_remux_range": range(&ratios[0]),
+                "sluice_2_vs_bare_remux": median(ratios[1].clone()),
+                "sluice_2_vs_bare_remux_range": range(&ratios[1]),
+                "sluice_default_knobs_vs_bare_remux": median(ratios[2].clone()),
+                "sluice_default_knobs_vs_bare_remux_range": range(&ratios[2]),
+                "sluice_1_vs_ffmpeg_cli": median(rates[0].clone()) / cli,
+                "segments": segments,
+                "peak_rss_mb_1_worker": median(peak_rss),
             }),
         );
     }
@@ -175,4 +213,14 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(super::median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(super::median(Vec::new()).is_nan());
+    }
 }

@@ -137,7 +137,7 @@ pub fn normalize_still(path: &Path, settings: &Settings) -> Result<Vec<Row>, Nor
         .ok_or_else(|| NormalizeError::new("thumbnail encoding failed"))?;
     let mut row = Row {
         chunk_index: 0,
-        mime_type: mime(&format).to_string(),
+        mime_type: mime(format).to_string(),
         width: Some(w),
         height: Some(h),
         thumbnail: Some(jpeg),

@@ -441,7 +441,7 @@ async fn list_jobs(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
         let job = cluster.job(&s.job_id);
         JobView::of(s, job.as_deref())
     }).collect();
-    jobs.sort_by(|a, b| b.submitted_ms.cmp(&a.submitted_ms));
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.submitted_ms));
     Json(json!({ "jobs": jobs }))
 }
 

@@ -38,7 +38,7 @@ impl Wide {
 
     /// Decode `bytes` (no BOM) or say where it stops being this encoding.
     fn decode(self, bytes: &[u8]) -> Result<String, String> {
-        if bytes.len() % self.unit() != 0 {
+        if !bytes.len().is_multiple_of(self.unit()) {
             return Err(format!("its length ({} bytes) is not a whole number of {}-byte units", bytes.len(), self.unit()));
         }
         match self {

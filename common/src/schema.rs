@@ -223,14 +223,13 @@ pub struct FileRows {
     pub last: bool,
 }
 
-/// The `data` column of `files`' rows, a Lance blob struct (`data`,
+/// The `data` column of `files`' `n` rows, a Lance blob struct (`data`,
 /// `uri`) built at its exact size in one allocation. Lance's
 /// `BlobArrayBuilder` grows its buffer by doubling: every blob of a
 /// fragment was copied about twice and the buffer's pages faulted in twice
 /// over, up to 1.5x the fragment's bytes held at the last copy.
-fn data_column(files: &[FileRows]) -> Result<ArrayRef> {
+fn data_column(files: &[FileRows], n: usize) -> Result<ArrayRef> {
     let rows = || files.iter().flat_map(|f| &f.rows);
-    let n = rows().count();
     let bytes = rows().filter_map(|r| r.data.as_ref()).map(Bytes::len).sum();
     let mut data = LargeBinaryBuilder::with_capacity(n, bytes);
     for row in rows() {
@@ -304,7 +303,7 @@ pub fn build_batch(files: &[FileRows], job_id: &str, ingested_at_us: i64) -> Res
         Arc::new(end.finish()),
         Arc::new(page.finish()),
         Arc::new(text.finish()),
-        data_column(files)?,
+        data_column(files, n)?,
         Arc::new(thumb.finish()),
         Arc::new(width.finish()),
         Arc::new(height.finish()),

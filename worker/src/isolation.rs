@@ -186,31 +186,31 @@ fn write_rows(out: &mut impl Write, rows: Vec<Row>, handover: Option<BorrowedFd<
         })
         .collect();
     let header = serde_json::to_vec(&headers).map_err(std::io::Error::other)?;
-    let blob_len: usize = blobs.iter().map(|(d, t)| d.as_ref().map_or(0, |d| d.len()) + t.as_ref().map_or(0, |t| t.len())).sum();
-    if let Some(socket) = handover.filter(|_| blob_len >= HANDOVER_MIN_BYTES) {
-        let parts: Vec<&[u8]> = blobs
-            .iter()
-            .flat_map(|(d, t)| [d.as_deref().unwrap_or_default(), t.as_deref().unwrap_or_default()])
-            .collect();
-        let memfd = handover::sealed_memfd(&parts)?;
-        // What is buffered goes first: the descriptor rides on this frame's first byte.
-        out.flush()?;
-        handover::send_with_fd(socket, ROWS_FD, memfd.as_fd())?;
-        let len = u32::try_from(4 + header.len()).map_err(|_| std::io::Error::other("rows header above 4 GiB"))?;
-        out.write_all(&len.to_le_bytes())?;
-        out.write_all(&(header.len() as u32).to_le_bytes())?;
-        out.write_all(&header)?;
-        return out.flush();
-    }
-    let len = u32::try_from(4 + header.len() + blob_len)
-        .map_err(|_| std::io::Error::other("rows frame above 4 GiB"))?;
-    out.write_all(&[ROWS])?;
+    let parts: Vec<&[u8]> = blobs
+        .iter()
+        .flat_map(|(d, t)| [d.as_deref().unwrap_or_default(), t.as_deref().unwrap_or_default()])
+        .collect();
+    let blob_len: usize = parts.iter().map(|p| p.len()).sum();
+    let inline = match handover.filter(|_| blob_len >= HANDOVER_MIN_BYTES) {
+        Some(socket) => {
+            let memfd = handover::sealed_memfd(&parts)?;
+            // What is buffered goes first: the descriptor rides on this frame's first byte.
+            out.flush()?;
+            handover::send_with_fd(socket, ROWS_FD, memfd.as_fd())?;
+            &[][..]
+        }
+        None => {
+            out.write_all(&[ROWS])?;
+            &parts[..]
+        }
+    };
+    let inline_len: usize = inline.iter().map(|p| p.len()).sum();
+    let len = u32::try_from(4 + header.len() + inline_len).map_err(|_| std::io::Error::other("rows frame above 4 GiB"))?;
     out.write_all(&len.to_le_bytes())?;
     out.write_all(&(header.len() as u32).to_le_bytes())?;
     out.write_all(&header)?;
-    for (data, thumbnail) in &blobs {
-        out.write_all(data.as_deref().unwrap_or_default())?;
-        out.write_all(thumbnail.as_deref().unwrap_or_default())?;
+    for part in inline {
+        out.write_all(part)?;
     }
     out.flush()
 }
@@ -248,12 +248,11 @@ fn decode_rows_fd(payload: &[u8], memfd: OwnedFd) -> Result<Vec<Row>, String> {
 /// Rows of `headers`, their blobs sliced from `blobs` (no copy but the
 /// thumbnails').
 fn rows_with_blobs(headers: Vec<RowHeader>, blobs: Bytes) -> Result<Vec<Row>, String> {
-    let bad = malformed;
     let mut at = 0usize;
     let mut take = |len: Option<u64>| -> Result<Option<Bytes>, String> {
         let Some(len) = len else { return Ok(None) };
         let end = at + len as usize;
-        let b = blobs.get(at..end).ok_or_else(bad)?;
+        let b = blobs.get(at..end).ok_or_else(malformed)?;
         let out = blobs.slice_ref(b);
         at = end;
         Ok(Some(out))

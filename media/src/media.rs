@@ -4,16 +4,20 @@
 //! the file's cover art, if it has any.
 //!
 //! Untrusted input is opened with a protocol and format whitelist. A file is
-//! validated completely before any of its rows are emitted: segments are
-//! muxed into memory (FFmpeg writes through a custom AVIO context, no file
-//! in between), and only once the last packet has been read (and the file is
-//! not truncated) are they handed out. What a file holds meanwhile is
-//! bounded: past [`held_limit`] bytes, finished segments wait in a temporary
-//! file instead, so a long video costs disk, not memory.
+//! validated completely before any of its rows are emitted: each segment is
+//! muxed into a memfd of its own (FFmpeg writes through a custom AVIO
+//! context, no file on disk in between), and only once the last packet has
+//! been read (and the file is not truncated) are they handed out, the memfd
+//! sealed and passed on as it is (a normalizer process hands it to the
+//! worker by descriptor: the muxer's bytes are not copied again). What a
+//! file holds meanwhile is bounded: past [`held_limit`] bytes, finished
+//! segments wait in a temporary file instead, so a long video costs disk,
+//! not memory.
 
-use std::io::{Cursor, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Once};
+use std::sync::Once;
 
 use bytes::Bytes;
 use ffmpeg_next as ff;
@@ -148,35 +152,6 @@ fn rotation(stream: &ff::format::stream::Stream) -> i32 {
     0
 }
 
-/// Bytes FFmpeg's muxer writes (and seeks in, to patch headers), shared
-/// with the segment that takes them once the muxer is done.
-#[derive(Clone)]
-struct SharedBuf(Arc<parking_lot::Mutex<Cursor<Vec<u8>>>>);
-
-impl SharedBuf {
-    fn with_capacity(n: usize) -> Self {
-        Self(Arc::new(parking_lot::Mutex::new(Cursor::new(Vec::with_capacity(n)))))
-    }
-    fn take(&self) -> Vec<u8> {
-        std::mem::take(self.0.lock().get_mut())
-    }
-}
-
-impl Write for SharedBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Seek for SharedBuf {
-    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        self.0.lock().seek(pos)
-    }
-}
-
 /// Most bytes of finished segments one file keeps in memory while it is
 /// validated: half of the row budget's share of one normalizer. Past it,
 /// segments wait in a temporary file.
@@ -195,37 +170,49 @@ struct Held {
 
 /// Where one finished segment's bytes wait.
 enum Waiting {
-    Memory(Vec<u8>),
+    /// In the memfd it was muxed into, of this many bytes.
+    Memory(std::fs::File, u64),
     /// Offset and length in the spill file.
     Spilled(u64, u64),
 }
 
+/// A finished segment's bytes, ready to go out.
+enum Ready {
+    /// The memfd it was muxed into, of this many bytes.
+    Memfd(std::fs::File, u64),
+    /// Read back from the spill file.
+    Read(Vec<u8>),
+}
+
 impl Held {
-    fn keep(&mut self, bytes: Vec<u8>) -> Result<Waiting, NormalizeError> {
-        let len = bytes.len() as u64;
+    fn keep(&mut self, memfd: std::fs::File, len: u64) -> Result<Waiting, NormalizeError> {
         if self.spill.is_none() && self.in_memory + len <= self.limit {
             self.in_memory += len;
-            return Ok(Waiting::Memory(bytes));
+            return Ok(Waiting::Memory(memfd, len));
         }
         if self.spill.is_none() {
             self.spill = Some(tempfile::tempfile().map_err(|e| err("no temporary space", e))?);
         }
         let file = self.spill.as_mut().expect("just made");
-        file.write_all(&bytes).map_err(|e| err("cannot hold segment", e))?;
+        let mut from = memfd;
+        from.seek(SeekFrom::Start(0)).map_err(|e| err("cannot hold segment", e))?;
+        let copied = std::io::copy(&mut from, file).map_err(|e| err("cannot hold segment", e))?;
+        if copied != len {
+            return Err(NormalizeError::new(format!("cannot hold segment: {copied} of its {len} bytes spilled")));
+        }
         let at = self.spilled_at;
         self.spilled_at += len;
         Ok(Waiting::Spilled(at, len))
     }
 
-    fn take(&self, b: Waiting) -> Result<Vec<u8>, NormalizeError> {
+    fn take(&self, b: Waiting) -> Result<Ready, NormalizeError> {
         match b {
-            Waiting::Memory(v) => Ok(v),
+            Waiting::Memory(memfd, len) => Ok(Ready::Memfd(memfd, len)),
             Waiting::Spilled(at, len) => {
-                use std::os::unix::fs::FileExt;
                 let mut v = vec![0; len as usize];
                 let file = self.spill.as_ref().expect("spilled");
                 file.read_exact_at(&mut v, at).map_err(|e| err("cannot read back segment", e))?;
-                Ok(v)
+                Ok(Ready::Read(v))
             }
         }
     }
@@ -234,7 +221,8 @@ impl Held {
 /// One segment being written.
 struct Segment {
     index: u32,
-    buf: SharedBuf,
+    /// The memfd the muxer writes into (through a descriptor of its own).
+    memfd: std::fs::File,
     octx: Output,
     /// Input stream index -> output stream index.
     map: Vec<Option<usize>>,
@@ -264,8 +252,6 @@ struct Job {
     /// What the preferred container refused, once it did (segments then
     /// go into Matroska).
     refused: Option<String>,
-    /// Expected bytes of one segment, to size its buffer.
-    segment_bytes: usize,
     /// Segment thumbnails, decoded beside the muxing.
     thumbs: Thumbnails,
     thumb: u32,
@@ -291,8 +277,9 @@ impl Job {
     }
 
     fn try_open_segment(&mut self, index: u32, start: f64, cut: f64) -> Result<Segment, NormalizeError> {
-        let buf = SharedBuf::with_capacity(self.segment_bytes);
-        let io = StreamIo::from_write_seek_with_capacity(buf.clone(), 256 * 1024).map_err(|e| err("cannot create segment", e))?;
+        let memfd = sluice_worker::handover::memfd().map_err(|e| err("cannot create segment", e))?;
+        let writer = memfd.try_clone().map_err(|e| err("cannot create segment", e))?;
+        let io = StreamIo::from_write_seek_with_capacity(writer, 256 * 1024).map_err(|e| err("cannot create segment", e))?;
         let mut octx = ff::format::output_to_stream(io, None, Some(self.container.muxer)).map_err(|e| err("cannot create segment", e))?;
         let mut map = vec![None; self.tbs.len()];
         for (n, &ist_index) in self.copied.iter().enumerate() {
@@ -308,10 +295,14 @@ impl Job {
         }
         let mut opts = ff::Dictionary::new();
         opts.set("avoid_negative_ts", "make_zero");
+        // Left at its default, the muxer flushes its I/O buffer after every
+        // packet: a write into the memfd per packet (~1.3 KB each here)
+        // instead of one per 256 KiB.
+        opts.set("flush_packets", "0");
         octx.write_header_with(opts).map_err(|e| err("cannot start segment", e))?;
         let offset = self.tbs.iter().map(|tb| (cut / f64::from(*tb)).round() as i64).collect();
         let flac_rate = (self.container.muxer == "flac").then(|| audio_shape(&self.ictx.stream(self.copied[0]).expect("exists")).0);
-        Ok(Segment { index, buf, octx, map, start, offset, thumbnail: None, flac_rate })
+        Ok(Segment { index, memfd, octx, map, start, offset, thumbnail: None, flac_rate })
     }
 }
 
@@ -416,12 +407,17 @@ fn close(mut seg: Segment, end: f64, held: &mut Held) -> Result<Done, NormalizeE
     seg.octx.write_trailer().map_err(|e| err("cannot finish segment", e))?;
     // Dropping the context flushes what its I/O buffer still holds.
     drop(seg.octx);
-    let mut bytes = seg.buf.take();
+    let len = seg.memfd.metadata().map_err(|e| err("cannot finish segment", e))?.len();
     if let Some(rate) = seg.flac_rate {
         let samples = ((end - seg.start).max(0.0) * f64::from(rate)).round() as u64;
-        fix_flac_streaminfo(&mut bytes, samples);
+        let mut head = [0u8; 42];
+        if len >= head.len() as u64 {
+            seg.memfd.read_exact_at(&mut head, 0).map_err(|e| err("cannot finish segment", e))?;
+            fix_flac_streaminfo(&mut head, samples);
+            seg.memfd.write_all_at(&head, 0).map_err(|e| err("cannot finish segment", e))?;
+        }
     }
-    let bytes = held.keep(bytes)?;
+    let bytes = held.keep(seg.memfd, len)?;
     Ok(Done { index: seg.index, bytes, start: seg.start, end, thumbnail: seg.thumbnail })
 }
 
@@ -642,9 +638,6 @@ pub fn normalize_media(
     let bit_rate = ictx.bit_rate();
     let tags = tags(&ictx, lead);
     let trusted = trusted_duration(&ictx);
-    // A segment's size from the bit rate, with room for the container; at
-    // most 64 MiB up front (the buffer grows past it if it must).
-    let segment_bytes = ((bit_rate.max(0) as f64 / 8.0 * (settings.segment_seconds + 2.0) * 1.05) as usize).min(64 << 20);
 
     let mut held = Held { limit: held_limit(settings), in_memory: 0, spill: None, spilled_at: 0 };
     let copied = std::iter::once(lead).chain(audio.filter(|a| *a != lead)).collect();
@@ -654,7 +647,6 @@ pub fn normalize_media(
         tbs,
         container,
         refused: None,
-        segment_bytes,
         thumbs: Thumbnails::start(decoder, rot, settings.thumbnail_size)?,
         thumb: settings.thumbnail_size,
     };
@@ -808,21 +800,26 @@ pub fn normalize_media(
     let (w, h) = if rot == 90 || rot == 270 { (height, width) } else { (width, height) };
     let dims = |n: u32| (kind == Kind::Video).then_some(n);
     for seg in done {
-        let bytes = held.take(seg.bytes)?;
         let mut meta: Value = file_meta.clone();
         meta["segment"] = json!(seg.index);
-        out(Piece::Rows(vec![Row {
+        let mut row = Row {
             chunk_index: seg.index,
             mime_type: container.mime.to_string(),
             start_seconds: Some(seg.start),
             end_seconds: Some(seg.end),
-            data: Some(Bytes::from(bytes)),
             thumbnail: job.thumbs.take(seg.thumbnail).or_else(|| art_thumbnail.clone()),
             width: dims(w),
             height: dims(h),
             metadata: Some(meta),
             ..Default::default()
-        }]))?;
+        };
+        out(match held.take(seg.bytes)? {
+            Ready::Memfd(memfd, len) => Piece::sealed_row(memfd, len, row).map_err(|e| err("cannot hand over segment", e))?,
+            Ready::Read(bytes) => {
+                row.data = Some(Bytes::from(bytes));
+                Piece::Rows(vec![row])
+            }
+        })?;
     }
     Ok(())
 }

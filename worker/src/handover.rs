@@ -24,24 +24,36 @@ use bytes::Bytes;
 /// no seal removed.
 const FIXED: libc::c_int = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
 
-/// A memfd holding `parts` one after another, sealed so that nobody (the
-/// child included) can change or shrink it any more.
-pub fn sealed_memfd(parts: &[&[u8]]) -> std::io::Result<OwnedFd> {
+/// A new, empty memfd to write into (its offset moves as `std::fs::File`'s
+/// does); [`seal`] fixes its bytes once they are written.
+pub fn memfd() -> std::io::Result<std::fs::File> {
     // SAFETY: the name is a NUL-terminated literal; the result is checked.
     let raw = unsafe { libc::memfd_create(c"sluice-rows".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if raw < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `raw` is a descriptor just made for us and owned by nobody else.
-    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
-    for part in parts {
-        file.write_all(part)?;
-    }
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) }))
+}
+
+/// Seal a memfd from [`memfd`] so that nobody (this process included, and
+/// through any other descriptor of it) can change, shrink or grow it any
+/// more. Fails while a writable shared mapping of it exists.
+pub fn seal(file: std::fs::File) -> std::io::Result<OwnedFd> {
     // SAFETY: fcntl on a descriptor we own; the result is checked.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, FIXED) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(file.into())
+}
+
+/// A memfd holding `parts` one after another, sealed.
+pub fn sealed_memfd(parts: &[&[u8]]) -> std::io::Result<OwnedFd> {
+    let mut file = memfd()?;
+    for part in parts {
+        file.write_all(part)?;
+    }
+    seal(file)
 }
 
 /// Room for the control message of one `recvmsg`: a few descriptors (one
@@ -161,10 +173,21 @@ impl Drop for Mapping {
     }
 }
 
-/// The first `len` bytes of the memfd `fd`, mapped without a copy. Refused
-/// unless it is sealed against writes and shrinking (so its bytes cannot
-/// change or vanish under the mapping) and holds at least `len` bytes.
+/// The first `len` bytes of the memfd `fd`, mapped without a copy, its
+/// pages mapped in at once (they are about to be read). Refused unless it
+/// is sealed against writes and shrinking (so its bytes cannot change or
+/// vanish under the mapping) and holds at least `len` bytes.
 pub fn map_sealed(fd: OwnedFd, len: usize) -> std::io::Result<Bytes> {
+    map(fd, len, libc::MAP_POPULATE)
+}
+
+/// [`map_sealed`], but pages are mapped in only if they are read: for a
+/// memfd this process made and will most likely only pass on.
+pub fn map_sealed_lazily(fd: OwnedFd, len: usize) -> std::io::Result<Bytes> {
+    map(fd, len, 0)
+}
+
+fn map(fd: OwnedFd, len: usize, flags: libc::c_int) -> std::io::Result<Bytes> {
     // SAFETY: fcntl on a descriptor we own; the result is checked.
     let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
     let needed = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK;
@@ -181,9 +204,7 @@ pub fn map_sealed(fd: OwnedFd, len: usize) -> std::io::Result<Bytes> {
     // SAFETY: a fresh read-only shared mapping of `len` bytes of a file
     // that holds at least that many and cannot shrink; the result is
     // checked. It stays valid after the descriptor closes.
-    let ptr = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED | libc::MAP_POPULATE, file.as_raw_fd(), 0)
-    };
+    let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED | flags, file.as_raw_fd(), 0) };
     if ptr == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
     }

@@ -162,8 +162,15 @@ struct RowHeader {
 /// blobs (segment bytes, renders, thumbnails) go out straight from the rows.
 /// With `handover` (the socket `out` writes to) and blobs of at least
 /// [`HANDOVER_MIN_BYTES`], a `ROWS_FD` frame instead: `[header len][JSON
-/// headers]`, the blobs in a sealed memfd passed with its first byte.
-fn write_rows(out: &mut impl Write, rows: Vec<Row>, handover: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+/// headers]`, the blobs in a sealed memfd passed with its first byte:
+/// `sealed` as it is when the rows came in one ([`normalize::Piece::Sealed`]), else a
+/// new one they are copied into.
+fn write_rows(
+    out: &mut impl Write,
+    rows: Vec<Row>,
+    sealed: Option<OwnedFd>,
+    handover: Option<BorrowedFd<'_>>,
+) -> std::io::Result<()> {
     let mut blobs: Vec<(Option<Bytes>, Option<Vec<u8>>)> = Vec::with_capacity(rows.len());
     let headers: Vec<RowHeader> = rows
         .into_iter()
@@ -193,7 +200,10 @@ fn write_rows(out: &mut impl Write, rows: Vec<Row>, handover: Option<BorrowedFd<
     let blob_len: usize = parts.iter().map(|p| p.len()).sum();
     let inline = match handover.filter(|_| blob_len >= HANDOVER_MIN_BYTES) {
         Some(socket) => {
-            let memfd = handover::sealed_memfd(&parts)?;
+            let memfd = match sealed.map(std::fs::File::from) {
+                Some(f) if f.metadata()?.len() == blob_len as u64 => f.into(),
+                _ => handover::sealed_memfd(&parts)?,
+            };
             // What is buffered goes first: the descriptor rides on this frame's first byte.
             out.flush()?;
             handover::send_with_fd(socket, ROWS_FD, memfd.as_fd())?;
@@ -303,7 +313,8 @@ pub fn serve(input: impl Read, mut out: impl Write, handover: Option<BorrowedFd<
         let mut send = |piece| {
             match piece {
                 normalize::Piece::Hash(hash) => write_frame(&mut out, HASH, hash.as_bytes()),
-                normalize::Piece::Rows(rows) => write_rows(&mut out, rows, handover),
+                normalize::Piece::Rows(rows) => write_rows(&mut out, rows, None, handover),
+                normalize::Piece::Sealed(rows, memfd) => write_rows(&mut out, rows, Some(memfd), handover),
                 normalize::Piece::PageCount(n) => write_frame(&mut out, COUNT, &(n as u32).to_le_bytes()),
                 normalize::Piece::Kind(kind) => write_frame(&mut out, KIND, kind.as_str().as_bytes()),
             }
@@ -580,7 +591,7 @@ mod tests {
             Row { chunk_index: 1, mime_type: "image/jpeg".into(), text: Some("page".into()), page: Some(2), ..Default::default() },
         ];
         let mut frame = Vec::new();
-        write_rows(&mut frame, rows, None).unwrap();
+        write_rows(&mut frame, rows, None, None).unwrap();
         assert_eq!(frame[0], ROWS);
         assert_eq!(u32::from_le_bytes(frame[1..5].try_into().unwrap()) as usize, frame.len() - 5);
         let back = decode_rows(frame[5..].to_vec()).unwrap();
@@ -602,8 +613,8 @@ mod tests {
         let big = vec![Row { chunk_index: 0, data: Some(Bytes::from(segment.clone())), thumbnail: Some(vec![7; 10]), ..Default::default() }];
         let small = vec![Row { chunk_index: 1, data: Some(Bytes::from_static(b"tail")), ..Default::default() }];
         let mut out = std::io::BufWriter::new(&child);
-        write_rows(&mut out, big, Some(child.as_fd())).unwrap();
-        write_rows(&mut out, small, Some(child.as_fd())).unwrap();
+        write_rows(&mut out, big, None, Some(child.as_fd())).unwrap();
+        write_rows(&mut out, small, None, Some(child.as_fd())).unwrap();
         drop(out);
         drop(child);
         let mut frames = Frames::new(parent).unwrap();
@@ -619,5 +630,44 @@ mod tests {
         assert!(frames.next().await.unwrap().is_none(), "the stream ends with the child's end");
         // A ROWS_FD frame without its descriptor fails the file, clearly.
         assert!(frames.rows(ROWS_FD, vec![2, 0, 0, 0, b'[', b']']).unwrap_err().contains("without its buffer"));
+    }
+
+    /// Rows that came in a sealed memfd (a muxed segment) hand that memfd
+    /// over as it is; one whose size does not match its rows is not
+    /// trusted, and the rows' own bytes go in a new one.
+    #[tokio::test]
+    async fn a_sealed_rows_memfd_is_handed_over_as_it_is() {
+        use std::io::Write as _;
+        let (child, parent) = std::os::unix::net::UnixStream::pair().unwrap();
+        let segment: Vec<u8> = (0..HANDOVER_MIN_BYTES + 1000).map(|i| (i % 251) as u8).collect();
+        let mut memfd = handover::memfd().unwrap();
+        memfd.write_all(&segment).unwrap();
+        let row = Row { chunk_index: 0, thumbnail: Some(vec![7; 10]), ..Default::default() };
+        let normalize::Piece::Sealed(rows, fd) = normalize::Piece::sealed_row(memfd, segment.len() as u64, row).unwrap() else {
+            panic!("a sealed row")
+        };
+        assert_eq!(rows[0].data.as_deref(), Some(&segment[..]), "the row's data map the memfd");
+        // Rows that say other bytes than the memfd holds (never so outside
+        // this test) show which of the two went over.
+        let stand_in = |rows: &[Row]| vec![Row { data: Some(Bytes::from(vec![1u8; segment.len()])), ..rows[0].clone() }];
+        let (other, other_fd) = (stand_in(&rows), fd.try_clone().unwrap());
+        let mut out = std::io::BufWriter::new(&child);
+        write_rows(&mut out, other, Some(other_fd), Some(child.as_fd())).unwrap();
+        let short = handover::sealed_memfd(&[b"short"]).unwrap();
+        write_rows(&mut out, stand_in(&rows), Some(short), Some(child.as_fd())).unwrap();
+        drop(out);
+        drop(child);
+        let mut frames = Frames::new(parent).unwrap();
+        let (kind, payload) = frames.next().await.unwrap().unwrap();
+        assert_eq!(kind, ROWS_FD);
+        let got = frames.rows(kind, payload).unwrap();
+        assert_eq!(got[0].data.as_deref(), Some(&segment[..]), "the memfd itself went over");
+        assert_eq!(got[0].thumbnail, Some(vec![7; 10]));
+        let (kind, payload) = frames.next().await.unwrap().unwrap();
+        assert_eq!(kind, ROWS_FD);
+        assert_eq!(frames.rows(kind, payload).unwrap()[0].data.as_deref(), Some(&vec![1u8; segment.len()][..]));
+        // Sealed: not even the process that made it can change it.
+        let mut again = std::fs::File::from(fd);
+        assert!(again.write_all(b"x").is_err());
     }
 }

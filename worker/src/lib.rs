@@ -9,7 +9,7 @@
 pub mod actors;
 pub mod error;
 pub mod fetch;
-mod handover;
+pub mod handover;
 pub mod isolation;
 pub mod membership;
 pub mod normalize;

@@ -316,7 +316,7 @@ impl Streamed {
                 self.hash = h;
                 None
             }
-            Piece::Rows(rows) => {
+            Piece::Rows(rows) | Piece::Sealed(rows, _) => {
                 let ready = self.held.replace(rows);
                 self.sent_any |= ready.is_some();
                 ready
@@ -661,7 +661,13 @@ async fn run_ranges(
         let Some((i, (start, end))) = queue.lock().pop_front() else { break };
         request.part = Part::Pages { start, end };
         let rows = ask(&mut slot, &exes, &request).await.map(|pieces| {
-            pieces.into_iter().flat_map(|p| if let Piece::Rows(rows) = p { rows } else { Vec::new() }).collect()
+            pieces
+                .into_iter()
+                .flat_map(|p| match p {
+                    Piece::Rows(rows) | Piece::Sealed(rows, _) => rows,
+                    _ => Vec::new(),
+                })
+                .collect()
         });
         let failed = rows.is_err();
         if done.send((i, rows)).is_err() || failed {

@@ -300,6 +300,29 @@ pub enum Piece {
     /// What the file turned out to be once opened (video or audio, by its
     /// streams), before its rows.
     Kind(Kind),
+    /// Rows whose blobs, each row's data then its thumbnail, are exactly
+    /// the bytes of this sealed memfd, which the rows' data map (made by
+    /// [`Piece::sealed_row`]). A normalizer process hands the memfd over as
+    /// it is; anywhere else these are plain rows.
+    Sealed(Vec<Row>, std::os::fd::OwnedFd),
+}
+
+impl Piece {
+    /// One row whose data are the `data_len` bytes written into `memfd`
+    /// (from [`crate::handover::memfd`]): its thumbnail is written after
+    /// them, the memfd sealed, and the row's data mapped from it. No byte
+    /// of the data is copied here, nor, in a normalizer process, later.
+    pub fn sealed_row(memfd: std::fs::File, data_len: u64, mut row: Row) -> std::io::Result<Piece> {
+        use std::os::unix::fs::FileExt;
+        let thumbnail = row.thumbnail.as_deref().unwrap_or_default();
+        memfd.write_all_at(thumbnail, data_len)?;
+        memfd.set_len(data_len + thumbnail.len() as u64)?;
+        let fd = crate::handover::seal(memfd)?;
+        let len = usize::try_from(data_len).map_err(std::io::Error::other)?;
+        let mapped = crate::handover::map_sealed_lazily(fd.try_clone()?, len + thumbnail.len())?;
+        row.data = Some(mapped.slice(..len));
+        Ok(Piece::Sealed(vec![row], fd))
+    }
 }
 
 /// Normalize a video, audio file, PDF or image (through FFmpeg's image
@@ -323,7 +346,7 @@ pub fn normalize_streamed(
             Ok(())
         };
         let mut emit = |piece: Piece| -> Result<(), NormalizeError> {
-            if matches!(piece, Piece::Rows(_)) {
+            if matches!(piece, Piece::Rows(_) | Piece::Sealed(..)) {
                 hash_first(&mut *out)?;
             }
             out(piece)

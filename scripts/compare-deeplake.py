@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Deeplake 4.7.4's `Client.ingest` against `sluice ingest`, back to back on
 one generated corpus: wall time and peak resident memory of each (the whole
-process tree, sampled every 20 ms the same way for both).
+process tree, sampled the same way for both): the sum of the processes'
+RSS (every 20 ms), and the sum of their PSS (every 100 ms), which counts a
+page shared by several processes (a library's code in each of sluice's
+normalizer processes) once in all instead of once in each.
 
     scripts/compare-deeplake.py [--sluice PATH] [--work DIR] [--per-kind N] [--runs N]
 
@@ -66,8 +69,8 @@ print(json.dumps({"rows": rows, "seconds": time.monotonic() - started}))
 '''
 
 
-def tree_rss(pid):
-    """Resident bytes of `pid` and all its descendants."""
+def tree_pids(pid):
+    """`pid` and all its descendants."""
     children = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -79,10 +82,19 @@ def tree_rss(pid):
             children.setdefault(ppid, []).append(int(entry))
         except (OSError, ValueError, IndexError):
             pass
-    total, todo = 0, [pid]
+    pids, todo = [], [pid]
     while todo:
         p = todo.pop()
         todo.extend(children.get(p, []))
+        pids.append(p)
+    return pids
+
+
+def tree_rss(pids):
+    """Resident bytes of these processes: the sum of their RSS (a page shared
+    by several, such as a library's code, counts once in each)."""
+    total = 0
+    for p in pids:
         try:
             with open(f"/proc/{p}/statm") as f:
                 total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -91,15 +103,39 @@ def tree_rss(pid):
     return total
 
 
+def tree_pss(pids):
+    """The sum of these processes' PSS: a page shared by several counts as
+    its share, so the memory they really hold together. Costlier to read
+    than RSS (the kernel walks every mapping)."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
 def measured(cmd, env=None):
-    """Run `cmd`; its stdout, wall seconds, and the peak RSS of its tree."""
+    """Run `cmd`; its stdout, wall seconds, and the peak RSS (sampled every
+    20 ms) and peak PSS (every 100 ms, which reading it every 20 ms slowed
+    the measured run by up to a fifth) of its tree."""
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    peak = [0]
+    peak = [0, 0]
 
     def sample():
+        n = 0
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(proc.pid))
+            pids = tree_pids(proc.pid)
+            peak[0] = max(peak[0], tree_rss(pids))
+            if n % 5 == 0:
+                peak[1] = max(peak[1], tree_pss(pids))
+            n += 1
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample)
@@ -109,7 +145,7 @@ def measured(cmd, env=None):
     wall = time.monotonic() - started
     if proc.returncode not in (0, 2):
         sys.exit(f"{cmd[0]} failed ({proc.returncode}):\n{err.decode(errors='replace')[-3000:]}")
-    return out.decode(), wall, peak[0]
+    return out.decode(), wall, peak
 
 
 def make_corpus(root: Path, per_kind: int, sluice: str):
@@ -174,7 +210,8 @@ def main():
     else:
         median = lambda key: statistics.median(r[key] for r in runs)
         results = {"runs": runs, "median_sluice_speedup": median("sluice_speedup"),
-                   "median_sluice_memory_ratio": median("sluice_memory_ratio")}
+                   "median_sluice_memory_ratio": median("sluice_memory_ratio"),
+                   "median_sluice_pss_ratio": median("sluice_pss_ratio")}
     results["files"] = files
     print(json.dumps(results, indent=2))
 
@@ -187,17 +224,18 @@ def one_round(args, work, corpus, python, kinds):
     dl_root.mkdir(parents=True)
     out, wall, peak = measured([str(python), "-c", DEEPLAKE_RUN, str(dl_root), json.dumps(kinds)])
     dl = json.loads(out.strip().splitlines()[-1])
-    results["deeplake"] = {"seconds": wall, "peak_rss_mb": peak / 1e6, "rows": dl["rows"]}
+    results["deeplake"] = {"seconds": wall, "peak_rss_mb": peak[0] / 1e6, "peak_pss_mb": peak[1] / 1e6, "rows": dl["rows"]}
 
     table = work / "sluice-table"
     subprocess.run(["rm", "-rf", str(table)], check=True)
     out, wall, peak = measured([args.sluice, "ingest", "--table", str(table), "--json", str(corpus / "video"),
                                 str(corpus / "pdf"), str(corpus / "image"), str(corpus / "text")])
     s = json.loads(out)
-    results["sluice"] = {"seconds": wall, "peak_rss_mb": peak / 1e6, "rows": s["rows"],
+    results["sluice"] = {"seconds": wall, "peak_rss_mb": peak[0] / 1e6, "peak_pss_mb": peak[1] / 1e6, "rows": s["rows"],
                          "files_ingested": s["files_ingested"], "files_failed": s["files_failed"]}
     results["sluice_speedup"] = results["deeplake"]["seconds"] / results["sluice"]["seconds"]
     results["sluice_memory_ratio"] = results["sluice"]["peak_rss_mb"] / results["deeplake"]["peak_rss_mb"]
+    results["sluice_pss_ratio"] = results["sluice"]["peak_pss_mb"] / results["deeplake"]["peak_pss_mb"]
     return results
 
 

@@ -251,8 +251,11 @@ fn a_long_video_waits_on_disk_not_in_memory_with_the_same_segments() {
     };
     let in_memory = export(&dir.path().join("roomy"), &[]);
     let spilled = export(&dir.path().join("tight"), &["--memory-budget", "1048576"]);
+    // Segments muxed into memfds and mapped in the worker's own process.
+    let here = export(&dir.path().join("here"), &["--in-process-normalizers"]);
     assert_eq!(in_memory.len(), 5, "20 s in 4 s segments");
     assert!(in_memory == spilled, "segments differ between the memory and the disk path");
+    assert!(in_memory == here, "segments differ between a normalizer process and the worker's own");
     assert!(in_memory.iter().all(|s| s.len() > 1000));
 }
 

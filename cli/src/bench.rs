@@ -81,8 +81,34 @@ pub(crate) fn ingest_json<S: AsRef<OsStr>>(
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// The median of `values` (NaN for none).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// `[min, max]` of `values`, as JSON.
+pub(crate) fn range(values: &[f64]) -> serde_json::Value {
+    serde_json::json!([values.iter().copied().fold(f64::INFINITY, f64::min), values.iter().copied().fold(f64::NEG_INFINITY, f64::max)])
+}
+
 fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn medians_and_ranges() {
+        assert_eq!(super::median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(super::median(Vec::new()).is_nan());
+        assert_eq!(super::range(&[0.7, 0.5, 0.9]), serde_json::json!([0.5, 0.9]));
+    }
 }

@@ -13,6 +13,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
+use crate::bench::{median, range};
+
 #[derive(clap::Args, Debug)]
 pub struct BenchMediaArgs {
     /// Video files
@@ -33,16 +35,6 @@ pub struct BenchMediaArgs {
     /// within seconds, so one run of each is not a ratio)
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-}
-
-/// The median of `values` (NaN for none).
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 /// Pages of text, `first..first + n`, about 60 lines each.
@@ -105,7 +97,6 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
                 }
             }
         }
-        let range = |v: &[f64]| json!([v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max)]);
         report.insert(
             "video".into(),
             json!({
@@ -213,14 +204,4 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn medians_of_odd_and_even_counts() {
-        assert_eq!(super::median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(super::median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert!(super::median(Vec::new()).is_nan());
-    }
 }

@@ -10,6 +10,10 @@
 //! `storage_concurrency` permits, the same bound the ingest's stores get.
 //! It also reports single-request puts of the same files, the fastest way
 //! to move files that fit one request.
+//!
+//! The three take turns over `--rounds`, everything written deleted between
+//! rounds (an in-memory store such as moto slows down as it fills), and
+//! medians are reported: each ratio is of runs next to each other.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,9 +25,10 @@ use object_store::limit::LimitStore;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use rand::{RngCore, SeedableRng};
-use serde_json::json;
+use serde_json::{json, Value};
 use sluice_common::settings::Settings;
 
+use crate::bench::{median, range};
 use crate::storage_args::StorageArgs;
 
 /// Part size of multipart uploads, Lance's first part size too.
@@ -44,6 +49,9 @@ pub struct BenchStorageArgs {
     /// Requests in flight at once, both sides
     #[arg(long, default_value_t = Settings::DEFAULT.storage_concurrency)]
     pub storage_concurrency: u32,
+    /// Rounds of the three runs, taking turns; medians are reported
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     #[command(flatten)]
     pub storage: StorageArgs,
     /// Extra arguments passed to `sluice ingest`
@@ -86,17 +94,25 @@ async fn put_file(store: Arc<dyn ObjectStore>, path: StorePath, file: PathBuf, c
     Ok(())
 }
 
+/// Delete every object under `prefix`.
+async fn clear(store: &Arc<dyn ObjectStore>, prefix: &StorePath) -> Result<()> {
+    let paths = store.list(Some(prefix)).map_ok(|m| m.location).boxed();
+    store.delete_stream(paths).try_collect::<Vec<_>>().await?;
+    Ok(())
+}
+
 pub async fn run(args: BenchStorageArgs) -> Result<()> {
     let work = std::env::temp_dir().join(format!("sluice-bench-storage-{}", std::process::id()));
     let total = args.mb * 1_000_000;
+    let mb = total as f64 / 1e6;
     let files = make_files(&work.join("files"), total, (args.file_mb * 1e6) as usize)?;
     let concurrency = args.storage_concurrency.max(1) as usize;
 
     // Bare: every file as one object, files and parts in flight together up
     // to the limit.
     let bare_location = args.storage.location(&format!("{}-bare", args.table.trim_end_matches('/')))?;
-    let (store, root) = bare_location.object_store()?;
-    let store: Arc<dyn ObjectStore> = Arc::new(LimitStore::new(store, concurrency));
+    let (raw_store, root) = bare_location.object_store()?;
+    let store: Arc<dyn ObjectStore> = Arc::new(LimitStore::new(raw_store.clone(), concurrency));
     let bare = |single: bool| {
         let (store, root, files) = (store.clone(), root.clone(), files.clone());
         async move {
@@ -109,36 +125,49 @@ pub async fn run(args: BenchStorageArgs) -> Result<()> {
             anyhow::Ok(t.elapsed().as_secs_f64())
         }
     };
-    let single_seconds = bare(true).await?;
-    let bare_seconds = bare(false).await?;
-    let bare_mb_s = total as f64 / 1e6 / bare_seconds;
-
-    // sluice: the same files through a whole ingest.
     let table = args.storage.location(&args.table)?;
+    let (table_store, table_root) = table.object_store()?;
     let options = serde_json::to_string(&table.storage_options)?;
     let concurrency_arg = args.storage_concurrency.to_string();
     let files_dir = work.join("files");
-    let ingest_args = [files_dir.as_os_str(), "--storage-concurrency".as_ref(), concurrency_arg.as_ref()]
-        .into_iter()
-        .chain(args.ingest_args.iter().map(|a| a.as_ref()));
-    let s = crate::bench::ingest_json(&args.table, ingest_args, &[("SLUICE_STORAGE_OPTIONS", &options)])?;
-    let seconds = s["seconds"].as_f64().unwrap_or(f64::NAN);
-    let sluice_mb_s = total as f64 / 1e6 / seconds;
+
+    let (mut single, mut multipart, mut sluice, mut ratios, mut last) = (vec![], vec![], vec![], vec![], Value::Null);
+    for _ in 0..args.rounds.max(1) {
+        clear(&raw_store, &root).await?;
+        clear(&table_store, &table_root).await?;
+        let single_seconds = bare(true).await?;
+        clear(&raw_store, &root).await?;
+        let bare_seconds = bare(false).await?;
+        // sluice: the same files through a whole ingest, into an empty table.
+        let ingest_args = [files_dir.as_os_str(), "--storage-concurrency".as_ref(), concurrency_arg.as_ref()]
+            .into_iter()
+            .chain(args.ingest_args.iter().map(|a| a.as_ref()));
+        let s = crate::bench::ingest_json(&args.table, ingest_args, &[("SLUICE_STORAGE_OPTIONS", &options)])?;
+        let seconds = s["seconds"].as_f64().unwrap_or(f64::NAN);
+        single.push(mb / single_seconds);
+        multipart.push(mb / bare_seconds);
+        sluice.push(mb / seconds);
+        ratios.push(bare_seconds / seconds);
+        last = s;
+    }
+    clear(&raw_store, &root).await?;
     let report = json!({
-        "mb": total as f64 / 1e6,
+        "mb": mb,
         "files": files.len(),
         "storage_concurrency": concurrency,
-        "bare_multipart_seconds": bare_seconds,
-        "bare_multipart_mb_s": bare_mb_s,
-        "bare_single_put_mb_s": total as f64 / 1e6 / single_seconds,
-        "sluice_ingest_seconds": seconds,
-        "sluice_ingest_mb_s": sluice_mb_s,
-        "sluice_vs_bare_multipart": sluice_mb_s / bare_mb_s,
-        "sluice_vs_bare_single_put": sluice_mb_s * single_seconds / (total as f64 / 1e6),
-        "sluice_storage_requests": s["storage_requests"],
-        "sluice_storage_peak_in_flight": s["storage_peak_in_flight"],
-        "sluice_fragments": s["fragments"],
-        "sluice_peak_rss_mb": s["peak_rss_bytes"].as_f64().map(|b| b / 1e6),
+        "rounds": ratios.len(),
+        "bare_multipart_mb_s": median(multipart.clone()),
+        "bare_multipart_mb_s_range": range(&multipart),
+        "bare_single_put_mb_s": median(single.clone()),
+        "sluice_ingest_mb_s": median(sluice.clone()),
+        "sluice_ingest_mb_s_range": range(&sluice),
+        "sluice_vs_bare_multipart": median(ratios.clone()),
+        "sluice_vs_bare_multipart_range": range(&ratios),
+        "sluice_vs_bare_single_put": median(sluice.iter().zip(&single).map(|(s, b)| s / b).collect()),
+        "sluice_storage_requests": last["storage_requests"],
+        "sluice_storage_peak_in_flight": last["storage_peak_in_flight"],
+        "sluice_fragments": last["fragments"],
+        "sluice_peak_rss_mb": last["peak_rss_bytes"].as_f64().map(|b| b / 1e6),
     });
     println!("{}", serde_json::to_string(&report)?);
     let _ = std::fs::remove_dir_all(&work);

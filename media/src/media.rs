@@ -159,11 +159,18 @@ fn held_limit(settings: &Settings) -> u64 {
     settings.memory_budget_bytes / u64::from(settings.normalization_workers.max(1)) / 2
 }
 
-/// Finished segments of one file, in memory up to a limit, then spilled to
-/// one temporary file.
+/// Most finished segments one file keeps in memory, each in a memfd (a
+/// descriptor) of its own: a long file of a low bit rate would otherwise
+/// hold hundreds of descriptors within the byte limit (1,024 is a common
+/// limit for a process).
+const HELD_MEMFDS: usize = 128;
+
+/// Finished segments of one file, in memory up to a limit (of bytes and of
+/// [`HELD_MEMFDS`] segments), then spilled to one temporary file.
 struct Held {
     limit: u64,
     in_memory: u64,
+    memfds: usize,
     spill: Option<std::fs::File>,
     spilled_at: u64,
 }
@@ -186,8 +193,9 @@ enum Ready {
 
 impl Held {
     fn keep(&mut self, memfd: std::fs::File, len: u64) -> Result<Waiting, NormalizeError> {
-        if self.spill.is_none() && self.in_memory + len <= self.limit {
+        if self.spill.is_none() && self.in_memory + len <= self.limit && self.memfds < HELD_MEMFDS {
             self.in_memory += len;
+            self.memfds += 1;
             return Ok(Waiting::Memory(memfd, len));
         }
         if self.spill.is_none() {
@@ -639,7 +647,7 @@ pub fn normalize_media(
     let tags = tags(&ictx, lead);
     let trusted = trusted_duration(&ictx);
 
-    let mut held = Held { limit: held_limit(settings), in_memory: 0, spill: None, spilled_at: 0 };
+    let mut held = Held { limit: held_limit(settings), in_memory: 0, memfds: 0, spill: None, spilled_at: 0 };
     let copied = std::iter::once(lead).chain(audio.filter(|a| *a != lead)).collect();
     let mut job = Job {
         ictx,
@@ -995,6 +1003,34 @@ pub fn bare_remux(input: &Path, output: &Path) -> Result<u64, NormalizeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Many small segments: at most [`HELD_MEMFDS`] wait in memfds, the
+    /// rest in the spill file, and every one comes back as it went in.
+    #[test]
+    fn many_small_segments_hold_few_descriptors_and_come_back_whole() {
+        use std::io::Write;
+        let mut held = Held { limit: 1 << 30, in_memory: 0, memfds: 0, spill: None, spilled_at: 0 };
+        let segment = |i: usize| format!("segment {i} ").repeat(i % 7 + 1).into_bytes();
+        let waiting: Vec<Waiting> = (0..HELD_MEMFDS + 40)
+            .map(|i| {
+                let mut memfd = sluice_worker::handover::memfd().unwrap();
+                memfd.write_all(&segment(i)).unwrap();
+                held.keep(memfd, segment(i).len() as u64).unwrap()
+            })
+            .collect();
+        assert_eq!(waiting.iter().filter(|w| matches!(w, Waiting::Memory(..))).count(), HELD_MEMFDS);
+        for (i, w) in waiting.into_iter().enumerate() {
+            let bytes = match held.take(w).unwrap() {
+                Ready::Memfd(memfd, len) => {
+                    let mut v = vec![0; len as usize];
+                    memfd.read_exact_at(&mut v, 0).unwrap();
+                    v
+                }
+                Ready::Read(v) => v,
+            };
+            assert_eq!(bytes, segment(i), "segment {i}");
+        }
+    }
 
     #[test]
     fn a_flac_segment_header_gets_its_own_sample_count_and_no_md5() {

@@ -12,7 +12,8 @@
 //! worker by descriptor: the muxer's bytes are not copied again). What a
 //! file holds meanwhile is bounded: past [`held_limit`] bytes, finished
 //! segments wait in a temporary file instead, so a long video costs disk,
-//! not memory.
+//! not memory (they are read back into a memfd each as they go out, and
+//! handed over the same way).
 
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -183,14 +184,6 @@ enum Waiting {
     Spilled(u64, u64),
 }
 
-/// A finished segment's bytes, ready to go out.
-enum Ready {
-    /// The memfd it was muxed into, of this many bytes.
-    Memfd(std::fs::File, u64),
-    /// Read back from the spill file.
-    Read(Vec<u8>),
-}
-
 impl Held {
     fn keep(&mut self, memfd: std::fs::File, len: u64) -> Result<Waiting, NormalizeError> {
         if self.spill.is_none() && self.in_memory + len <= self.limit && self.memfds < HELD_MEMFDS {
@@ -213,14 +206,24 @@ impl Held {
         Ok(Waiting::Spilled(at, len))
     }
 
-    fn take(&self, b: Waiting) -> Result<Ready, NormalizeError> {
+    /// A finished segment's bytes in a memfd, and how many: the one it was
+    /// muxed into, or a new one it is read back into from the spill file.
+    fn take(&self, b: Waiting) -> Result<(std::fs::File, u64), NormalizeError> {
         match b {
-            Waiting::Memory(memfd, len) => Ok(Ready::Memfd(memfd, len)),
+            Waiting::Memory(memfd, len) => Ok((memfd, len)),
             Waiting::Spilled(at, len) => {
-                let mut v = vec![0; len as usize];
+                let back = |e| err("cannot read back segment", e);
                 let file = self.spill.as_ref().expect("spilled");
-                file.read_exact_at(&mut v, at).map_err(|e| err("cannot read back segment", e))?;
-                Ok(Ready::Read(v))
+                let memfd = sluice_worker::handover::memfd().map_err(back)?;
+                let mut chunk = vec![0; (256 << 10).min(len as usize)];
+                let mut done = 0u64;
+                while done < len {
+                    let n = chunk.len().min((len - done) as usize);
+                    file.read_exact_at(&mut chunk[..n], at + done).map_err(back)?;
+                    memfd.write_all_at(&chunk[..n], done).map_err(back)?;
+                    done += n as u64;
+                }
+                Ok((memfd, len))
             }
         }
     }
@@ -810,7 +813,7 @@ pub fn normalize_media(
     for seg in done {
         let mut meta: Value = file_meta.clone();
         meta["segment"] = json!(seg.index);
-        let mut row = Row {
+        let row = Row {
             chunk_index: seg.index,
             mime_type: container.mime.to_string(),
             start_seconds: Some(seg.start),
@@ -821,13 +824,8 @@ pub fn normalize_media(
             metadata: Some(meta),
             ..Default::default()
         };
-        out(match held.take(seg.bytes)? {
-            Ready::Memfd(memfd, len) => Piece::sealed_row(memfd, len, row).map_err(|e| err("cannot hand over segment", e))?,
-            Ready::Read(bytes) => {
-                row.data = Some(Bytes::from(bytes));
-                Piece::Rows(vec![row])
-            }
-        })?;
+        let (memfd, len) = held.take(seg.bytes)?;
+        out(Piece::sealed_row(memfd, len, row).map_err(|e| err("cannot hand over segment", e))?)?;
     }
     Ok(())
 }
@@ -1020,14 +1018,10 @@ mod tests {
             .collect();
         assert_eq!(waiting.iter().filter(|w| matches!(w, Waiting::Memory(..))).count(), HELD_MEMFDS);
         for (i, w) in waiting.into_iter().enumerate() {
-            let bytes = match held.take(w).unwrap() {
-                Ready::Memfd(memfd, len) => {
-                    let mut v = vec![0; len as usize];
-                    memfd.read_exact_at(&mut v, 0).unwrap();
-                    v
-                }
-                Ready::Read(v) => v,
-            };
+            let (memfd, len) = held.take(w).unwrap();
+            let mut bytes = vec![0; len as usize];
+            memfd.read_exact_at(&mut bytes, 0).unwrap();
+            assert_eq!(memfd.metadata().unwrap().len(), len);
             assert_eq!(bytes, segment(i), "segment {i}");
         }
     }

@@ -133,6 +133,32 @@ fn max_errors_aborts_but_keeps_what_was_ingested() {
     assert!(failed > 5 && failed < 30, "stopped early: {failed} failed");
 }
 
+/// `sluice bench --files A,B` ingests one generated corpus per size, from
+/// the fewest files up, and compares each one's peak RSS with the fewest's.
+#[test]
+fn bench_compares_peak_rss_across_corpus_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(sluice().arg("bench").arg("--files").arg("40,12").arg("--workdir").arg(dir.path()).args(["--", "--flush-every", "7"]));
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "a line per size and a comparison");
+    assert_eq!(lines[0]["files"], 12);
+    assert_eq!(lines[1]["files"], 40);
+    // 100 rows in one fragment by default; a fragment about every 7 rows
+    // (a file's rows stay together) with the argument passed on.
+    assert!(lines[1]["fragments"].as_u64().unwrap() >= 10, "ingest arguments passed on");
+    let peaks: Vec<f64> = lines[..2].iter().map(|l| l["peak_rss_mb"].as_f64().unwrap()).collect();
+    assert!(peaks.iter().all(|&p| p > 1.0), "{peaks:?}");
+    let summary = &lines[2];
+    assert_eq!(summary["files"], serde_json::json!([12, 40]));
+    let ratios: Vec<f64> = summary["peak_rss_vs_fewest_files"].as_array().unwrap().iter().map(|r| r.as_f64().unwrap()).collect();
+    assert_eq!(ratios[0], 1.0);
+    assert!((ratios[1] - peaks[1] / peaks[0]).abs() < 1e-9, "{ratios:?} {peaks:?}");
+    assert_eq!(summary["largest_peak_rss_vs_fewest_files"].as_f64().unwrap(), ratios[0].max(ratios[1]));
+    assert!(dir.path().join("corpus-12").is_dir() && dir.path().join("corpus-40").is_dir());
+}
+
 /// Rows of slow files wait at most `--flush-interval` seconds in the
 /// worker's buffer, however far `--flush-every` is.
 #[test]

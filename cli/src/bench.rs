@@ -12,10 +12,11 @@ use crate::corpus::{generate, CorpusArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Number of files in the generated corpus
-    #[arg(long, default_value_t = 1000)]
-    pub files: usize,
-    /// Working directory (corpus and table); default: a temporary directory
+    /// Numbers of files in the generated corpora, comma-separated: one
+    /// ingest each, then each one's peak RSS against the smallest's
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub files: Vec<usize>,
+    /// Working directory (corpora and table); default: a temporary directory
     #[arg(long)]
     pub workdir: Option<PathBuf>,
     /// Extra arguments passed to `sluice ingest` (e.g. --normalization-workers 8)
@@ -23,6 +24,9 @@ pub struct BenchArgs {
     pub ingest_args: Vec<String>,
 }
 
+/// Prints one JSON line per corpus size and, for several sizes, a last line
+/// comparing their peak RSS: memory should follow the buffers, not the
+/// number of files.
 pub async fn run(args: BenchArgs) -> Result<()> {
     let tmp;
     let work = match &args.workdir {
@@ -32,14 +36,43 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             tmp.clone()
         }
     };
-    let corpus = work.join("corpus");
+    let mut sizes = args.files.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut peaks = Vec::new();
+    for &files in &sizes {
+        let report = run_one(&work, files, &args.ingest_args)?;
+        peaks.push(report["peak_rss_mb"].as_f64().unwrap_or(f64::NAN));
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    if sizes.len() > 1 {
+        let vs_fewest: Vec<f64> = peaks.iter().map(|p| p / peaks[0]).collect();
+        let growth = vs_fewest.iter().copied().fold(f64::NAN, f64::max);
+        let summary = serde_json::json!({
+            "files": sizes,
+            "peak_rss_mb": peaks,
+            "peak_rss_vs_fewest_files": vs_fewest,
+            "largest_peak_rss_vs_fewest_files": growth,
+        });
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    if args.workdir.is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
+}
+
+/// Ingest a corpus of `files` small mixed files (made once per size under
+/// `work`) into a new table (left there); the ingest's figures.
+fn run_one(work: &std::path::Path, files: usize, ingest_args: &[String]) -> Result<Value> {
+    let corpus = work.join(format!("corpus-{files}"));
     let table = work.join("table");
     let _ = std::fs::remove_dir_all(&table);
     if !corpus.exists() {
-        generate(&CorpusArgs { dir: corpus.clone(), files: args.files, with_bad_files: false, text_chars: 3000, image_side: 96, with_media: false, text_pdfs: 0 })?;
+        generate(&CorpusArgs { dir: corpus.clone(), files, with_bad_files: false, text_chars: 3000, image_side: 96, with_media: false, text_pdfs: 0 })?;
     }
-    let s = ingest_json(&table, std::iter::once(corpus.as_os_str()).chain(args.ingest_args.iter().map(|a| a.as_ref())), &[])?;
-    let report = serde_json::json!({
+    let s = ingest_json(&table, std::iter::once(corpus.as_os_str()).chain(ingest_args.iter().map(|a| a.as_ref())), &[])?;
+    Ok(serde_json::json!({
         "files": s["files_ingested"],
         "rows": s["rows"],
         "bytes": s["bytes"],
@@ -50,13 +83,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         "peak_rss_mb": s["peak_rss_bytes"].as_f64().map(|b| b / 1e6),
         "commits": s["commits"],
         "fragments": s["fragments"],
-        "ingest_args": args.ingest_args,
-    });
-    println!("{}", serde_json::to_string(&report)?);
-    if args.workdir.is_none() {
-        let _ = std::fs::remove_dir_all(&work);
-    }
-    Ok(())
+        "ingest_args": ingest_args,
+    }))
 }
 
 /// Run `sluice ingest --table TABLE --json ARGS...` (this executable, with

@@ -82,6 +82,7 @@ enum Command {
 
 fn main() {
     sluice_worker::limit_malloc_arenas();
+    sluice_worker::map_large_allocations();
     // Kind detection probes containers with FFmpeg, and in-process
     // normalizers (and `normalize-server`) cut video with it.
     sluice_media::install();

@@ -45,6 +45,14 @@ pub const FILE_VERSION: LanceFileVersion = LanceFileVersion::V2_2;
 const METADATA_CACHE_BYTES: usize = 8 << 20;
 const INDEX_CACHE_BYTES: usize = 4 << 20;
 
+/// The metadata cache of a handle that appends (a job's coordinator and
+/// workers). Such a handle reads nothing back but the newest manifest and
+/// the transactions since its own, and Lance keeps the manifest it works
+/// from anyway; a larger cache only holds older manifests, each as large as
+/// the table has fragments (part of why peak RSS grew with the job: 125 MB
+/// at 100,000 small files with 8 MiB here, against 110 MB with this).
+const WRITER_METADATA_CACHE_BYTES: usize = 256 << 10;
+
 /// A table location together with the storage limiter every access goes
 /// through and the one Lance session (caches) they share.
 #[derive(Clone)]
@@ -69,6 +77,17 @@ impl TableHandle {
     pub fn with_limiter(location: TableLocation, limiter: StorageLimiter) -> Self {
         let session = Session::new(INDEX_CACHE_BYTES, METADATA_CACHE_BYTES, Arc::new(ObjectStoreRegistry::default()));
         Self { location, limiter, session: Arc::new(session) }
+    }
+
+    /// The same handle with caches sized for appending rather than reading
+    /// ([`WRITER_METADATA_CACHE_BYTES`]).
+    pub fn for_writing(mut self) -> Self {
+        self.session = Arc::new(Session::new(
+            INDEX_CACHE_BYTES,
+            WRITER_METADATA_CACHE_BYTES,
+            Arc::new(ObjectStoreRegistry::default()),
+        ));
+        self
     }
 
     pub fn write_params(&self, mode: WriteMode) -> WriteParams {

@@ -64,7 +64,8 @@ pub async fn run_job(job: &JobPlan, book: Arc<ClusterJob>, guard: CommitGuard) -
     let table = match &job.limiter {
         Some(limiter) => TableHandle::with_limiter(job.table.clone(), limiter.clone()),
         None => TableHandle::new(job.table.clone(), job.settings.storage_concurrency),
-    };
+    }
+    .for_writing();
     let dataset = table.open_or_create_with(&attributes).await?;
     let committed = committed_files(&dataset).await?;
     tracing::info!(%job_id, table = %job.table.uri, already = committed.len(), "job starting");

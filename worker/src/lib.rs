@@ -37,3 +37,29 @@ pub fn limit_malloc_arenas() {
         }
     }
 }
+
+/// Give allocations of 256 KiB and more pages of their own (`mmap`), handed
+/// back to the kernel when they are freed (unless `MALLOC_MMAP_THRESHOLD_`
+/// says otherwise). By default glibc raises that threshold to the size of
+/// the largest block freed so far (up to 32 MiB): after the first fragment's
+/// data column, batches and column buffers of every later fragment come
+/// from the heap, where the small long-lived allocations made between them
+/// (manifests, tasks, channels) keep the freed pages from going back.
+/// Measured on ingests of small files (`sluice ingest --json`, peak RSS of
+/// the process, release build): 99, 111 and 131–133 MB at 1,000, 10,000
+/// and 100,000 files by default; 96–98, 101 and 110–111 MB with this and
+/// the small metadata cache of writing table handles; no slower within
+/// this machine's noise. Not for normalizer processes: they reuse page
+/// buffers of several MB for every page, which would then fault in anew
+/// each time. Call first thing in `main`, before any thread starts.
+pub fn map_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        #[allow(unsafe_code)]
+        // SAFETY: mallopt only sets a parameter of the allocator; called
+        // before other threads exist.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        }
+    }
+}

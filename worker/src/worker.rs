@@ -122,7 +122,8 @@ impl Worker {
         let table = match &self.limiter {
             Some(limiter) => TableHandle::with_limiter(location, limiter.clone()),
             None => TableHandle::new(location, settings.storage_concurrency),
-        };
+        }
+        .for_writing();
         let dataset = Arc::new(table.open().await?);
         let (tx, rx) = mpsc::channel(settings.normalization_workers as usize);
         let stop = self.session.child_token();

@@ -49,8 +49,9 @@ const INDEX_CACHE_BYTES: usize = 4 << 20;
 /// workers). Such a handle reads nothing back but the newest manifest and
 /// the transactions since its own, and Lance keeps the manifest it works
 /// from anyway; a larger cache only holds older manifests, each as large as
-/// the table has fragments (part of why peak RSS grew with the job: 125 MB
-/// at 100,000 small files with 8 MiB here, against 110 MB with this).
+/// the table has fragments (part of why peak RSS grew with the job: with
+/// `sluice_worker::map_large_allocations`, 120–122 MiB at 100,000 small
+/// files with 8 MiB here, 110–111 MiB with this).
 const WRITER_METADATA_CACHE_BYTES: usize = 256 << 10;
 
 /// A table location together with the storage limiter every access goes

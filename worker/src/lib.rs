@@ -46,8 +46,8 @@ pub fn limit_malloc_arenas() {
 /// from the heap, where the small long-lived allocations made between them
 /// (manifests, tasks, channels) keep the freed pages from going back.
 /// Measured on ingests of small files (`sluice ingest --json`, peak RSS of
-/// the process, release build): 99, 111 and 131–133 MB at 1,000, 10,000
-/// and 100,000 files by default; 96–98, 101 and 110–111 MB with this and
+/// the process, release build): 99, 111 and 131–133 MiB at 1,000, 10,000
+/// and 100,000 files by default; 96–98, 101 and 110–111 MiB with this and
 /// the small metadata cache of writing table handles; no slower within
 /// this machine's noise. Not for normalizer processes: they reuse page
 /// buffers of several MB for every page, which would then fault in anew

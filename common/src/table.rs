@@ -54,6 +54,11 @@ const INDEX_CACHE_BYTES: usize = 4 << 20;
 /// files with 8 MiB here, 110–111 MiB with this).
 const WRITER_METADATA_CACHE_BYTES: usize = 256 << 10;
 
+/// A Lance session (caches) of [`INDEX_CACHE_BYTES`] and `metadata_bytes`.
+fn session(metadata_bytes: usize) -> Arc<Session> {
+    Arc::new(Session::new(INDEX_CACHE_BYTES, metadata_bytes, Arc::new(ObjectStoreRegistry::default())))
+}
+
 /// A table location together with the storage limiter every access goes
 /// through and the one Lance session (caches) they share.
 #[derive(Clone)]
@@ -76,18 +81,13 @@ impl TableHandle {
 
     /// A handle sharing an existing limiter (one request budget per process).
     pub fn with_limiter(location: TableLocation, limiter: StorageLimiter) -> Self {
-        let session = Session::new(INDEX_CACHE_BYTES, METADATA_CACHE_BYTES, Arc::new(ObjectStoreRegistry::default()));
-        Self { location, limiter, session: Arc::new(session) }
+        Self { location, limiter, session: session(METADATA_CACHE_BYTES) }
     }
 
     /// The same handle with caches sized for appending rather than reading
     /// ([`WRITER_METADATA_CACHE_BYTES`]).
     pub fn for_writing(mut self) -> Self {
-        self.session = Arc::new(Session::new(
-            INDEX_CACHE_BYTES,
-            WRITER_METADATA_CACHE_BYTES,
-            Arc::new(ObjectStoreRegistry::default()),
-        ));
+        self.session = session(WRITER_METADATA_CACHE_BYTES);
         self
     }
 

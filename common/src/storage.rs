@@ -9,12 +9,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 use lance::io::{ObjectStoreParams, StorageOptionsAccessor, WrappingObjectStore};
-use object_store::limit::LimitStore;
 use object_store::list::PaginatedListStore;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, UploadPart,
 };
 
@@ -104,16 +104,25 @@ impl Drop for InFlight {
     }
 }
 
+/// A request admitted to the store: it holds one of the limiter's permits.
+struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _in_flight: InFlight,
+}
+
 /// Wraps every store Lance opens: at most `limit` requests in flight, counted.
+/// Every store wrapped by one limiter (Lance opens one per session: a job's
+/// coordinator and workers each have theirs) shares its permits, so the
+/// limit holds for the whole process.
 #[derive(Debug, Clone)]
 pub struct StorageLimiter {
-    limit: usize,
+    permits: Arc<tokio::sync::Semaphore>,
     stats: Arc<StorageStats>,
 }
 
 impl StorageLimiter {
     pub fn new(limit: u32) -> Self {
-        Self { limit: limit.max(1) as usize, stats: Arc::default() }
+        Self { permits: Arc::new(tokio::sync::Semaphore::new(limit.max(1) as usize)), stats: Arc::default() }
     }
     pub fn stats(&self) -> Arc<StorageStats> {
         self.stats.clone()
@@ -122,8 +131,7 @@ impl StorageLimiter {
 
 impl WrappingObjectStore for StorageLimiter {
     fn wrap(&self, _prefix: &str, original: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
-        let metered = MeteredStore { inner: original, stats: self.stats.clone() };
-        Arc::new(LimitStore::new(metered, self.limit))
+        Arc::new(MeteredStore { inner: original, limiter: self.clone() })
     }
 
     fn wrap_paginated(
@@ -133,6 +141,14 @@ impl WrappingObjectStore for StorageLimiter {
     ) -> Option<Arc<dyn PaginatedListStore>> {
         // Listings are metadata reads; keep Lance's paging pushdown.
         Some(original)
+    }
+}
+
+impl StorageLimiter {
+    /// Wait for a permit, then count the request.
+    async fn admit(&self) -> Admitted {
+        let permit = self.permits.clone().acquire_owned().await.expect("the limiter's semaphore is never closed");
+        Admitted { _permit: permit, _in_flight: self.stats.enter() }
     }
 }
 
@@ -147,11 +163,11 @@ pub fn store_params(location: &TableLocation, limiter: &StorageLimiter) -> Objec
     }
 }
 
-/// Counts requests as they reach the inner store.
+/// Limits and counts requests as they reach the inner store.
 #[derive(Debug)]
 struct MeteredStore {
     inner: Arc<dyn ObjectStore>,
-    stats: Arc<StorageStats>,
+    limiter: StorageLimiter,
 }
 
 impl std::fmt::Display for MeteredStore {
@@ -163,7 +179,7 @@ impl std::fmt::Display for MeteredStore {
 #[async_trait]
 impl ObjectStore for MeteredStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
-        let _g = self.stats.enter();
+        let _g = self.limiter.admit().await;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -173,19 +189,28 @@ impl ObjectStore for MeteredStore {
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         let upload = {
-            let _g = self.stats.enter();
+            let _g = self.limiter.admit().await;
             self.inner.put_multipart_opts(location, opts).await?
         };
-        Ok(Box::new(MeteredUpload { inner: upload, stats: self.stats.clone() }))
+        Ok(Box::new(MeteredUpload { inner: upload, limiter: self.limiter.clone() }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
-        let _g = self.stats.enter();
-        self.inner.get_opts(location, options).await
+        let admitted = self.limiter.admit().await;
+        let got = self.inner.get_opts(location, options).await?;
+        // A streamed body is part of the request: the permit goes with it.
+        let payload = match got.payload {
+            GetResultPayload::Stream(body) => GetResultPayload::Stream(Box::pin(body.map(move |chunk| {
+                let _ = &admitted;
+                chunk
+            }))),
+            other => other,
+        };
+        Ok(GetResult { payload, ..got })
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
-        let _g = self.stats.enter();
+        let _g = self.limiter.admit().await;
         self.inner.get_ranges(location, ranges).await
     }
 
@@ -209,17 +234,17 @@ impl ObjectStore for MeteredStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        let _g = self.stats.enter();
+        let _g = self.limiter.admit().await;
         self.inner.list_with_delimiter(prefix).await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
-        let _g = self.stats.enter();
+        let _g = self.limiter.admit().await;
         self.inner.copy_opts(from, to, options).await
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> object_store::Result<()> {
-        let _g = self.stats.enter();
+        let _g = self.limiter.admit().await;
         self.inner.rename_opts(from, to, options).await
     }
 }
@@ -227,22 +252,22 @@ impl ObjectStore for MeteredStore {
 #[derive(Debug)]
 struct MeteredUpload {
     inner: Box<dyn MultipartUpload>,
-    stats: Arc<StorageStats>,
+    limiter: StorageLimiter,
 }
 
 #[async_trait]
 impl MultipartUpload for MeteredUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
         let fut = self.inner.put_part(data);
-        let stats = self.stats.clone();
+        let limiter = self.limiter.clone();
         Box::pin(async move {
-            let _g = stats.enter();
+            let _g = limiter.admit().await;
             fut.await
         })
     }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
-        let _g = self.stats.enter();
+        let _g = self.limiter.admit().await;
         self.inner.complete().await
     }
 
@@ -302,5 +327,33 @@ pub fn options_from_env(options: &mut HashMap<String, String>) {
         if let Ok(v) = std::env::var(env) {
             options.entry(key.to_string()).or_insert(v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+
+    /// One limiter's permits are shared by every store it wraps (Lance opens
+    /// one per session), and a streamed body holds its request's permit.
+    #[tokio::test]
+    async fn stores_wrapped_by_one_limiter_share_its_limit() {
+        let limiter = StorageLimiter::new(1);
+        let a = limiter.wrap("a", Arc::new(InMemory::new()));
+        let b = limiter.wrap("b", Arc::new(InMemory::new()));
+        let path = Path::from("x");
+        a.put(&path, PutPayload::from_static(b"abc")).await.unwrap();
+        let body = a.get(&path).await.unwrap();
+        let blocked = tokio::time::timeout(Duration::from_millis(200), b.put(&path, PutPayload::from_static(b"d"))).await;
+        assert!(blocked.is_err(), "the other store waits while the body is unread");
+        assert_eq!(body.bytes().await.unwrap(), Bytes::from_static(b"abc"));
+        b.put(&path, PutPayload::from_static(b"d")).await.unwrap();
+        let stats = limiter.stats();
+        assert_eq!((stats.requests(), stats.peak_in_flight()), (3, 1));
     }
 }

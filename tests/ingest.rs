@@ -138,7 +138,7 @@ fn max_errors_aborts_but_keeps_what_was_ingested() {
 #[test]
 fn bench_compares_peak_rss_across_corpus_sizes() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run(sluice().arg("bench").arg("--files").arg("40,12").arg("--workdir").arg(dir.path()).args(["--", "--flush-every", "7"]));
+    let out = run(sluice().arg("bench").arg("--files").arg("40,12").arg("--workdir").arg(dir.path()).args(["--", "--flush-every", "7", "--commit-every", "7"]));
     assert!(out.status.success());
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -146,7 +146,7 @@ fn bench_compares_peak_rss_across_corpus_sizes() {
     assert_eq!(lines[0]["files"], 12);
     assert_eq!(lines[1]["files"], 40);
     // 100 rows in one fragment by default; a fragment about every 7 rows
-    // (a file's rows stay together) with the argument passed on.
+    // (a file's rows stay together) with the arguments passed on.
     assert!(lines[1]["fragments"].as_u64().unwrap() >= 10, "ingest arguments passed on");
     let peaks: Vec<f64> = lines[..2].iter().map(|l| l["peak_rss_mb"].as_f64().unwrap()).collect();
     assert!(peaks.iter().all(|&p| p > 1.0), "{peaks:?}");
@@ -160,7 +160,8 @@ fn bench_compares_peak_rss_across_corpus_sizes() {
 }
 
 /// Rows of slow files wait at most `--flush-interval` seconds in the
-/// worker's buffer, however far `--flush-every` is.
+/// worker's buffer, however far `--flush-every` is; a fragment gathers
+/// flushes for at most 5 s.
 #[test]
 fn rows_wait_at_most_the_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,14 +171,15 @@ fn rows_wait_at_most_the_flush_interval() {
         std::fs::write(corpus.join(format!("f-{i}.txt")), format!("file {i}")).unwrap();
     }
     // 8 files at 400 ms each, one at a time: about 3.2 s of work.
-    let ingest = |table: &str, interval: &str| {
+    let ingest_with = |table: &str, interval: &str, flush_every: &str, delay_ms: &str| {
         let mut cmd = sluice();
-        cmd.env("SLUICE_TEST_FILE_DELAY_MS", "400").arg("ingest").arg("--table").arg(dir.path().join(table)).arg(&corpus);
-        cmd.args(["--json", "--normalization-workers", "1", "--flush-every", "1000", "--flush-interval", interval]);
+        cmd.env("SLUICE_TEST_FILE_DELAY_MS", delay_ms).arg("ingest").arg("--table").arg(dir.path().join(table)).arg(&corpus);
+        cmd.args(["--json", "--normalization-workers", "1", "--flush-every", flush_every, "--flush-interval", interval]);
         let out = run(&mut cmd);
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
+    let ingest = |table: &str, interval: &str| ingest_with(table, interval, "1000", "400");
     let s = ingest("slow", "1");
     assert_eq!(s["rows"], 8);
     let by_interval = s["flushes"]["interval"].as_u64().unwrap_or(0);
@@ -188,6 +190,14 @@ fn rows_wait_at_most_the_flush_interval() {
     let s = ingest("default", "30");
     assert_eq!(s["flushes"], serde_json::json!({"shards_done": 1}), "{s}");
     assert_eq!(s["fragments"], 1);
+
+    // A flush per file goes into the open fragment, which is closed once
+    // it has been open 5 s: 6.4 s of work make two fragments, not eight.
+    let s = ingest_with("gathered", "30", "1", "800");
+    assert_eq!(s["rows"], 8);
+    assert_eq!(s["flushes"]["rows"], 8, "{s}");
+    assert_eq!(s["fragments"], 2, "{s}");
+    assert_eq!(s["commits"], 1, "{s}");
 }
 
 #[test]
@@ -198,18 +208,22 @@ fn knobs_do_what_they_say() {
     for i in 0..60 {
         std::fs::write(corpus.join(format!("f-{i:02}.txt")), format!("file {i}")).unwrap();
     }
-    // 60 one-row files: flush every 7 rows -> ceil(60/7) = 9 fragments;
-    // commit every 20 rows -> a commit at rows 21, 42 and the rest at the end.
+    // 60 one-row files: a flush every 7 rows, into a fragment that is
+    // closed once it holds 20 rows (commit every 20): fragments of 21, 21
+    // and the last 18 rows, each committed as it is closed.
     let table = dir.path().join("t1");
     let (code, s) = ingest_json(&table, &[&corpus], &["--flush-every", "7", "--commit-every", "20", "--normalization-workers", "1"]);
     assert_eq!(code, 0);
-    assert_eq!(s["fragments"], 9);
+    assert_eq!(s["fragments"], 3);
     assert_eq!(s["commits"], 3);
     // Eight flushes at 7 rows; the last 4 rows go when the shard is done.
     assert_eq!(s["flushes"], serde_json::json!({"rows": 8, "shards_done": 1}), "{s}");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let fragments = rt.block_on(async { lance::Dataset::open(table.to_str().unwrap()).await.unwrap().get_fragments().len() });
-    assert_eq!(fragments, 9);
+    let rows: Vec<usize> = rt.block_on(async {
+        let ds = lance::Dataset::open(table.to_str().unwrap()).await.unwrap();
+        ds.get_fragments().iter().map(|f| f.metadata().physical_rows.unwrap()).collect()
+    });
+    assert_eq!(rows, [21, 21, 18], "fragments gather flushes");
     assert_eq!(s["peak_concurrent_normalizations"], 1);
 
     let table = dir.path().join("t2");

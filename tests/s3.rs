@@ -23,7 +23,7 @@ fn ingest_to_s3_resume_and_storage_concurrency() {
     let expected = expected_rows(&corpus);
     let total: u64 = expected.values().map(|n| *n as u64).sum();
 
-    let (code, s) = ingest_s3(&moto, "s3://lake/tables/one", &corpus, &["--flush-every", "10", "--storage-concurrency", "1"]);
+    let (code, s) = ingest_s3(&moto, "s3://lake/tables/one", &corpus, &["--flush-every", "10", "--commit-every", "10", "--storage-concurrency", "1"]);
     assert_eq!(code, 2, "bad files failed, the rest landed");
     assert_eq!(s["rows"].as_u64().unwrap(), total);
     assert_eq!(s["files_failed"], 4);
@@ -45,7 +45,7 @@ fn ingest_to_s3_resume_and_storage_concurrency() {
     assert_eq!(again["rows"], 0);
 
     // More concurrency is allowed, and used.
-    let (code, s) = ingest_s3(&moto, "s3://lake/tables/two", &corpus, &["--flush-every", "5", "--storage-concurrency", "8"]);
+    let (code, s) = ingest_s3(&moto, "s3://lake/tables/two", &corpus, &["--flush-every", "5", "--commit-every", "5", "--storage-concurrency", "8"]);
     assert_eq!(code, 2);
     let peak = s["storage_peak_in_flight"].as_u64().unwrap();
     assert!((2..=8).contains(&peak), "peak in flight {peak} with storage_concurrency 8");

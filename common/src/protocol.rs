@@ -189,8 +189,12 @@ pub struct Checkpoint {
     /// checkpoints.
     pub shards_finished: Vec<String>,
     pub shard_generations: HashMap<String, u64>,
-    /// `None` from a peer that did not say.
+    /// Why the flush that closed the checkpoint's fragment happened; `None`
+    /// from a peer that did not say.
     pub flush_reason: Option<FlushReason>,
+    /// The flushes whose rows the checkpoint's fragment holds, by reason
+    /// (a fragment gathers flushes). Empty from a peer that did not say.
+    pub flushes: HashMap<FlushReason, u32>,
 }
 
 impl Checkpoint {
@@ -209,6 +213,7 @@ impl Checkpoint {
             shards_finished: Vec::new(),
             shard_generations: HashMap::new(),
             flush_reason: None,
+            flushes: HashMap::new(),
         }
     }
 }

@@ -38,10 +38,10 @@ impl JobProgress {
         c.fetch_add(n, Ordering::Relaxed);
     }
     /// A checkpoint came from a flush for `reason`.
-    pub fn flushed(&self, reason: &str) {
-        *self.flushes.lock().entry(reason.to_string()).or_default() += 1;
+    pub fn flushed(&self, reason: &str, n: u64) {
+        *self.flushes.lock().entry(reason.to_string()).or_default() += n;
     }
-    /// Checkpoints by flush reason so far.
+    /// Flushes by reason so far.
     pub fn flushes(&self) -> std::collections::BTreeMap<String, u64> {
         self.flushes.lock().clone()
     }

@@ -196,7 +196,13 @@ impl CommitReconciler {
         stream.next_seq += 1;
         let reason = cp.flush_reason.map_or("unknown", |r| r.as_str());
         metrics::counter!("sluice_checkpoints_total", "flush_reason" => reason.to_string()).increment(1);
-        self.progress.flushed(reason);
+        if cp.flushes.is_empty() {
+            // A peer that wrote a fragment per flush.
+            self.progress.flushed(reason, 1);
+        }
+        for (r, n) in &cp.flushes {
+            self.progress.flushed(r.as_str(), u64::from(*n));
+        }
         metrics::counter!("sluice_files_failed_total").increment(cp.failed.len() as u64);
         let p = &self.progress;
         JobProgress::add(&p.files_done, cp.completed.len() as u64);

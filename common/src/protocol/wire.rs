@@ -199,6 +199,7 @@ impl From<Checkpoint> for pb::Checkpoint {
             shard_generations: c.shard_generations,
             fragments: c.fragments.iter().map(fragment_to_bytes).collect(),
             flush_reason: c.flush_reason.map(|r| r.as_str().to_string()).unwrap_or_default(),
+            flushes: c.flushes.iter().map(|(r, n)| (r.as_str().to_string(), *n)).collect(),
         }
     }
 }
@@ -213,6 +214,7 @@ impl TryFrom<pb::Checkpoint> for Checkpoint {
             failed: c.failed.into_iter().map(TryInto::try_into).collect::<Result<_>>()?,
             // An unknown reason (a newer peer) is not worth refusing rows for.
             flush_reason: FlushReason::parse(&c.flush_reason),
+            flushes: c.flushes.iter().filter_map(|(r, n)| Some((FlushReason::parse(r)?, *n))).collect(),
             job_id: c.job_id,
             worker_id: c.worker_id,
             seq: c.seq,
@@ -273,9 +275,11 @@ mod tests {
         cp.completed = vec![FileCompleted { uri: "a".into(), shard_id: "s".into(), kind: Kind::Pdf, rows: 3, bytes: 9 }];
         cp.failed = vec![FileFailed { uri: "b".into(), shard_id: String::new(), kind: None, reason: "gone".into() }];
         cp.flush_reason = Some(FlushReason::ShardsDone);
+        cp.flushes = HashMap::from([(FlushReason::Rows, 9), (FlushReason::ShardsDone, 1)]);
         let back = Checkpoint::try_from(pb::Checkpoint::from(cp.clone())).unwrap();
         assert_eq!(back.fragments[0].id, 4);
         assert_eq!((back.completed, back.failed, back.flush_reason), (cp.completed, cp.failed, cp.flush_reason));
+        assert_eq!(back.flushes, cp.flushes);
     }
 
     #[test]

@@ -1,15 +1,29 @@
-//! Flusher: buffers rows and writes them as uncommitted Lance fragments when
-//! `flush_every` rows or `flush_bytes` bytes are buffered, when rows have
-//! waited `flush_interval_secs` (slow files, a trickle), when every file
-//! of the assigned shards is accounted for (so the coordinator learns a shard
-//! finished without waiting for rows that may never come), or on drain. Each
-//! flush carries its [`FlushReason`] into the checkpoint and metrics. Writes
-//! run concurrently, at most [`MAX_UPLOADS`] at once, and their results go to
-//! the checkpoint publisher tagged with a sequence number so checkpoints stay
-//! in order.
+//! Flusher: buffers rows and writes them into the worker's open Lance
+//! fragment when `flush_every` rows or `flush_bytes` bytes are buffered. A
+//! fragment gathers flushes until it holds `commit_every` rows or one
+//! flush's worth of bytes (`flush_bytes`, at most a third of the row
+//! budget: large rows such as video segments and big files keep a fragment
+//! per flush, and two fragment writes in flight keep an object store as
+//! busy as before), until `flush_every` files failed (so the coordinator
+//! can stop a job at `--max-errors` early), until it has been open [`FRAGMENT_SECONDS`] (or
+//! `flush_interval_secs`, if shorter: slow files, a trickle), until every
+//! file of the assigned shards is accounted for (so the coordinator learns
+//! a shard finished without waiting for rows that may never come), or on
+//! drain. Then it is closed: Lance finishes its file and the fragment goes
+//! to the checkpoint publisher, tagged with a sequence number so checkpoints
+//! stay in order. Each checkpoint carries the reasons of the flushes it
+//! holds into the job's figures and metrics.
+//!
+//! A fragment per flush would make the table's manifest, which every commit
+//! rewrites whole, grow by a fragment every `flush_every` rows: at 100
+//! million one-row files, 500,000 fragments and a manifest of ~60 MB
+//! written at each commit. Gathering flushes keeps `flush_every` what
+//! users know it as (rows held in memory before they are written) at a
+//! tenth of the fragments with default knobs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use lance::Dataset;
 use lance_table::format::Fragment;
@@ -18,7 +32,7 @@ use sluice_common::protocol::{FileCompleted, FileFailed, FlushReason};
 use sluice_common::schema::{build_batch_for, FileRows};
 use sluice_common::settings::Settings;
 use sluice_common::table::TableHandle;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::budget::{Grant, RowBudget};
 use super::publisher::{CheckpointDraft, PublisherMsg};
@@ -31,6 +45,10 @@ use crate::PipelineError;
 /// bare multipart upload instead of 0.61-0.64x, at 50-110 MB more peak RSS.
 pub const MAX_UPLOADS: usize = 2;
 
+/// A fragment is closed at most this many seconds after its first rows, so
+/// the job's progress and what a crash costs follow the clock on slow files.
+pub const FRAGMENT_SECONDS: u32 = 5;
+
 pub enum FlusherMsg {
     /// A shard's files are about to arrive.
     ShardStarted { shard_id: String, generation: u64, files: usize },
@@ -41,7 +59,8 @@ pub enum FlusherMsg {
     Fail(FileFailed, RpcReplyPort<()>),
     /// Write everything buffered and wait until every write is published.
     Drain(RpcReplyPort<Result<(), PipelineError>>),
-    /// `flush_interval_secs` after the first rows since flush `epoch`.
+    /// The fragment opened after checkpoint `epoch` has been open long
+    /// enough ([`FRAGMENT_SECONDS`], `flush_interval_secs`).
     Interval { epoch: u64 },
 }
 
@@ -68,10 +87,30 @@ pub struct FlusherState {
     generations: HashMap<String, u64>,
     finished: Vec<String>,
     per_file_rows: HashMap<String, (u64, u64)>,
+    /// Sequence number of the last checkpoint (closed fragment).
     seq: u64,
     uploads: Option<Arc<Semaphore>>,
-    /// An interval flush is scheduled for the rows since the last flush.
+    /// An interval close is scheduled for the fragment now gathering rows.
     timer_set: bool,
+    /// The fragment flushes go into, once the first rows came.
+    open: Option<OpenFragment>,
+    /// Since the last checkpoint: rows and row bytes flushed, source bytes
+    /// of the files finished, and the flushes by reason.
+    fragment_rows: u64,
+    fragment_bytes: u64,
+    source_bytes: u64,
+    flushes: HashMap<FlushReason, u32>,
+}
+
+/// Rows for the open fragment, with the budget they hold until the writer
+/// asks for the next ones; or why the fragment must be abandoned.
+type Feed = Result<(Vec<FileRows>, Vec<Grant>), PipelineError>;
+
+/// The fragment being written: its file stays open across flushes.
+struct OpenFragment {
+    feed: mpsc::Sender<Feed>,
+    /// What the fragment's checkpoint says, sent when it is closed.
+    draft: oneshot::Sender<CheckpointDraft>,
 }
 
 impl FlusherState {
@@ -86,7 +125,11 @@ impl FlusherState {
     }
 
     fn has_pending(&self) -> bool {
-        self.rows > 0 || !self.failed.is_empty() || !self.finished.is_empty() || !self.completed.is_empty()
+        self.rows > 0
+            || self.open.is_some()
+            || !self.failed.is_empty()
+            || !self.finished.is_empty()
+            || !self.completed.is_empty()
     }
 }
 
@@ -101,15 +144,16 @@ impl Actor for Flusher {
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut FlusherState) -> Result<(), ActorProcessingErr> {
         if matches!(msg, FlusherMsg::Append(..) | FlusherMsg::Fail(..)) && !st.timer_set {
-            // The first rows since the last flush wait at most the interval.
+            // The first rows since the last checkpoint are closed into one
+            // within the interval.
             st.timer_set = true;
             let epoch = st.seq;
-            let after = std::time::Duration::from_secs(u64::from(self.settings.flush_interval_secs));
+            let after = Duration::from_secs(u64::from(self.settings.flush_interval_secs.min(FRAGMENT_SECONDS)));
             myself.send_after(after, move || FlusherMsg::Interval { epoch });
         }
         match msg {
             FlusherMsg::Interval { epoch } => {
-                // Stale if a flush happened since it was set.
+                // Stale if a fragment was closed since it was set.
                 if epoch == st.seq && st.has_pending() {
                     self.flush(st, FlushReason::Interval).await?;
                 } else if epoch == st.seq {
@@ -176,6 +220,10 @@ impl Actor for Flusher {
                 if !st.open_files.is_empty() {
                     let mut cut: Vec<String> = st.open_files.iter().cloned().collect();
                     cut.sort_unstable();
+                    // The open fragment is abandoned: Lance removes its files.
+                    if let Some(open) = st.open.take() {
+                        let _ = open.feed.send(Err(PipelineError::CutOff(cut.clone()))).await;
+                    }
                     let result = Err(PipelineError::CutOff(cut));
                     let uploads = st.uploads.clone().expect("set in pre_start");
                     drop(uploads.acquire_many(MAX_UPLOADS as u32).await?);
@@ -212,13 +260,82 @@ impl Flusher {
         Ok(())
     }
 
+    /// Write the buffered rows into the open fragment, and close it when it
+    /// is full or `reason` asks for it.
     async fn flush(&self, st: &mut FlusherState, reason: FlushReason) -> Result<(), ActorProcessingErr> {
-        st.seq += 1;
-        st.timer_set = false;
         metrics::counter!("sluice_worker_flushes_total", "reason" => reason.as_str()).increment(1);
-        tracing::debug!(seq = st.seq, rows = st.rows, reason = reason.as_str(), "flush");
+        tracing::debug!(seq = st.seq + 1, rows = st.rows, reason = reason.as_str(), "flush");
+        *st.flushes.entry(reason).or_default() += 1;
         let files = std::mem::take(&mut st.buffer);
         let grants = std::mem::take(&mut st.grants);
+        st.source_bytes += files.iter().filter(|f| f.last).map(|f| f.source.size).sum::<u64>();
+        st.fragment_rows += st.rows as u64;
+        st.fragment_bytes += st.bytes as u64;
+        st.rows = 0;
+        st.bytes = 0;
+        let mut broken = false;
+        if files.iter().any(|f| !f.rows.is_empty()) {
+            let open = self.open_fragment(st).await?;
+            // A writer that is gone has failed; its result comes at close.
+            broken = open.feed.send(Ok((files, grants))).await.is_err();
+        }
+        // `flush_every` failures are published at once (as they were when
+        // a fragment was a flush), so `--max-errors` stops a job early.
+        let full = st.fragment_rows >= u64::from(self.settings.commit_every)
+            || st.fragment_bytes >= self.budget.flush_bytes(self.settings.flush_bytes)
+            || st.failed.len() >= self.settings.flush_every as usize;
+        // Every assigned file accounted for: the coordinator learns it now.
+        let idle = st.remaining.is_empty() && st.open_files.is_empty();
+        if broken || full || idle || !matches!(reason, FlushReason::Rows | FlushReason::Bytes) {
+            self.close(st, reason);
+        }
+        Ok(())
+    }
+
+    /// The open fragment, started if there is none: a writer task that
+    /// takes batches until the fragment is closed, then hands the fragment
+    /// and its checkpoint draft to the publisher.
+    async fn open_fragment<'a>(&self, st: &'a mut FlusherState) -> Result<&'a mut OpenFragment, ActorProcessingErr> {
+        if st.open.is_none() {
+            let permit = st.uploads.clone().expect("set in pre_start").acquire_owned().await?;
+            let (feed, batches) = mpsc::channel(1);
+            let (draft_tx, draft_rx) = oneshot::channel::<CheckpointDraft>();
+            let (table, dataset, job_id, publisher) =
+                (self.table.clone(), self.dataset.clone(), self.job_id.clone(), self.publisher.clone());
+            tokio::spawn(async move {
+                // Supervised: even a panicking write yields a result, so the
+                // publisher never waits for a sequence number that cannot come.
+                use futures::FutureExt;
+                let written = std::panic::AssertUnwindSafe(write(&table, dataset.clone(), &job_id, batches)).catch_unwind().await;
+                let result = written.unwrap_or_else(|_| Err(PipelineError::Write("the fragment write panicked".into())));
+                match draft_rx.await {
+                    Ok(draft) => {
+                        if let Err(e) = &result {
+                            tracing::error!(seq = draft.seq, error = %e, "fragment write failed");
+                        }
+                        // Sent before the permit is released, so a drain that
+                        // waited for every permit is queued behind this result.
+                        let _ = publisher.send_message(PublisherMsg::Written { draft: Box::new(draft), result });
+                    }
+                    // Abandoned (the flusher stopped): nothing will commit it.
+                    Err(_) => {
+                        if let Ok(fragments) = &result {
+                            sluice_common::table::discard_fragments(&dataset, fragments).await;
+                        }
+                    }
+                }
+                drop(permit);
+            });
+            st.open = Some(OpenFragment { feed, draft: draft_tx });
+        }
+        Ok(st.open.as_mut().expect("opened above"))
+    }
+
+    /// End the open fragment (if any) with the checkpoint of everything
+    /// since the last one.
+    fn close(&self, st: &mut FlusherState, reason: FlushReason) {
+        st.seq += 1;
+        st.timer_set = false;
         let completed = std::mem::take(&mut st.completed);
         let failed = std::mem::take(&mut st.failed);
         let shards_finished = std::mem::take(&mut st.finished);
@@ -231,59 +348,62 @@ impl Flusher {
         }
         let draft = CheckpointDraft {
             seq: st.seq,
-            rows: st.rows as u64,
-            bytes: files.iter().filter(|f| f.last).map(|f| f.source.size).sum(),
+            rows: std::mem::take(&mut st.fragment_rows),
+            bytes: std::mem::take(&mut st.source_bytes),
             completed,
             failed,
             clean: st.open_files.is_empty(),
             shards_finished,
             shard_generations,
             reason,
+            flushes: std::mem::take(&mut st.flushes),
         };
-        st.rows = 0;
-        st.bytes = 0;
-        let permit = st.uploads.clone().expect("set in pre_start").acquire_owned().await?;
-        let (table, dataset, job_id, publisher) =
-            (self.table.clone(), self.dataset.clone(), self.job_id.clone(), self.publisher.clone());
-        tokio::spawn(async move {
-            // Supervised: even a panicking write yields a result, so the
-            // publisher never waits for a sequence number that cannot come.
-            use futures::FutureExt;
-            let written = std::panic::AssertUnwindSafe(write(&table, dataset, &job_id, files)).catch_unwind().await;
-            let result = written.unwrap_or_else(|_| Err(PipelineError::Write("the fragment write panicked".into())));
-            if let Err(e) = &result {
-                tracing::error!(seq = draft.seq, error = %e, "fragment write failed");
+        st.fragment_bytes = 0;
+        match st.open.take() {
+            // Dropping the feed ends the fragment's batches: Lance finishes
+            // its file and the writer task publishes.
+            Some(open) => {
+                let _ = open.draft.send(draft);
             }
-            // Sent before the permit is released, so a drain that waited for
-            // every permit is queued behind this result.
-            let _ = publisher.send_message(PublisherMsg::Written { draft, result });
-            // The rows are written (or lost with the job): their budget is free.
-            drop(grants);
-            drop(permit);
-        });
-        Ok(())
+            None => {
+                let _ = self.publisher.send_message(PublisherMsg::Written { draft: Box::new(draft), result: Ok(Vec::new()) });
+            }
+        }
     }
 }
 
-async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, files: Vec<FileRows>) -> Result<Vec<Fragment>, PipelineError> {
-    if files.iter().all(|f| f.rows.is_empty()) {
-        return Ok(Vec::new());
-    }
+/// Write the rows that come on `feed` into one fragment, a batch per flush.
+/// A batch is built when Lance asks for it, so rows waiting for the writer
+/// are held once (not also as a batch); their budget is released when Lance
+/// asks for the next batch, having written this one.
+async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, feed: mpsc::Receiver<Feed>) -> Result<Vec<Fragment>, PipelineError> {
     if sluice_common::failpoint::fails("fragment_write") {
         return Err(PipelineError::Write("injected fragment write failure (failpoint fragment_write)".into()));
     }
-    let job = job_id.to_string();
-    let now = chrono::Utc::now().timestamp_micros();
-    let rows: usize = files.iter().map(|f| f.rows.len()).sum();
     let schema = sluice_common::insert::insert_schema(&dataset);
-    let batch = tokio::task::spawn_blocking(move || build_batch_for(&schema, &files, &job, now))
-        .await
-        .map_err(|e| PipelineError::Write(format!("building the batch: {e}")))?
-        .map_err(|e| PipelineError::Write(e.to_string()))?;
-    let bytes = batch.get_array_memory_size();
-    let fragments = table.write_uncommitted(dataset, batch).await.map_err(|e| PipelineError::Write(e.to_string()))?;
+    let (table_schema, job) = (schema.clone(), job_id.to_string());
+    let stream = futures::stream::unfold((feed, Vec::<Grant>::new()), move |(mut feed, written)| {
+        let (schema, job) = (table_schema.clone(), job.clone());
+        async move {
+            drop(written);
+            let (files, grants) = match feed.recv().await? {
+                Ok(next) => next,
+                Err(e) => return Some((Err(sluice_common::Error::InvalidInput(e.to_string())), (feed, Vec::new()))),
+            };
+            let rows: usize = files.iter().map(|f| f.rows.len()).sum();
+            let now = chrono::Utc::now().timestamp_micros();
+            let built = tokio::task::spawn_blocking(move || build_batch_for(&schema, &files, &job, now))
+                .await
+                .unwrap_or_else(|e| Err(sluice_common::Error::InvalidInput(format!("building the batch: {e}"))));
+            if let Ok(batch) = &built {
+                metrics::counter!("sluice_worker_rows_written_total").increment(rows as u64);
+                metrics::counter!("sluice_worker_bytes_written_total").increment(batch.get_array_memory_size() as u64);
+            }
+            Some((built, (feed, grants)))
+        }
+    });
+    let fragments =
+        table.write_uncommitted_stream(dataset, schema, stream).await.map_err(|e| PipelineError::Write(e.to_string()))?;
     metrics::counter!("sluice_worker_fragments_written_total").increment(fragments.len() as u64);
-    metrics::counter!("sluice_worker_rows_written_total").increment(rows as u64);
-    metrics::counter!("sluice_worker_bytes_written_total").increment(bytes as u64);
     Ok(fragments)
 }

@@ -23,11 +23,14 @@ pub struct CheckpointDraft {
     pub clean: bool,
     pub shards_finished: Vec<String>,
     pub shard_generations: std::collections::HashMap<String, u64>,
+    /// Why the flush that closed the fragment happened.
     pub reason: FlushReason,
+    /// The flushes whose rows the fragment holds, by reason.
+    pub flushes: std::collections::HashMap<FlushReason, u32>,
 }
 
 pub enum PublisherMsg {
-    Written { draft: CheckpointDraft, result: Result<Vec<Fragment>, PipelineError> },
+    Written { draft: Box<CheckpointDraft>, result: Result<Vec<Fragment>, PipelineError> },
     /// Reply once everything received so far is published (or failed).
     Drain(RpcReplyPort<Result<(), PipelineError>>),
 }
@@ -46,7 +49,7 @@ pub struct CheckpointPublisher {
 }
 
 /// A flush's draft and its fragment write's outcome.
-type Written = (CheckpointDraft, Result<Vec<Fragment>, PipelineError>);
+type Written = (Box<CheckpointDraft>, Result<Vec<Fragment>, PipelineError>);
 
 #[derive(Default)]
 pub struct PublisherState {
@@ -75,7 +78,7 @@ impl Actor for CheckpointPublisher {
                     }
                     match result {
                         Ok(fragments) => {
-                            if let Err(e) = self.publish(draft, fragments).await {
+                            if let Err(e) = self.publish(*draft, fragments).await {
                                 st.error = Some(e);
                             }
                         }
@@ -119,6 +122,7 @@ impl CheckpointPublisher {
             shards_finished: d.shards_finished,
             shard_generations: d.shard_generations,
             flush_reason: Some(d.reason),
+            flushes: d.flushes,
         };
         let ack = match self.api.publish_checkpoint(cp).await {
             Ok(ack) => ack,

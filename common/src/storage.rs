@@ -127,6 +127,11 @@ impl StorageLimiter {
     pub fn stats(&self) -> Arc<StorageStats> {
         self.stats.clone()
     }
+    /// Wait for a permit, then count the request.
+    async fn admit(&self) -> Admitted {
+        let permit = self.permits.clone().acquire_owned().await.expect("the limiter's semaphore is never closed");
+        Admitted { _permit: permit, _in_flight: self.stats.enter() }
+    }
 }
 
 impl WrappingObjectStore for StorageLimiter {
@@ -141,14 +146,6 @@ impl WrappingObjectStore for StorageLimiter {
     ) -> Option<Arc<dyn PaginatedListStore>> {
         // Listings are metadata reads; keep Lance's paging pushdown.
         Some(original)
-    }
-}
-
-impl StorageLimiter {
-    /// Wait for a permit, then count the request.
-    async fn admit(&self) -> Admitted {
-        let permit = self.permits.clone().acquire_owned().await.expect("the limiter's semaphore is never closed");
-        Admitted { _permit: permit, _in_flight: self.stats.enter() }
     }
 }
 

@@ -215,10 +215,13 @@ impl TableHandle {
         batches: impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static,
     ) -> Result<Vec<Fragment>> {
         let fitted = fit_json_schema(&dataset, &schema);
-        let to_table = fitted.clone();
+        let refit = (!Arc::ptr_eq(&fitted, &schema)).then(|| fitted.clone());
         let batches = batches.map(move |batch| {
             let batch = batch.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-            Ok(RecordBatch::try_new(to_table.clone(), batch.columns().to_vec())?)
+            match &refit {
+                Some(to_table) => Ok(RecordBatch::try_new(to_table.clone(), batch.columns().to_vec())?),
+                None => Ok(batch),
+            }
         });
         let stream: datafusion::execution::SendableRecordBatchStream =
             Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(fitted, batches));
@@ -233,6 +236,7 @@ impl TableHandle {
 
 /// Tables created before `metadata` became a JSON column keep it as plain
 /// text: batches for them carry the column without the JSON extension.
+/// Returns `schema` itself when nothing needs changing.
 fn fit_json_schema(ds: &Dataset, schema: &arrow_schema::SchemaRef) -> arrow_schema::SchemaRef {
     let have: arrow_schema::Schema = ds.schema().into();
     let as_text = |f: &arrow_schema::Field| {

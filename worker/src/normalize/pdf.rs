@@ -278,86 +278,111 @@ pub fn normalize_pdf_pages(
     let encrypted = !matches!(doc.permissions().security_handler_revision(), Ok(PdfSecurityHandlerRevision::Unprotected));
 
     let thumbnail_size = settings.thumbnail_size;
-    std::thread::scope(|scope| {
-        // One page is encoded while the next is rendered: two page buffers,
-        // passed back and forth (no fresh pages for the kernel to fault in).
-        let (to_encoder, encoder_in) = mpsc::sync_channel::<RenderedPage>(0);
-        let (encoder_out, encoded) = mpsc::channel::<Row>();
-        let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
-        let languages = settings.ocr_languages();
-        scope.spawn(move || {
-            for page in encoder_in {
-                let (row, buffer) = encode_page(page, thumbnail_size, languages);
-                if let Some(buffer) = buffer {
-                    let _ = recycle.send(buffer);
-                }
-                if encoder_out.send(row).is_err() {
-                    break;
-                }
+    let languages = settings.ocr_languages();
+    // A page: its text, its render into `buffer`, and its row.
+    let prepare = |index: usize, buffer: Vec<u8>| -> Result<RenderedPage, NormalizeError> {
+        let page = pages.get(index as PdfPageIndex).map_err(|e| NormalizeError::new(format!("page {}: {e}", index + 1)))?;
+        let (w_pt, h_pt) = (page.width().value, page.height().value);
+        let text = page.text().map(|t| t.all()).unwrap_or_default();
+        let has_text = !text.trim().is_empty();
+        let scale = render_scale(w_pt, h_pt, settings.pdf_dpi, settings.max_render_pixels);
+        let pixels = render(&page, scale, buffer);
+        let ocr = match settings.ocr {
+            OcrMode::Off => false,
+            OcrMode::Auto => !has_text,
+            OcrMode::Always => true,
+        }
+        .then(|| {
+            let ocr_scale = render_scale(w_pt, h_pt, ocr::OCR_DPI.max(settings.pdf_dpi), settings.max_render_pixels);
+            let dpi = (ocr_scale * 72.0).round() as u32;
+            if (ocr_scale - scale).abs() < 1e-3 {
+                OcrInput::Render { dpi }
+            } else {
+                OcrInput::Gray { render: render_gray(&page, ocr_scale), dpi }
             }
         });
-        let mut batch = Vec::with_capacity(PAGES_PER_BATCH);
-        let mut take = |row: Row, batch: &mut Vec<Row>| -> Result<(), NormalizeError> {
-            batch.push(row);
-            if batch.len() == PAGES_PER_BATCH {
-                emit(std::mem::take(batch))?;
-            }
-            Ok(())
+        let row = Row {
+            chunk_index: index as u32,
+            page: Some(index as u32 + 1),
+            mime_type: "image/jpeg".into(),
+            text: Some(text),
+            metadata: Some(json!({
+                "page_count": count,
+                "page_width_pt": w_pt,
+                "page_height_pt": h_pt,
+                "title": title,
+                "author": author,
+                "encrypted": encrypted,
+                "dpi": (scale * 72.0).round(),
+                "text_source": if has_text { "text_layer" } else { "none" },
+            })),
+            ..Default::default()
         };
-        for index in range {
-            let page = pages.get(index as PdfPageIndex).map_err(|e| NormalizeError::new(format!("page {}: {e}", index + 1)))?;
-            let (w_pt, h_pt) = (page.width().value, page.height().value);
-            let text = page.text().map(|t| t.all()).unwrap_or_default();
-            let has_text = !text.trim().is_empty();
-            let scale = render_scale(w_pt, h_pt, settings.pdf_dpi, settings.max_render_pixels);
-            let pixels = render(&page, scale, recycled.try_recv().unwrap_or_default());
-            let ocr = match settings.ocr {
-                OcrMode::Off => false,
-                OcrMode::Auto => !has_text,
-                OcrMode::Always => true,
-            }
-            .then(|| {
-                let ocr_scale = render_scale(w_pt, h_pt, ocr::OCR_DPI.max(settings.pdf_dpi), settings.max_render_pixels);
-                let dpi = (ocr_scale * 72.0).round() as u32;
-                if (ocr_scale - scale).abs() < 1e-3 {
-                    OcrInput::Render { dpi }
-                } else {
-                    OcrInput::Gray { render: render_gray(&page, ocr_scale), dpi }
-                }
-            });
-            let row = Row {
-                chunk_index: index as u32,
-                page: Some(index as u32 + 1),
-                mime_type: "image/jpeg".into(),
-                text: Some(text),
-                metadata: Some(json!({
-                    "page_count": count,
-                    "page_width_pt": w_pt,
-                    "page_height_pt": h_pt,
-                    "title": title,
-                    "author": author,
-                    "encrypted": encrypted,
-                    "dpi": (scale * 72.0).round(),
-                    "text_source": if has_text { "text_layer" } else { "none" },
-                })),
-                ..Default::default()
-            };
-            to_encoder
-                .send(RenderedPage { row, pixels, ocr })
-                .map_err(|_| NormalizeError::new("PDF page encoder stopped"))?;
-            while let Ok(row) = encoded.try_recv() {
-                take(row, &mut batch)?;
-            }
-        }
-        drop(to_encoder);
-        for row in encoded.iter() {
-            take(row, &mut batch)?;
-        }
-        if !batch.is_empty() {
-            emit(batch)?;
+        Ok(RenderedPage { row, pixels, ocr })
+    };
+    let mut batch = Vec::with_capacity(PAGES_PER_BATCH);
+    let mut take = |row: Row, batch: &mut Vec<Row>| -> Result<(), NormalizeError> {
+        batch.push(row);
+        if batch.len() == PAGES_PER_BATCH {
+            emit(std::mem::take(batch))?;
         }
         Ok(())
-    })
+    };
+    if !encode_beside_render(settings) {
+        // One page at a time, in one page buffer.
+        let mut buffer = Vec::new();
+        for index in range {
+            let (row, back) = encode_page(prepare(index, std::mem::take(&mut buffer))?, thumbnail_size, languages);
+            buffer = back.unwrap_or_default();
+            take(row, &mut batch)?;
+        }
+    } else {
+        std::thread::scope(|scope| {
+            // One page is encoded while the next is rendered: two page buffers,
+            // passed back and forth (no fresh pages for the kernel to fault in).
+            let (to_encoder, encoder_in) = mpsc::sync_channel::<RenderedPage>(0);
+            let (encoder_out, encoded) = mpsc::channel::<Row>();
+            let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
+            scope.spawn(move || {
+                for page in encoder_in {
+                    let (row, buffer) = encode_page(page, thumbnail_size, languages);
+                    if let Some(buffer) = buffer {
+                        let _ = recycle.send(buffer);
+                    }
+                    if encoder_out.send(row).is_err() {
+                        break;
+                    }
+                }
+            });
+            for index in range {
+                let page = prepare(index, recycled.try_recv().unwrap_or_default())?;
+                to_encoder.send(page).map_err(|_| NormalizeError::new("PDF page encoder stopped"))?;
+                while let Ok(row) = encoded.try_recv() {
+                    take(row, &mut batch)?;
+                }
+            }
+            drop(to_encoder);
+            for row in encoded.iter() {
+                take(row, &mut batch)?;
+            }
+            Ok::<(), NormalizeError>(())
+        })?;
+    }
+    if !batch.is_empty() {
+        emit(batch)?;
+    }
+    Ok(())
+}
+
+/// Whether a page is JPEG-encoded on a thread of its own while the next
+/// renders (two page buffers, ~8 MB each at 150 DPI) rather than after it
+/// (one). The overlap pays only while the machine has a core to spare for
+/// it: with at least as many normalizer processes as cores, every core is
+/// already busy, and the second buffer of each process is memory for
+/// nothing.
+fn encode_beside_render(settings: &Settings) -> bool {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores > settings.normalization_workers as usize
 }
 
 /// Benchmark baselines: render every page at `dpi` with pdfium and discard

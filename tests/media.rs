@@ -221,6 +221,35 @@ fn a_crashing_or_hanging_decoder_costs_its_file_not_the_job() {
     assert_eq!(rows.iter().filter(|r| r.kind == "pdf").count(), 1);
 }
 
+/// Video is cut in at most `--media-processes` processes with FFmpeg at
+/// once, however many normalizers there are; by default one per core.
+#[test]
+fn media_processes_bound_the_videos_cut_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("videos");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for i in 0..8 {
+        let path = corpus.join(format!("clip{i}.mp4")).to_str().unwrap().to_string();
+        let mut a: Vec<&str> = lavfi_video("9").to_vec();
+        a.extend(["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", &path]);
+        ffmpeg(&a);
+    }
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for media in ["1", "4", "0"] {
+        let table = dir.path().join(format!("t{media}"));
+        let (code, s) = ingest_json(&table, &[&corpus], &["--normalization-workers", "4", "--media-processes", media]);
+        assert_eq!(code, 0, "{s}");
+        assert_eq!(s["files_ingested"], 8, "{s}");
+        assert_eq!(read_rows(&table).len(), 8, "one 9 s segment each");
+        let peak = s["peak_media_normalizations"].as_u64().unwrap();
+        match media {
+            "1" => assert_eq!(peak, 1, "one process cuts every video"),
+            "4" => assert!((2..=4).contains(&peak), "4 processes cut {peak} videos at once"),
+            _ => assert!((1..=cores.min(4) as u64).contains(&peak), "{peak} at once on {cores} cores"),
+        }
+    }
+}
+
 /// Segments wait in memory while their file is validated, up to half of one
 /// normalizer's share of the row budget; past that they wait in a temporary
 /// file. Both ways give the same bytes.

@@ -82,6 +82,7 @@ impl Embedded {
         let summary = outcome.unwrap_or_else(|| Err(sluice_common::Error::Internal("the job's outcome was taken".into())))?;
         Ok(JobSummary {
             peak_concurrent_normalizations: self.stats.normalizers.peak() as u64,
+            peak_media_normalizations: self.stats.media_normalizers.peak() as u64,
             peak_rows_in_flight_bytes: self.stats.rows_in_flight.peak_bytes(),
             ..summary
         })

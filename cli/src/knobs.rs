@@ -8,6 +8,9 @@ pub struct Knobs {
     /// Files normalized in parallel
     #[arg(long, env = "SLUICE_NORMALIZATION_WORKERS", default_value_t = Settings::DEFAULT.normalization_workers)]
     pub normalization_workers: u32,
+    /// Most video/audio normalizer processes (with FFmpeg) at once; 0: one per core, at most --normalization-workers
+    #[arg(long, env = "SLUICE_MEDIA_PROCESSES", default_value_t = Settings::DEFAULT.media_processes)]
+    pub media_processes: u32,
     /// Rows buffered before a fragment is written
     #[arg(long, env = "SLUICE_FLUSH_EVERY", default_value_t = Settings::DEFAULT.flush_every)]
     pub flush_every: u32,
@@ -76,6 +79,7 @@ impl Knobs {
     pub fn settings(&self) -> Settings {
         Settings {
             normalization_workers: self.normalization_workers,
+            media_processes: self.media_processes,
             flush_every: self.flush_every,
             flush_bytes: self.flush_bytes,
             flush_interval_secs: self.flush_interval,

@@ -10,6 +10,12 @@ use crate::{pb, Error, Result};
 pub struct Settings {
     /// Files normalized in parallel.
     pub normalization_workers: u32,
+    /// Most normalizer processes with FFmpeg (video, audio) a worker runs
+    /// at once; 0: one per core of the worker's machine, at most
+    /// `normalization_workers`. Each costs ~35 MB of FFmpeg's libraries
+    /// before it cuts a byte, and cutting is CPU work: more than a core each
+    /// is memory for nothing. Other files go on meanwhile.
+    pub media_processes: u32,
     /// Rows buffered before an uncommitted fragment is written.
     pub flush_every: u32,
     /// Bytes buffered before a fragment is written, whichever comes first.
@@ -85,6 +91,16 @@ impl OcrMode {
 }
 
 impl Settings {
+    /// How many normalizer processes with FFmpeg may run at once on a
+    /// machine with `cores` cores (see [`Settings::media_processes`]).
+    pub fn media_process_limit(&self, cores: usize) -> usize {
+        let workers = self.normalization_workers.max(1) as usize;
+        match self.media_processes {
+            0 => cores.clamp(1, workers),
+            n => (n as usize).min(workers),
+        }
+    }
+
     /// The OCR languages asked for, `eng` if none.
     pub fn ocr_languages(&self) -> &str {
         if self.ocr_languages.is_empty() {
@@ -100,6 +116,7 @@ impl Settings {
     /// defaults and help read them from here).
     pub const DEFAULT: Settings = Settings {
         normalization_workers: 4,
+        media_processes: 0,
         flush_every: 200,
         flush_bytes: 64 << 20,
         flush_interval_secs: 30,
@@ -134,6 +151,9 @@ impl Settings {
         let bad = |m: String| Err(Error::InvalidSettings(m));
         if !(1..=1024).contains(&self.normalization_workers) {
             return bad(format!("normalization_workers must be 1..=1024, got {}", self.normalization_workers));
+        }
+        if self.media_processes > 1024 {
+            return bad(format!("media_processes must be 0 (one per core) to 1024, got {}", self.media_processes));
         }
         if self.flush_every == 0 {
             return bad("flush_every must be at least 1".into());
@@ -201,6 +221,7 @@ impl From<&Settings> for pb::PipelineSettings {
     fn from(s: &Settings) -> Self {
         pb::PipelineSettings {
             normalization_workers: s.normalization_workers,
+            media_processes: s.media_processes,
             flush_every: s.flush_every,
             flush_bytes: s.flush_bytes,
             flush_interval_secs: s.flush_interval_secs,
@@ -235,6 +256,7 @@ impl TryFrom<&pb::PipelineSettings> for Settings {
         let pick64 = |v: u64, dv: u64| if v == 0 { dv } else { v };
         let s = Settings {
             normalization_workers: pick(p.normalization_workers, d.normalization_workers),
+            media_processes: p.media_processes,
             flush_every: pick(p.flush_every, d.flush_every),
             flush_bytes: pick64(p.flush_bytes, d.flush_bytes),
             flush_interval_secs: pick(p.flush_interval_secs, d.flush_interval_secs),
@@ -290,8 +312,20 @@ mod tests {
     }
 
     #[test]
+    fn media_processes_default_to_a_core_each_within_the_workers() {
+        let s = Settings::default();
+        assert_eq!([1, 2, 4, 64].map(|cores| s.media_process_limit(cores)), [1, 2, 4, 4]);
+        assert_eq!(s.media_process_limit(0), 1, "never none");
+        let s = Settings { media_processes: 3, ..Default::default() };
+        assert_eq!([1, 64].map(|cores| s.media_process_limit(cores)), [3, 3], "asked for: whatever the cores");
+        let s = Settings { media_processes: 9, normalization_workers: 2, ..Default::default() };
+        assert_eq!(s.media_process_limit(64), 2, "never more than the workers");
+        assert!(Settings { media_processes: 5000, ..Default::default() }.validate().unwrap_err().to_string().contains("media_processes"));
+    }
+
+    #[test]
     fn protocol_round_trip_and_sparse_defaults() {
-        let s = Settings { flush_every: 7, ocr: OcrMode::Always, ocr_languages: "eng+deu".into(), ..Default::default() };
+        let s = Settings { flush_every: 7, media_processes: 2, ocr: OcrMode::Always, ocr_languages: "eng+deu".into(), ..Default::default() };
         let p = pb::PipelineSettings::from(&s);
         assert_eq!(Settings::try_from(&p).unwrap(), s);
         let sparse = pb::PipelineSettings::default();

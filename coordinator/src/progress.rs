@@ -111,6 +111,9 @@ pub struct JobSummary {
     pub errors: Vec<ErrorRecord>,
     pub peak_rss_bytes: Option<u64>,
     pub peak_concurrent_normalizations: u64,
+    /// Most files cut at once in normalizer processes with FFmpeg (video,
+    /// audio), each in a process of its own (`media_processes`).
+    pub peak_media_normalizations: u64,
     /// Most bytes of rows in flight at once (held against the row budget).
     pub peak_rows_in_flight_bytes: u64,
     pub storage_requests: u64,

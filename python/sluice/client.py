@@ -41,6 +41,7 @@ INSERT_BATCH_ROWS = 5000
 #: Knobs of ``ingest`` and the binary's flags for them.
 _KNOBS = {
     "normalization_workers": "--normalization-workers",
+    "media_processes": "--media-processes",
     "flush_every": "--flush-every",
     "flush_bytes": "--flush-bytes",
     "flush_interval": "--flush-interval",
@@ -62,6 +63,7 @@ _KNOBS = {
 #: The same knobs as the coordinator's JSON API names them.
 _SETTINGS = {
     "normalization_workers": "normalization_workers",
+    "media_processes": "media_processes",
     "flush_every": "flush_every",
     "flush_bytes": "flush_bytes",
     "flush_interval": "flush_interval_secs",
@@ -164,6 +166,7 @@ class Client:
         commit_every: int = 2000,
         storage_concurrency: int = 32,
         max_errors: Optional[int] = None,
+        media_processes: Optional[int] = None,
         flush_bytes: Optional[int] = None,
         flush_interval: Optional[int] = None,
         memory_budget: Optional[int] = None,
@@ -211,6 +214,8 @@ class Client:
             chunk_size, chunk_overlap: Text chunking, in characters.
             pdf_dpi: PDF page render resolution.
             normalization_workers: Files normalized in parallel.
+            media_processes: Most video/audio normalizer processes at once
+                (default: one per core, at most ``normalization_workers``).
             flush_every: Rows buffered before a fragment is written.
             commit_every: Rows between table commits (versions).
             storage_concurrency: Object-store requests in flight.
@@ -264,6 +269,7 @@ class Client:
         files, attributes, columns = self._plan_files(data, schema, file_columns)
         knobs = {
             "normalization_workers": normalization_workers,
+            "media_processes": media_processes,
             "flush_every": flush_every,
             "commit_every": commit_every,
             "storage_concurrency": storage_concurrency,

@@ -125,8 +125,14 @@ impl Request {
     /// and images (which go to a process when the `image` crate could not
     /// read them, or for OCR).
     pub fn needs_ffmpeg(&self) -> bool {
-        matches!(self.kind, Kind::Video | Kind::Audio | Kind::Image)
+        needs_ffmpeg(self.kind)
     }
+}
+
+/// Whether files of `kind` go to a process with FFmpeg when normalized in
+/// child processes (see [`Request::needs_ffmpeg`]).
+pub fn needs_ffmpeg(kind: Kind) -> bool {
+    matches!(kind, Kind::Video | Kind::Audio | Kind::Image)
 }
 
 /// What of the file a request asks for.
@@ -578,7 +584,7 @@ impl ChildProc {
 /// last video, audio file or image: past it, the next PDF replaces it by
 /// one without FFmpeg (~35 MB less resident). At most one start of each
 /// kind a second per process however files of mixed kinds come.
-const MEDIA_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
+pub const MEDIA_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

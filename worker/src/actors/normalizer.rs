@@ -36,6 +36,8 @@ pub struct NormalizerPool {
     pub isolation: Option<Normalizers>,
     pub sink: Sink,
     pub busy: Arc<BusyGauge>,
+    /// Files being cut in processes with FFmpeg (one each) right now.
+    pub media_busy: Arc<BusyGauge>,
 }
 
 /// Where normalized rows go: the flusher, once the row budget has room.
@@ -100,6 +102,36 @@ impl NormalizerPool {
         // One permit per normalizer: a file holds one while it is
         // normalized; a big PDF borrows idle ones for more processes.
         let permits = Arc::new(Semaphore::new(self.settings.normalization_workers as usize));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let media = MediaProcs::new(self.settings.media_process_limit(cores), self.media_busy.clone());
+        // Ends idle processes with FFmpeg; stops once the pool is gone (also
+        // when this future is dropped: its processes are then killed).
+        let reaper = tokio::spawn({
+            let media = Arc::downgrade(&media);
+            async move {
+                let mut tick = tokio::time::interval(crate::isolation::MEDIA_KEPT);
+                loop {
+                    tick.tick().await;
+                    let Some(media) = media.upgrade() else { break };
+                    media.end_idle(false).await;
+                }
+            }
+        });
+        let result = self.serve_with(queue, &mut idle, permits, &media).await;
+        reaper.abort();
+        // Child processes end with the pool, reaped rather than orphaned.
+        media.end_idle(true).await;
+        futures::future::join_all(idle.into_iter().flatten().map(ChildProc::finish)).await;
+        result
+    }
+
+    async fn serve_with(
+        &self,
+        queue: &mut mpsc::Receiver<FileTask>,
+        idle: &mut Vec<Slot>,
+        permits: Arc<Semaphore>,
+        media: &Arc<MediaProcs>,
+    ) -> Result<(), PipelineError> {
         let mut running: JoinSet<Done> = JoinSet::new();
         loop {
             // A file is taken only when a slot is free: the queue's bound
@@ -113,7 +145,7 @@ impl NormalizerPool {
                 task = queue.recv() => match task {
                     Some(task) => {
                         let slot = idle.pop().unwrap_or_default();
-                        running.spawn(self.normalize_one(task, slot, permits.clone()));
+                        running.spawn(self.normalize_one(task, slot, permits.clone(), media.clone()));
                     }
                     None => break,
                 },
@@ -123,9 +155,64 @@ impl NormalizerPool {
         while let Some(done) = running.join_next().await {
             idle.push(settle(done)?);
         }
-        // Child processes end with the pool, reaped rather than orphaned.
-        futures::future::join_all(idle.into_iter().flatten().map(ChildProc::finish)).await;
         Ok(())
+    }
+}
+
+/// The pool's normalizer processes with FFmpeg, lent to one file at a
+/// time: video and audio (and images for FFmpeg's decoders or OCR) are cut
+/// in at most `limit` processes at once ([`Settings::media_process_limit`]),
+/// while the other normalizers go on with other files in their own
+/// processes (without FFmpeg). Each such process costs ~35 MB of FFmpeg's
+/// libraries before it does any work. One left idle ends after
+/// [`crate::isolation::MEDIA_KEPT`].
+struct MediaProcs {
+    permits: Arc<Semaphore>,
+    idle: parking_lot::Mutex<Vec<(ChildProc, std::time::Instant)>>,
+    busy: Arc<BusyGauge>,
+}
+
+/// A process with FFmpeg (started on first use) lent to one file.
+struct MediaLease {
+    slot: Slot,
+    procs: Arc<MediaProcs>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl MediaProcs {
+    fn new(limit: usize, busy: Arc<BusyGauge>) -> Arc<Self> {
+        Arc::new(Self { permits: Arc::new(Semaphore::new(limit.max(1))), idle: parking_lot::Mutex::new(Vec::new()), busy })
+    }
+
+    /// Wait for a turn, and take an idle process if there is one.
+    async fn lease(self: &Arc<Self>) -> Result<MediaLease, String> {
+        let permit = self.permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let slot = self.idle.lock().pop().map(|(proc, _)| proc);
+        self.busy.enter();
+        Ok(MediaLease { slot, procs: self.clone(), _permit: permit })
+    }
+
+    /// End the idle processes (`all`, or those idle for `MEDIA_KEPT`).
+    async fn end_idle(&self, all: bool) {
+        let ending: Vec<ChildProc> = {
+            let mut idle = self.idle.lock();
+            let (ending, kept) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|(_, since)| all || since.elapsed() >= crate::isolation::MEDIA_KEPT);
+            *idle = kept;
+            ending.into_iter().map(|(proc, _)| proc).collect()
+        };
+        futures::future::join_all(ending.into_iter().map(ChildProc::finish)).await;
+    }
+}
+
+impl Drop for MediaLease {
+    /// A healthy process goes back before the turn is given up.
+    fn drop(&mut self) {
+        if let Some(proc) = self.slot.take() {
+            self.procs.idle.lock().push((proc, std::time::Instant::now()));
+        }
+        self.procs.busy.exit();
     }
 }
 
@@ -140,7 +227,13 @@ fn settle(done: Result<Done, tokio::task::JoinError>) -> Result<Slot, PipelineEr
 
 impl NormalizerPool {
     /// Normalize one file in `slot`; a failed file is handed to the flusher.
-    fn normalize_one(&self, task: FileTask, mut slot: Slot, permits: Arc<Semaphore>) -> impl std::future::Future<Output = Done> + Send + 'static {
+    fn normalize_one(
+        &self,
+        task: FileTask,
+        mut slot: Slot,
+        permits: Arc<Semaphore>,
+        media: Arc<MediaProcs>,
+    ) -> impl std::future::Future<Output = Done> + Send + 'static {
         let (settings, flusher, isolation, busy) = (self.settings.clone(), self.sink.clone(), self.isolation.clone(), self.busy.clone());
         async move {
             let Ok(_permit) = permits.clone().acquire_owned().await else {
@@ -148,7 +241,7 @@ impl NormalizerPool {
             };
             busy.enter();
             test_hooks(&task.file.uri).await;
-            let children = isolation.as_ref().map(|exes| Children { exes, permits: &permits, busy: &busy });
+            let children = isolation.as_ref().map(|exes| Children { exes, permits: &permits, busy: &busy, media: &media });
             let outcome = process(&task.file, &settings, &flusher, children, &mut slot).await;
             busy.exit();
             let label = match &outcome {
@@ -240,6 +333,8 @@ struct Children<'a> {
     permits: &'a Arc<Semaphore>,
     /// Helpers count as normalizations in flight.
     busy: &'a Arc<BusyGauge>,
+    /// Processes with FFmpeg, lent per file.
+    media: &'a Arc<MediaProcs>,
 }
 
 /// Fetch and normalize one file, handing its rows to the flusher.
@@ -345,6 +440,23 @@ async fn process_streamed(
     child: &mut Option<ChildProc>,
 ) -> Result<(), Outcome> {
     let isolation = children.map(|c| c.exes);
+    // Video and audio are cut in a process with FFmpeg the pool lends, once
+    // one of its turns is free; waiting does not count against the file's
+    // timeout. This normalizer's own process (a PDF's, idle now, holding
+    // its page buffers) ends first; the next PDF starts a fresh one.
+    let mut lease = match children {
+        Some(c) if crate::isolation::needs_ffmpeg(kind) => {
+            if let Some(own) = child.take() {
+                own.finish().await;
+            }
+            Some(c.media.lease().await.map_err(Outcome::Fatal)?)
+        }
+        _ => None,
+    };
+    let child = match lease.as_mut() {
+        Some(lease) => &mut lease.slot,
+        None => child,
+    };
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let deadline = tokio::time::Instant::now() + timeout;
     let (limit, limit_name) = match kind {

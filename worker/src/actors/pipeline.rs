@@ -72,6 +72,8 @@ pub struct PipelineArgs {
 #[derive(Debug, Default)]
 pub struct PipelineStats {
     pub normalizers: Arc<BusyGauge>,
+    /// Files cut in normalizer processes with FFmpeg at once.
+    pub media_normalizers: Arc<BusyGauge>,
     /// Bytes of rows held against the row budget.
     pub rows_in_flight: Arc<super::budget::BudgetUsage>,
 }
@@ -118,6 +120,7 @@ impl Actor for ShardPipeline {
             isolation: a.isolation.clone(),
             sink: super::normalizer::Sink { flusher: flusher.clone(), budget },
             busy: a.stats.normalizers.clone(),
+            media_busy: a.stats.media_normalizers.clone(),
         };
         let normalizers = tokio::spawn(pool.run(a.queue, a.abandon.clone(), a.failed.clone()));
         Ok(PipelineState {

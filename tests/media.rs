@@ -18,6 +18,25 @@ fn lavfi_video(seconds: &str) -> [&str; 6] {
     ["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", seconds]
 }
 
+/// An H.264 clip of `seconds` with a keyframe every second, no audio.
+fn h264_clip(path: &Path, seconds: &str) {
+    let mut a: Vec<&str> = lavfi_video(seconds).to_vec();
+    a.extend(["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", path.to_str().unwrap()]);
+    ffmpeg(&a);
+}
+
+/// `n` such clips (`clip0.mp4`, ...) in a folder `videos` of a new
+/// temporary directory.
+fn h264_clips(n: usize, seconds: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("videos");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for i in 0..n {
+        h264_clip(&corpus.join(format!("clip{i}.mp4")), seconds);
+    }
+    (dir, corpus)
+}
+
 fn make_fixtures(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
@@ -33,9 +52,7 @@ fn make_fixtures(dir: &Path) {
     a.extend(["-t", "12", "-c:v", "libvpx-vp9", "-g", "50", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", "-c:a", "libopus", &vp9]);
     ffmpeg(&a);
     let noaudio = p("no_audio.mp4");
-    let mut a: Vec<&str> = lavfi_video("8").to_vec();
-    a.extend(["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", &noaudio]);
-    ffmpeg(&a);
+    h264_clip(Path::new(&noaudio), "8");
     let longgop = p("long_gop.mp4");
     let mut a: Vec<&str> = lavfi_video("30").to_vec();
     a.extend(["-c:v", "libx264", "-g", "250", "-keyint_min", "250", "-sc_threshold", "0", "-pix_fmt", "yuv420p", &longgop]);
@@ -155,16 +172,7 @@ fn videos_become_playable_segments_that_tile_the_source() {
 
 #[test]
 fn a_crash_never_commits_part_of_a_video() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("videos");
-    std::fs::create_dir_all(&corpus).unwrap();
-    for i in 0..6 {
-        let path = corpus.join(format!("clip{i}.mp4"));
-        let mut a: Vec<&str> = lavfi_video("9").to_vec();
-        let path = path.to_str().unwrap().to_string();
-        a.extend(["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", &path]);
-        ffmpeg(&a);
-    }
+    let (dir, corpus) = h264_clips(6, "9");
     // 3-second segments, and a 1 KiB flush budget: every segment is its own
     // flush, so videos span several checkpoints and most cuts are unclean.
     let args = ["--segment-seconds", "3", "--flush-bytes", "1024", "--commit-every", "1", "--normalization-workers", "2"];
@@ -197,10 +205,7 @@ fn a_crashing_or_hanging_decoder_costs_its_file_not_the_job() {
     let corpus = dir.path().join("c");
     std::fs::create_dir_all(&corpus).unwrap();
     for name in ["a.mp4", "crash-me.mp4", "b.mp4", "hang-me.mp4", "c.mp4"] {
-        let path = corpus.join(name).to_str().unwrap().to_string();
-        let mut a: Vec<&str> = lavfi_video("4").to_vec();
-        a.extend(["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", &path]);
-        ffmpeg(&a);
+        h264_clip(&corpus.join(name), "4");
     }
     std::fs::write(corpus.join("doc.pdf"), make_pdf(&["after the crash"], (612.0, 792.0), "t")).unwrap();
     let table = dir.path().join("t");
@@ -225,15 +230,7 @@ fn a_crashing_or_hanging_decoder_costs_its_file_not_the_job() {
 /// once, however many normalizers there are; by default one per core.
 #[test]
 fn media_processes_bound_the_videos_cut_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("videos");
-    std::fs::create_dir_all(&corpus).unwrap();
-    for i in 0..8 {
-        let path = corpus.join(format!("clip{i}.mp4")).to_str().unwrap().to_string();
-        let mut a: Vec<&str> = lavfi_video("9").to_vec();
-        a.extend(["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", &path]);
-        ffmpeg(&a);
-    }
+    let (dir, corpus) = h264_clips(8, "9");
     let cores = std::thread::available_parallelism().unwrap().get();
     for media in ["1", "4", "0"] {
         let table = dir.path().join(format!("t{media}"));

@@ -496,6 +496,12 @@ impl ChildProc {
         self.media
     }
 
+    /// Whether it is between files, ready for the next (its stdout is not
+    /// lent to a file still being read).
+    pub fn is_ready(&self) -> bool {
+        self.stdout.is_some()
+    }
+
     /// Take back the stdout a cleanly finished file lent out.
     pub fn give_back(&mut self, stdout: Frames) {
         self.stdout = Some(stdout);

@@ -207,9 +207,10 @@ impl MediaProcs {
 }
 
 impl Drop for MediaLease {
-    /// A healthy process goes back before the turn is given up.
+    /// A process done with its file goes back before the turn is given up;
+    /// one left mid-file (its file given up on) is killed.
     fn drop(&mut self) {
-        if let Some(proc) = self.slot.take() {
+        if let Some(proc) = self.slot.take().filter(ChildProc::is_ready) {
             self.procs.idle.lock().push((proc, std::time::Instant::now()));
         }
         self.procs.busy.exit();

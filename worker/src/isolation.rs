@@ -586,10 +586,11 @@ impl ChildProc {
     }
 }
 
-/// How long a normalizer process with FFmpeg is kept for PDFs after its
-/// last video, audio file or image: past it, the next PDF replaces it by
-/// one without FFmpeg (~35 MB less resident). At most one start of each
-/// kind a second per process however files of mixed kinds come.
+/// How long a normalizer process with FFmpeg is kept after its last video,
+/// audio file or image: the worker's shared ones end when idle this long,
+/// and one in a slot of its own (see [`ChildProc::start`]) gives way to one
+/// without FFmpeg (~35 MB less resident) for the next PDF. At most one
+/// start a second per process however files of mixed kinds come.
 pub const MEDIA_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]

@@ -381,7 +381,9 @@ pub fn normalize_pdf_pages(
 /// already busy, and the second buffer of each process is memory for
 /// nothing.
 fn encode_beside_render(settings: &Settings) -> bool {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Read once a process (it reads the cgroup's CPU limit from files).
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     cores > settings.normalization_workers as usize
 }
 

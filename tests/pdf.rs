@@ -116,10 +116,10 @@ fn without_libpdfium_pdfs_fail_with_install_instructions() {
     assert!(reason.contains("pip install pypdfium2==5.15.2"), "{reason}");
 }
 
-/// A PDF of many pages is spread over normalizer processes by page range
-/// (one file keeps more than one busy), and its rows come out once each,
-/// numbered as in the document; with one normalizer it is not split and
-/// reads the same.
+/// A PDF of many pages is spread over PDF processes by page range (one
+/// file keeps more than one busy, at most one per core and normalizer),
+/// and its rows come out once each, numbered as in the document; with one
+/// normalizer it is not split and reads the same.
 #[test]
 fn a_big_pdf_is_spread_over_processes_and_its_pages_stay_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -141,11 +141,38 @@ fn a_big_pdf_is_spread_over_processes_and_its_pages_stay_in_order() {
         }
         s
     };
+    let cores = std::thread::available_parallelism().unwrap().get().min(4) as u64;
     let split = check(&dir.path().join("four"), "4");
-    let busy = split["peak_concurrent_normalizations"].as_u64().unwrap();
-    assert!((2..=4).contains(&busy), "one file used {busy} normalizer processes");
+    let procs = split["peak_pdf_normalizations"].as_u64().unwrap();
+    assert!((2.min(cores)..=cores).contains(&procs), "one file used {procs} PDF processes on {cores} cores");
+    assert_eq!(split["peak_concurrent_normalizations"], 1, "helpers are not files");
     let whole = check(&dir.path().join("one"), "1");
-    assert_eq!(whole["peak_concurrent_normalizations"], 1, "one normalizer: no helpers");
+    assert_eq!(whole["peak_pdf_normalizations"], 1, "one normalizer: no helpers");
+}
+
+/// PDFs are rendered in at most one process per core and normalizer at
+/// once, however many normalizers take files; every page lands either way.
+#[test]
+fn pdf_processes_are_one_per_core_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for f in 0..8 {
+        let pages: Vec<Vec<String>> = (1..=10).map(|p| vec![format!("File {f} page {p}")]).collect();
+        std::fs::write(corpus.join(format!("doc{f}.pdf")), sluice_common::samples::text_pdf(&pages, (612.0, 792.0), "Doc")).unwrap();
+    }
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    for workers in [1, 4] {
+        let table = dir.path().join(format!("t{workers}"));
+        let (code, s) = ingest_json(&table, &[&corpus], &["--pdf-dpi", "100", "--normalization-workers", &workers.to_string()]);
+        assert_eq!(code, 0, "{s}");
+        assert_eq!((s["files_ingested"].as_u64(), s["rows"].as_u64()), (Some(8), Some(80)), "{s}");
+        assert_eq!(read_rows(&table).len(), 80);
+        let peak = s["peak_pdf_normalizations"].as_u64().unwrap();
+        let most = cores.min(workers);
+        assert!((2.min(most)..=most).contains(&peak), "{workers} normalizers rendered {peak} PDFs at once on {cores} cores");
+        assert!(s["peak_concurrent_normalizations"].as_u64().unwrap() <= workers, "{s}");
+    }
 }
 
 /// A page image of three lines of text, at 300 dpi (US letter), as a

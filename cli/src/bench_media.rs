@@ -197,7 +197,7 @@ pub fn run(args: BenchMediaArgs) -> Result<()> {
                 "one_pdf_seconds": secs(&big),
                 "four_pdfs_seconds": secs(&parts),
                 "one_vs_four_time": secs(&big) / secs(&parts),
-                "one_pdf_peak_concurrent_normalizations": big["peak_concurrent_normalizations"],
+                "one_pdf_peak_processes": big["peak_pdf_normalizations"],
             }),
         );
     }

@@ -83,6 +83,7 @@ impl Embedded {
         Ok(JobSummary {
             peak_concurrent_normalizations: self.stats.normalizers.peak() as u64,
             peak_media_normalizations: self.stats.media_normalizers.peak() as u64,
+            peak_pdf_normalizations: self.stats.pdf_normalizers.peak() as u64,
             peak_rows_in_flight_bytes: self.stats.rows_in_flight.peak_bytes(),
             ..summary
         })

@@ -8,7 +8,7 @@ pub struct Knobs {
     /// Files normalized in parallel
     #[arg(long, env = "SLUICE_NORMALIZATION_WORKERS", default_value_t = Settings::DEFAULT.normalization_workers)]
     pub normalization_workers: u32,
-    /// Most video/audio normalizer processes (with FFmpeg) at once; 0: one per core, at most --normalization-workers
+    /// Most video/audio normalizer processes (with FFmpeg) at once; 0: one per two cores (at least one), at most --normalization-workers
     #[arg(long, env = "SLUICE_MEDIA_PROCESSES", default_value_t = Settings::DEFAULT.media_processes)]
     pub media_processes: u32,
     /// Rows buffered before a fragment is written

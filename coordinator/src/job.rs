@@ -148,6 +148,7 @@ pub async fn run_job(job: &JobPlan, book: Arc<ClusterJob>, guard: CommitGuard) -
         peak_rss_bytes: peak_rss_bytes(),
         peak_concurrent_normalizations: 0,
         peak_media_normalizations: 0,
+        peak_pdf_normalizations: 0,
         peak_rows_in_flight_bytes: 0,
         storage_requests: storage.requests(),
         storage_peak_in_flight: storage.peak_in_flight() as u64,

@@ -114,6 +114,9 @@ pub struct JobSummary {
     /// Most files cut at once in normalizer processes with FFmpeg (video,
     /// audio), each in a process of its own (`media_processes`).
     pub peak_media_normalizations: u64,
+    /// Most PDF processes at work at once (`media_processes`), a big PDF's
+    /// helpers on its other page ranges included.
+    pub peak_pdf_normalizations: u64,
     /// Most bytes of rows in flight at once (held against the row budget).
     pub peak_rows_in_flight_bytes: u64,
     pub storage_requests: u64,

@@ -214,8 +214,9 @@ class Client:
             chunk_size, chunk_overlap: Text chunking, in characters.
             pdf_dpi: PDF page render resolution.
             normalization_workers: Files normalized in parallel.
-            media_processes: Most video/audio normalizer processes at once
-                (default: one per core, at most ``normalization_workers``).
+            media_processes: Most video/audio normalizer processes (with
+                FFmpeg) at once (default: one per two cores, at least one,
+                at most ``normalization_workers``).
             flush_every: Rows buffered before a fragment is written.
             commit_every: Rows between table commits (versions).
             storage_concurrency: Object-store requests in flight.

@@ -423,8 +423,6 @@ pub struct ChildProc {
     child: tokio::process::Child,
     /// Started from `Normalizers::media`: it serves every request.
     media: bool,
-    /// When it last served a request only it could (video, audio, images).
-    last_media: Option<std::time::Instant>,
     stdin: tokio::process::ChildStdin,
     /// Lent to the task reading a file's frames, given back when it ends
     /// cleanly; missing: the child must not be reused.
@@ -462,7 +460,7 @@ impl ChildProc {
         metrics::counter!("sluice_worker_normalizer_processes_started_total", "program" => program).increment(1);
         let stdin = child.stdin.take().ok_or("the normalizer process has no stdin")?;
         let stdout = Frames::new(ours).map_err(|e| format!("cannot read the normalizer process: {e}"))?;
-        Ok(Self { child, media, last_media: None, stdin, stdout: Some(stdout) })
+        Ok(Self { child, media, stdin, stdout: Some(stdout) })
     }
 
     /// Kill the child and say how it ended.
@@ -508,7 +506,7 @@ impl ChildProc {
     }
 
     /// Send `request` to the child in `slot` (started first if there is
-    /// none, or replaced if it is not the program the request wants) and
+    /// none, or replaced if it cannot serve the request) and
     /// stream its pieces into `tx`. Err: the file fails (the child could
     /// not be started or is gone).
     pub async fn start(
@@ -518,29 +516,16 @@ impl ChildProc {
         tx: tokio::sync::mpsc::Sender<normalize::Piece>,
     ) -> Result<tokio::task::JoinHandle<Work>, String> {
         use tokio::io::AsyncWriteExt;
-        let needs_ffmpeg = request.needs_ffmpeg();
-        if let Some(proc) = slot.take() {
-            // A process without FFmpeg cannot serve video; one with FFmpeg
-            // serves PDFs as well, and gives way to a lean one once video
-            // has stopped coming its way (so files of mixed kinds do not
-            // start a process each).
-            let idle_media = proc.media
-                && exes.lean != exes.media
-                && proc.last_media.is_none_or(|t| t.elapsed() >= MEDIA_KEPT);
-            if (needs_ffmpeg && !proc.media) || (!needs_ffmpeg && idle_media) {
-                proc.finish().await;
-            } else {
-                *slot = Some(proc);
-            }
+        // A process without FFmpeg cannot serve video; one with FFmpeg
+        // serves every request.
+        if let Some(proc) = slot.take_if(|proc| request.needs_ffmpeg() && !proc.media) {
+            proc.finish().await;
         }
         if slot.is_none() {
             let exe = exes.for_request(request);
             *slot = Some(ChildProc::spawn(exe, exe == exes.media)?);
         }
         let Some(proc) = slot.as_mut() else { return Err("no normalizer process".into()) };
-        if needs_ffmpeg {
-            proc.last_media = Some(std::time::Instant::now());
-        }
         let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
         line.push(b'\n');
         let stdout = proc.stdout.take();
@@ -586,12 +571,10 @@ impl ChildProc {
     }
 }
 
-/// How long a normalizer process with FFmpeg is kept after its last video,
-/// audio file or image: the worker's shared ones end when idle this long,
-/// and one in a slot of its own (see [`ChildProc::start`]) gives way to one
-/// without FFmpeg (~35 MB less resident) for the next PDF. At most one
+/// How long a worker's idle normalizer process is kept for the next file
+/// of its kind before it ends (and gives its memory back): at most one
 /// start a second per process however files of mixed kinds come.
-pub const MEDIA_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
+pub const IDLE_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

@@ -38,6 +38,8 @@ pub struct NormalizerPool {
     pub busy: Arc<BusyGauge>,
     /// Files being cut in processes with FFmpeg (one each) right now.
     pub media_busy: Arc<BusyGauge>,
+    /// PDF processes at work right now (a big PDF's helpers too).
+    pub pdf_busy: Arc<BusyGauge>,
 }
 
 /// Where normalized rows go: the flusher, once the row budget has room.
@@ -67,12 +69,9 @@ impl BusyGauge {
     }
 }
 
-/// A place to normalize one file at a time; its child process (if any) is
+/// A place to normalize one file at a time: a child process (if started)
 /// kept across files while it stays healthy.
 type Slot = Option<ChildProc>;
-
-/// A slot back from its file, and whether the file broke the pipeline.
-type Done = (Slot, Result<(), String>);
 
 impl NormalizerPool {
     /// Normalize files until the queue closes (then wait for the files in
@@ -98,152 +97,216 @@ impl NormalizerPool {
     }
 
     async fn serve(&self, queue: &mut mpsc::Receiver<FileTask>) -> Result<(), PipelineError> {
-        let mut idle: Vec<Slot> = (0..self.settings.normalization_workers).map(|_| None).collect();
-        // One permit per normalizer: a file holds one while it is
-        // normalized; a big PDF borrows idle ones for more processes.
-        let permits = Arc::new(Semaphore::new(self.settings.normalization_workers as usize));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let media = MediaProcs::new(self.settings.media_process_limit(cores), self.media_busy.clone());
-        // Ends idle processes with FFmpeg; stops once the pool is gone (also
-        // when this future is dropped: its processes are then killed).
-        let reaper = tokio::spawn({
-            let media = Arc::downgrade(&media);
-            async move {
-                let mut tick = tokio::time::interval(crate::isolation::MEDIA_KEPT);
-                loop {
-                    tick.tick().await;
-                    let Some(media) = media.upgrade() else { break };
-                    media.end_idle(false).await;
-                }
-            }
-        });
-        let result = self.serve_with(queue, &mut idle, permits, &media).await;
-        reaper.abort();
-        // Child processes end with the pool, reaped rather than orphaned.
-        media.end_idle(true).await;
-        futures::future::join_all(idle.into_iter().flatten().map(ChildProc::finish)).await;
+        let limits = (self.settings.process_limit(cores), self.settings.media_process_limit(cores));
+        let one_program = self.isolation.as_ref().is_some_and(|exes| exes.lean == exes.media);
+        let procs = SharedProcs::new(limits, one_program, self.media_busy.clone(), self.pdf_busy.clone());
+        let result = self.serve_with(queue, &procs).await;
+        // Child processes end with the pool, reaped rather than orphaned
+        // (when this future is dropped instead, they are killed).
+        procs.end_idle(true).await;
         result
     }
 
-    async fn serve_with(
-        &self,
-        queue: &mut mpsc::Receiver<FileTask>,
-        idle: &mut Vec<Slot>,
-        permits: Arc<Semaphore>,
-        media: &Arc<MediaProcs>,
-    ) -> Result<(), PipelineError> {
-        let mut running: JoinSet<Done> = JoinSet::new();
+    async fn serve_with(&self, queue: &mut mpsc::Receiver<FileTask>, procs: &Arc<SharedProcs>) -> Result<(), PipelineError> {
+        let workers = self.settings.normalization_workers.max(1) as usize;
+        let mut running: JoinSet<Result<(), String>> = JoinSet::new();
         loop {
-            // A file is taken only when a slot is free: the queue's bound
-            // then holds back the worker's intake.
-            if idle.is_empty() {
-                let Some(done) = running.join_next().await else { unreachable!("no free slot, none running") };
-                idle.push(settle(done)?);
+            // A file is taken only when a normalizer is free: the queue's
+            // bound then holds back the worker's intake.
+            if running.len() >= workers {
+                let Some(done) = running.join_next().await else { unreachable!("none free, none running") };
+                settle(done)?;
                 continue;
             }
             tokio::select! {
                 task = queue.recv() => match task {
                     Some(task) => {
-                        let slot = idle.pop().unwrap_or_default();
-                        running.spawn(self.normalize_one(task, slot, permits.clone(), media.clone()));
+                        running.spawn(self.normalize_one(task, procs.clone()));
                     }
                     None => break,
                 },
-                Some(done) = running.join_next(), if !running.is_empty() => idle.push(settle(done)?),
+                Some(done) = running.join_next(), if !running.is_empty() => settle(done)?,
             }
         }
         while let Some(done) = running.join_next().await {
-            idle.push(settle(done)?);
+            settle(done)?;
         }
         Ok(())
     }
 }
 
-/// The pool's normalizer processes with FFmpeg, lent to one file at a
-/// time: video and audio (and images for FFmpeg's decoders or OCR) are cut
-/// in at most `limit` processes at once ([`Settings::media_process_limit`]),
-/// while the other normalizers go on with other files in their own
-/// processes (without FFmpeg). Each such process costs ~35 MB of FFmpeg's
-/// libraries before it does any work. One left idle ends after
-/// [`crate::isolation::MEDIA_KEPT`].
-struct MediaProcs {
+/// The pool's normalizer processes, lent to one file (or one range of a
+/// big PDF's pages) at a time. Decoding is CPU work, and each process
+/// costs its program's libraries and buffers before it decodes a byte
+/// (~35 MB of FFmpeg's libraries; a PDF's page buffers), so at most
+/// `limit` of them live at once ([`Settings::process_limit`]: one per core
+/// by default), and of those at most [`Settings::media_process_limit`]
+/// with FFmpeg, while the other normalizers go on with other files in this
+/// process. Two programs serve them: with FFmpeg (video, audio, images;
+/// PDFs too) and without (PDFs). An idle process ends after
+/// [`crate::isolation::IDLE_KEPT`], or at once when a file needs the other
+/// program and the pool is full.
+struct SharedProcs {
+    limit: usize,
+    /// Turns for files that need FFmpeg.
+    media_permits: Arc<Semaphore>,
+    /// The program with FFmpeg serves every file (no program without it
+    /// is installed).
+    one_program: bool,
     permits: Arc<Semaphore>,
-    idle: parking_lot::Mutex<Vec<(ChildProc, std::time::Instant)>>,
-    busy: Arc<BusyGauge>,
+    idle: parking_lot::Mutex<Vec<Idle>>,
+    /// Files at work in processes, by program they need.
+    media_busy: Arc<BusyGauge>,
+    pdf_busy: Arc<BusyGauge>,
 }
 
-/// A process with FFmpeg (started on first use) lent to one file.
-struct MediaLease {
+/// A process between files.
+struct Idle {
+    proc: ChildProc,
+    since: std::time::Instant,
+    /// When it last served a file only a process with FFmpeg can.
+    last_media: Option<std::time::Instant>,
+}
+
+/// A process (started on first use) lent to one file.
+struct Lease {
     slot: Slot,
-    procs: Arc<MediaProcs>,
+    media: bool,
+    last_media: Option<std::time::Instant>,
+    procs: Arc<SharedProcs>,
     _permit: OwnedSemaphorePermit,
+    _media_permit: Option<OwnedSemaphorePermit>,
 }
 
-impl MediaProcs {
-    fn new(limit: usize, busy: Arc<BusyGauge>) -> Arc<Self> {
-        Arc::new(Self { permits: Arc::new(Semaphore::new(limit.max(1))), idle: parking_lot::Mutex::new(Vec::new()), busy })
+impl SharedProcs {
+    /// A pool with a task that ends its idle processes, until the pool is
+    /// dropped.
+    fn new((limit, media_limit): (usize, usize), one_program: bool, media_busy: Arc<BusyGauge>, pdf_busy: Arc<BusyGauge>) -> Arc<Self> {
+        let limit = limit.max(1);
+        let procs = Arc::new(Self {
+            limit,
+            media_permits: Arc::new(Semaphore::new(media_limit.clamp(1, limit))),
+            one_program,
+            permits: Arc::new(Semaphore::new(limit)),
+            idle: parking_lot::Mutex::new(Vec::new()),
+            media_busy,
+            pdf_busy,
+        });
+        let pool = Arc::downgrade(&procs);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::isolation::IDLE_KEPT);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { break };
+                pool.end_idle(false).await;
+            }
+        });
+        procs
     }
 
-    /// Wait for a turn, and take an idle process if there is one.
-    async fn lease(self: &Arc<Self>) -> Result<MediaLease, String> {
+    /// Wait for a turn for a file of `kind`.
+    async fn lease(self: &Arc<Self>, kind: Kind) -> Result<Lease, String> {
+        let media_permit = match crate::isolation::needs_ffmpeg(kind) {
+            true => Some(self.media_permits.clone().acquire_owned().await.map_err(|e| e.to_string())?),
+            false => None,
+        };
         let permit = self.permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-        let slot = self.idle.lock().pop().map(|(proc, _)| proc);
-        self.busy.enter();
-        Ok(MediaLease { slot, procs: self.clone(), _permit: permit })
+        Ok(self.lent(kind, permit, media_permit))
     }
 
-    /// End the idle processes (`all`, or those idle for `MEDIA_KEPT`).
+    /// A turn for a PDF's page range, if one is free now (none while files
+    /// wait for one).
+    fn try_lease_pdf(self: &Arc<Self>) -> Option<Lease> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        Some(self.lent(Kind::Pdf, permit, None))
+    }
+
+    /// The turn's process: an idle one that serves `kind` (a PDF takes one
+    /// with FFmpeg only while video is still coming its way), else none
+    /// yet (started on first use), an idle one of the other program then
+    /// ending (in the background) if the pool is full.
+    fn lent(self: &Arc<Self>, kind: Kind, permit: OwnedSemaphorePermit, media_permit: Option<OwnedSemaphorePermit>) -> Lease {
+        let media = crate::isolation::needs_ffmpeg(kind);
+        let (taken, ending) = {
+            let mut idle = self.idle.lock();
+            let fits = |i: &Idle| match (media, i.proc.has_ffmpeg()) {
+                (true, has) => has,
+                (false, false) => true,
+                (false, true) => self.one_program || i.last_media.is_some_and(|t| t.elapsed() < crate::isolation::IDLE_KEPT),
+            };
+            let pick = idle.iter().position(|i| !media && !i.proc.has_ffmpeg()).or_else(|| idle.iter().position(fits));
+            let taken = pick.map(|at| idle.swap_remove(at));
+            let mut ending = Vec::new();
+            if taken.is_none() {
+                let in_use = self.limit - self.permits.available_permits();
+                while idle.len() + in_use > self.limit {
+                    let oldest = (0..idle.len()).min_by_key(|&at| idle[at].since).unwrap_or_default();
+                    ending.push(idle.swap_remove(oldest).proc);
+                }
+            }
+            (taken, ending)
+        };
+        if !ending.is_empty() {
+            tokio::spawn(futures::future::join_all(ending.into_iter().map(ChildProc::finish)));
+        }
+        self.gauge(media).enter();
+        let last_media = taken.as_ref().and_then(|i| i.last_media);
+        Lease { slot: taken.map(|i| i.proc), media, last_media, procs: self.clone(), _permit: permit, _media_permit: media_permit }
+    }
+
+    fn gauge(&self, media: bool) -> &BusyGauge {
+        if media {
+            &self.media_busy
+        } else {
+            &self.pdf_busy
+        }
+    }
+
+    /// End the idle processes (`all`, or those idle for `IDLE_KEPT`).
     async fn end_idle(&self, all: bool) {
         let ending: Vec<ChildProc> = {
             let mut idle = self.idle.lock();
-            let (ending, kept) = std::mem::take(&mut *idle)
-                .into_iter()
-                .partition(|(_, since)| all || since.elapsed() >= crate::isolation::MEDIA_KEPT);
+            let (ending, kept) =
+                std::mem::take(&mut *idle).into_iter().partition(|i| all || i.since.elapsed() >= crate::isolation::IDLE_KEPT);
             *idle = kept;
-            ending.into_iter().map(|(proc, _)| proc).collect()
+            ending.into_iter().map(|i: Idle| i.proc).collect()
         };
         futures::future::join_all(ending.into_iter().map(ChildProc::finish)).await;
     }
 }
 
-impl Drop for MediaLease {
+impl Drop for Lease {
     /// A process done with its file goes back before the turn is given up;
     /// one left mid-file (its file given up on) is killed.
     fn drop(&mut self) {
         if let Some(proc) = self.slot.take().filter(ChildProc::is_ready) {
-            self.procs.idle.lock().push((proc, std::time::Instant::now()));
+            let now = std::time::Instant::now();
+            let last_media = if self.media { Some(now) } else { self.last_media };
+            self.procs.idle.lock().push(Idle { proc, since: now, last_media });
         }
-        self.procs.busy.exit();
+        self.procs.gauge(self.media).exit();
     }
 }
 
-/// A finished file's slot, or the failure that ends the pool.
-fn settle(done: Result<Done, tokio::task::JoinError>) -> Result<Slot, PipelineError> {
+/// A finished file's outcome, or the failure that ends the pool.
+fn settle(done: Result<Result<(), String>, tokio::task::JoinError>) -> Result<(), PipelineError> {
     match done {
-        Ok((slot, Ok(()))) => Ok(slot),
-        Ok((_, Err(fatal))) => Err(PipelineError::Actor(fatal)),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(fatal)) => Err(PipelineError::Actor(fatal)),
         Err(join) => Err(PipelineError::Actor(describe_join(join))),
     }
 }
 
 impl NormalizerPool {
-    /// Normalize one file in `slot`; a failed file is handed to the flusher.
-    fn normalize_one(
-        &self,
-        task: FileTask,
-        mut slot: Slot,
-        permits: Arc<Semaphore>,
-        media: Arc<MediaProcs>,
-    ) -> impl std::future::Future<Output = Done> + Send + 'static {
+    /// Normalize one file; a failed file is handed to the flusher.
+    fn normalize_one(&self, task: FileTask, procs: Arc<SharedProcs>) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let (settings, flusher, isolation, busy) = (self.settings.clone(), self.sink.clone(), self.isolation.clone(), self.busy.clone());
         async move {
-            let Ok(_permit) = permits.clone().acquire_owned().await else {
-                return (slot, Err("the normalizer pool closed".into()));
-            };
             busy.enter();
             test_hooks(&task.file.uri).await;
-            let children = isolation.as_ref().map(|exes| Children { exes, permits: &permits, busy: &busy, media: &media });
-            let outcome = process(&task.file, &settings, &flusher, children, &mut slot).await;
+            let children = isolation.as_ref().map(|exes| Children { exes, procs: &procs });
+            let outcome = process(&task.file, &settings, &flusher, children).await;
             busy.exit();
             let label = match &outcome {
                 Ok(()) => "ingested",
@@ -251,7 +314,7 @@ impl NormalizerPool {
                 Err(Outcome::Fatal(_)) => "fatal",
             };
             metrics::counter!("sluice_worker_files_total", "outcome" => label).increment(1);
-            let result = match outcome {
+            match outcome {
                 Ok(()) => Ok(()),
                 Err(Outcome::Failed(kind, reason)) => {
                     tracing::info!(file = %task.file.uri, %reason, "file failed");
@@ -266,8 +329,7 @@ impl NormalizerPool {
                 // Rows of this file were already handed on: only a pipeline
                 // restart (and the resume that follows) keeps them out.
                 Err(Outcome::Fatal(e)) => Err(e),
-            };
-            (slot, result)
+            }
         }
     }
 }
@@ -326,16 +388,12 @@ async fn append(sink: &Sink, rows: FileRows) -> Result<(), Outcome> {
     sink.flusher.call(|reply| FlusherMsg::Append(rows, grant, reply), None).await.map(|_| ()).map_err(|e| Outcome::Fatal(e.to_string()))
 }
 
-/// Media is normalized in child processes of `exes`; a big PDF may borrow
-/// the pool's idle `permits` to spread its pages over more of them.
+/// Media is normalized in child processes of `exes`, lent by `procs`; a
+/// big PDF may take the free turns to spread its pages over more of them.
 #[derive(Clone, Copy)]
 struct Children<'a> {
     exes: &'a Normalizers,
-    permits: &'a Arc<Semaphore>,
-    /// Helpers count as normalizations in flight.
-    busy: &'a Arc<BusyGauge>,
-    /// Processes with FFmpeg, lent per file.
-    media: &'a Arc<MediaProcs>,
+    procs: &'a Arc<SharedProcs>,
 }
 
 /// Fetch and normalize one file, handing its rows to the flusher.
@@ -344,7 +402,6 @@ async fn process(
     settings: &Arc<Settings>,
     flusher: &Sink,
     children: Option<Children<'_>>,
-    child: &mut Option<ChildProc>,
 ) -> Result<(), Outcome> {
     let (probe, _download) = if sluice_common::sources::is_remote(&file.uri) {
         let limit = settings.max_file_bytes.max(settings.max_video_bytes);
@@ -360,7 +417,7 @@ async fn process(
     // Images read with OCR go where Tesseract runs: a normalizer process.
     let ocr_image = kind == Kind::Image && settings.ocr == OcrMode::Always && children.is_some();
     if matches!(kind, Kind::Video | Kind::Audio | Kind::Pdf) || ocr_image {
-        return process_streamed(kind, file, probe, settings, flusher, children, child).await;
+        return process_streamed(kind, file, probe, settings, flusher, children).await;
     }
     let bytes = crate::fetch::read_all(&probe, settings.max_file_bytes).await.map_err(|e| failed(Some(kind), e))?;
     let source = SourceInfo {
@@ -379,7 +436,7 @@ async fn process(
         // FFmpeg's image decoders have a go, from the file, in a normalizer
         // process (which tells both reasons if they fail too).
         Ok(Ok(Err((Kind::Image, _)))) if another_decoder => {
-            return process_streamed(Kind::Image, file, probe, settings, flusher, children, child).await;
+            return process_streamed(Kind::Image, file, probe, settings, flusher, children).await;
         }
         Ok(Ok(Err((kind, e)))) => return Err(failed(Some(kind), e.0)),
         Ok(Ok(Ok(n))) => n,
@@ -438,28 +495,9 @@ async fn process_streamed(
     settings: &Arc<Settings>,
     flusher: &Sink,
     children: Option<Children<'_>>,
-    child: &mut Option<ChildProc>,
 ) -> Result<(), Outcome> {
     let isolation = children.map(|c| c.exes);
-    // Video and audio are cut in a process with FFmpeg the pool lends, once
-    // one of its turns is free; waiting does not count against the file's
-    // timeout. This normalizer's own process (a PDF's, idle now, holding
-    // its page buffers) ends first; the next PDF starts a fresh one.
-    let mut lease = match children {
-        Some(c) if crate::isolation::needs_ffmpeg(kind) => {
-            if let Some(own) = child.take() {
-                own.finish().await;
-            }
-            Some(c.media.lease().await.map_err(Outcome::Fatal)?)
-        }
-        _ => None,
-    };
-    let child = match lease.as_mut() {
-        Some(lease) => &mut lease.slot,
-        None => child,
-    };
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
-    let deadline = tokio::time::Instant::now() + timeout;
     let (limit, limit_name) = match kind {
         Kind::Video | Kind::Audio => (settings.max_video_bytes, "max_video_bytes"),
         _ => (settings.max_file_bytes, "max_file_bytes"),
@@ -470,29 +508,25 @@ async fn process_streamed(
     if probe.size > limit {
         return Err(failed(kind, format!("file is {} bytes, above the limit of {limit} ({limit_name})", probe.size)));
     }
-    if let (Kind::Pdf, Some(children)) = (file_kind, children) {
-        if probe.size >= SPLIT_MIN_BYTES {
-            let ask_count = Request { path: probe.path.clone(), kind: file_kind, settings: (**settings).clone(), part: Part::PageCount };
-            let count = match tokio::time::timeout_at(deadline, ask(child, children.exes, &ask_count)).await {
-                Err(_) => {
-                    if let Some(proc) = child.take() {
-                        proc.end().await;
-                    }
-                    return Err(failed(kind, format!("normalizer timed out after {}s", timeout.as_secs())));
-                }
-                // The file fails as the whole of it would have.
-                Ok(Err(e)) => return Err(failed(kind, e)),
-                Ok(Ok(pieces)) => pieces.iter().find_map(|p| match p {
-                    Piece::PageCount(n) => Some(*n),
-                    _ => None,
-                }),
-            };
-            if let Some(count) = count.filter(|n| *n >= SPLIT_MIN_PAGES) {
-                let target = Target { file, probe: &probe, flusher, attributes };
-                return split_pdf(target, settings, children, child, count, deadline).await;
-            }
+    // The file is normalized in a process the pool lends, once one of its
+    // turns is free; waiting does not count against the file's timeout.
+    let mut lease = match children {
+        Some(c) => Some(c.procs.lease(file_kind).await.map_err(Outcome::Fatal)?),
+        None => None,
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    if let (Kind::Pdf, Some(children), Some(own)) = (file_kind, children, lease.as_mut()) {
+        if let Some(count) = pages_to_split(&probe, settings, children.exes, &mut own.slot, deadline).await? {
+            let Some(own) = lease.take() else { unreachable!("leased above") };
+            let target = Target { file, probe: &probe, flusher, attributes };
+            return split_pdf(target, settings, children, own, count, deadline).await;
         }
     }
+    let mut unshared = None;
+    let child = match lease.as_mut() {
+        Some(lease) => &mut lease.slot,
+        None => &mut unshared,
+    };
     // In this process, one PDF at a time (pdfium is single-threaded);
     // child processes each have their own pdfium. Waiting for the slot does
     // not count against the file's timeout.
@@ -601,6 +635,36 @@ const RANGE_PAGES: usize = 32;
 /// document is seldom this small).
 const SPLIT_MIN_BYTES: u64 = 64 << 10;
 
+/// A PDF big enough to split: its page count, asked of the process in
+/// `slot` (a failure there is the file's).
+async fn pages_to_split(
+    probe: &crate::fetch::Probe,
+    settings: &Settings,
+    exes: &Normalizers,
+    slot: &mut Slot,
+    deadline: tokio::time::Instant,
+) -> Result<Option<usize>, Outcome> {
+    if probe.size < SPLIT_MIN_BYTES {
+        return Ok(None);
+    }
+    let request = Request { path: probe.path.clone(), kind: Kind::Pdf, settings: settings.clone(), part: Part::PageCount };
+    let count = match tokio::time::timeout_at(deadline, ask(slot, exes, &request)).await {
+        Err(_) => {
+            if let Some(proc) = slot.take() {
+                proc.end().await;
+            }
+            return Err(failed(Some(Kind::Pdf), format!("normalizer timed out after {}s", settings.file_timeout_secs)));
+        }
+        // The file fails as the whole of it would have.
+        Ok(Err(e)) => return Err(failed(Some(Kind::Pdf), e)),
+        Ok(Ok(pieces)) => pieces.iter().find_map(|p| match p {
+            Piece::PageCount(n) => Some(*n),
+            _ => None,
+        }),
+    };
+    Ok(count.filter(|n| *n >= SPLIT_MIN_PAGES))
+}
+
 /// Run one request on the child in `slot` (started first if there is none)
 /// and collect what it answers. Err: the request failed; a child that
 /// crashed or spoke nonsense is ended and the slot emptied.
@@ -647,15 +711,15 @@ type RangeDone = (usize, Result<Vec<Row>, String>);
 type RangeQueue = Arc<parking_lot::Mutex<std::collections::VecDeque<(usize, (usize, usize))>>>;
 
 /// A big PDF: its pages in ranges of [`RANGE_PAGES`], taken in turn by
-/// this file's own normalizer process and by helpers started on the pool's
-/// idle permits (more join as permits free up). Ranges come back in any
+/// this file's own process and by helpers on the PDF processes' free turns
+/// (more join as turns free up). Ranges come back in any
 /// order and go on to the flusher in page order, the last marked `last`,
 /// so the file still commits whole or not at all.
 async fn split_pdf(
     target: Target<'_>,
     settings: &Arc<Settings>,
     children: Children<'_>,
-    child: &mut Option<ChildProc>,
+    own: Lease,
     count: usize,
     deadline: tokio::time::Instant,
 ) -> Result<(), Outcome> {
@@ -668,19 +732,19 @@ async fn split_pdf(
     let path = probe.path.clone();
     let mut hashing = Some(tokio::task::spawn_blocking(move || crate::fetch::hash_file(&path)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RangeDone>();
-    let runner = |slot: Option<ChildProc>, helper: Option<(OwnedSemaphorePermit, Arc<BusyGauge>)>| {
+    let runner = |lease: Lease| {
         let request = Request { path: probe.path.clone(), kind: Kind::Pdf, settings: (**settings).clone(), part: Part::Whole };
-        run_ranges(slot, children.exes.clone(), request, queue.clone(), done_tx.clone(), helper)
+        run_ranges(lease, children.exes.clone(), request, queue.clone(), done_tx.clone())
     };
-    let mut runners: JoinSet<Option<ChildProc>> = JoinSet::new();
-    runners.spawn(runner(child.take(), None));
+    let mut runners: JoinSet<()> = JoinSet::new();
+    runners.spawn(runner(own));
     let mut helpers = 0;
-    let recruit = |runners: &mut JoinSet<Option<ChildProc>>, helpers: &mut usize| {
-        // Another process is worth starting while ranges wait for one.
+    let recruit = |runners: &mut JoinSet<()>, helpers: &mut usize| {
+        // Another process is worth having while ranges wait for one.
         while queue.lock().len() > 1 {
-            let Ok(permit) = children.permits.clone().try_acquire_owned() else { break };
+            let Some(lease) = children.procs.try_lease_pdf() else { break };
             *helpers += 1;
-            runners.spawn(runner(None, Some((permit, children.busy.clone()))));
+            runners.spawn(runner(lease));
         }
     };
     recruit(&mut runners, &mut helpers);
@@ -725,11 +789,11 @@ async fn split_pdf(
                 }
                 recruit(&mut runners, &mut helpers);
             }
-            Some(joined) = runners.join_next(), if !runners.is_empty() => match joined {
-                Ok(Some(proc)) => *child = Some(proc),
-                Ok(None) => {}
-                Err(join) => break Err(describe_join(join)),
-            },
+            Some(joined) = runners.join_next(), if !runners.is_empty() => {
+                if let Err(join) = joined {
+                    break Err(describe_join(join));
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 break Err(format!("normalizer timed out after {}s", settings.file_timeout_secs));
             }
@@ -738,15 +802,11 @@ async fn split_pdf(
     tracing::debug!(file = %file.uri, pages = count, ranges = n, helpers, ok = result.is_ok(), "PDF split over processes");
     match result {
         Ok(()) => {
-            while let Some(joined) = runners.join_next().await {
-                if let Ok(Some(proc)) = joined {
-                    *child = Some(proc);
-                }
-            }
+            runners.join_all().await;
             Ok(())
         }
         Err(e) => {
-            // Dropping the runners kills their processes.
+            // Dropping the runners kills their processes mid-range.
             runners.shutdown().await;
             match sent_any {
                 false => Err(failed(kind, e)),
@@ -756,24 +816,13 @@ async fn split_pdf(
     }
 }
 
-/// Take ranges off `queue` and render them on one process until none is
-/// left or one fails. A helper (holding a pool permit, counted busy) ends
-/// its process; the file's own runner hands its process back.
-async fn run_ranges(
-    mut slot: Option<ChildProc>,
-    exes: Normalizers,
-    mut request: Request,
-    queue: RangeQueue,
-    done: mpsc::UnboundedSender<RangeDone>,
-    helper: Option<(OwnedSemaphorePermit, Arc<BusyGauge>)>,
-) -> Option<ChildProc> {
-    if let Some((_, busy)) = &helper {
-        busy.enter();
-    }
+/// Take ranges off `queue` and render them on the leased process until
+/// none is left or one fails; the process then goes back to the pool.
+async fn run_ranges(mut lease: Lease, exes: Normalizers, mut request: Request, queue: RangeQueue, done: mpsc::UnboundedSender<RangeDone>) {
     loop {
         let Some((i, (start, end))) = queue.lock().pop_front() else { break };
         request.part = Part::Pages { start, end };
-        let rows = ask(&mut slot, &exes, &request).await.map(|pieces| {
+        let rows = ask(&mut lease.slot, &exes, &request).await.map(|pieces| {
             pieces
                 .into_iter()
                 .flat_map(|p| match p {
@@ -786,16 +835,5 @@ async fn run_ranges(
         if done.send((i, rows)).is_err() || failed {
             break;
         }
-    }
-    match helper {
-        Some((permit, busy)) => {
-            busy.exit();
-            if let Some(proc) = slot.take() {
-                proc.finish().await;
-            }
-            drop(permit);
-            None
-        }
-        None => slot,
     }
 }

@@ -74,6 +74,8 @@ pub struct PipelineStats {
     pub normalizers: Arc<BusyGauge>,
     /// Files cut in normalizer processes with FFmpeg at once.
     pub media_normalizers: Arc<BusyGauge>,
+    /// PDF processes at work at once (a big PDF's helpers too).
+    pub pdf_normalizers: Arc<BusyGauge>,
     /// Bytes of rows held against the row budget.
     pub rows_in_flight: Arc<super::budget::BudgetUsage>,
 }
@@ -121,6 +123,7 @@ impl Actor for ShardPipeline {
             sink: super::normalizer::Sink { flusher: flusher.clone(), budget },
             busy: a.stats.normalizers.clone(),
             media_busy: a.stats.media_normalizers.clone(),
+            pdf_busy: a.stats.pdf_normalizers.clone(),
         };
         let normalizers = tokio::spawn(pool.run(a.queue, a.abandon.clone(), a.failed.clone()));
         Ok(PipelineState {

@@ -377,14 +377,14 @@ pub fn normalize_pdf_pages(
 /// Whether a page is JPEG-encoded on a thread of its own while the next
 /// renders (two page buffers, ~8 MB each at 150 DPI) rather than after it
 /// (one). The overlap pays only while the machine has a core to spare for
-/// it: with at least as many normalizer processes as cores, every core is
+/// it: with as many PDF processes as cores (the default), every core is
 /// already busy, and the second buffer of each process is memory for
 /// nothing.
 fn encode_beside_render(settings: &Settings) -> bool {
     // Read once a process (it reads the cgroup's CPU limit from files).
     static CORES: OnceLock<usize> = OnceLock::new();
     let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    cores > settings.normalization_workers as usize
+    cores > settings.process_limit(cores)
 }
 
 /// Benchmark baselines: render every page at `dpi` with pdfium and discard

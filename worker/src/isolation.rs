@@ -340,6 +340,9 @@ pub fn serve(input: impl Read, mut out: impl Write, handover: Option<BorrowedFd<
             Ok(()) => write_frame(&mut out, DONE, b"")?,
             Err(e) => write_frame(&mut out, ERROR, e.as_bytes())?,
         }
+        // Answered: between files the process holds its code, not the last
+        // file's page buffers.
+        crate::release_free_memory();
     }
     Ok(())
 }

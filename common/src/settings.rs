@@ -27,8 +27,8 @@ pub struct Settings {
     pub flush_interval_secs: u32,
     /// Bytes of rows in flight at once, from normalizers through the
     /// flusher's buffer to finished fragment writes; normalizers wait when
-    /// it is spent. 64 MiB by default: against 96 MiB it kept the same pace
-    /// (local PDFs and video, uploads to moto) at 25-50 MB less peak RSS.
+    /// it is spent. 32 MiB by default: against 64 MiB it kept the same pace
+    /// (local PDFs and video; uploads to moto) at 30-60 MB less peak RSS.
     pub memory_budget_bytes: u64,
     /// Rows between table commits.
     pub commit_every: u32,
@@ -132,7 +132,7 @@ impl Settings {
         flush_every: 200,
         flush_bytes: 64 << 20,
         flush_interval_secs: 30,
-        memory_budget_bytes: 64 << 20,
+        memory_budget_bytes: 32 << 20,
         commit_every: 2000,
         storage_concurrency: 32,
         chunk_size: 1000,

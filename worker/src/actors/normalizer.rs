@@ -145,8 +145,9 @@ impl NormalizerPool {
 /// with FFmpeg, while the other normalizers go on with other files in this
 /// process. Two programs serve them: with FFmpeg (video, audio, images;
 /// PDFs too) and without (PDFs). An idle process ends after
-/// [`crate::isolation::IDLE_KEPT`], or at once when a file needs the other
-/// program and the pool is full.
+/// [`crate::isolation::IDLE_KEPT`] (with FFmpeg) or
+/// [`crate::isolation::LEAN_IDLE_KEPT`] (without), or at once when a file
+/// needs the other program and the pool is full.
 struct SharedProcs {
     limit: usize,
     /// Turns for files that need FFmpeg.
@@ -195,7 +196,8 @@ impl SharedProcs {
         });
         let pool = Arc::downgrade(&procs);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(crate::isolation::IDLE_KEPT);
+            let mut tick = tokio::time::interval(crate::isolation::LEAN_IDLE_KEPT / 2);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(pool) = pool.upgrade() else { break };
@@ -263,12 +265,16 @@ impl SharedProcs {
         }
     }
 
-    /// End the idle processes (`all`, or those idle for `IDLE_KEPT`).
+    /// End the idle processes (`all`, or those idle for longer than their
+    /// program is kept).
     async fn end_idle(&self, all: bool) {
+        let kept_for = |i: &Idle| match i.proc.has_ffmpeg() {
+            true => crate::isolation::IDLE_KEPT,
+            false => crate::isolation::LEAN_IDLE_KEPT,
+        };
         let ending: Vec<ChildProc> = {
             let mut idle = self.idle.lock();
-            let (ending, kept) =
-                std::mem::take(&mut *idle).into_iter().partition(|i| all || i.since.elapsed() >= crate::isolation::IDLE_KEPT);
+            let (ending, kept) = std::mem::take(&mut *idle).into_iter().partition(|i| all || i.since.elapsed() >= kept_for(i));
             *idle = kept;
             ending.into_iter().map(|i: Idle| i.proc).collect()
         };

@@ -15,7 +15,9 @@ use sluice_common::settings::Settings;
 
 pub use self::image::{normalize_image, worth_another_decoder};
 pub use self::other::normalize_other;
-pub use self::pdf::{bare_render, normalize_pdf, normalize_pdf_pages, page_costs, pdf_page_count, PageCosts};
+pub use self::pdf::{
+    bare_render, drop_page_buffers, keep_page_buffers, normalize_pdf, normalize_pdf_pages, page_costs, pdf_page_count, PageCosts,
+};
 pub use self::text::{chunk_text, decode_text, normalize_text};
 
 /// Why a file could not be normalized, in words a user can act on.

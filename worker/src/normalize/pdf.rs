@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -23,6 +24,45 @@ use super::{encode_jpeg_baseline, encode_pixels, ocr, thumbnail_jpeg, NormalizeE
 
 /// Held for the whole of one PDF; see the module documentation.
 static PDF_LOCK: Mutex<()> = Mutex::new(());
+
+/// Page buffers (one render each, ~8 MB at 150 DPI) a normalizer process
+/// keeps from one PDF to the next while files keep coming
+/// ([`keep_page_buffers`]), so that each PDF does not fault in its page
+/// buffer anew. At most two: what one file renders into at once.
+static SPARE_PAGE_BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+static KEEP_PAGE_BUFFERS: AtomicBool = AtomicBool::new(false);
+
+/// Keep page buffers between PDFs (`true`), or drop the kept ones and keep
+/// none (`false`, the default: a process that renders a PDF now and then
+/// should not hold them).
+pub fn keep_page_buffers(keep: bool) {
+    KEEP_PAGE_BUFFERS.store(keep, Ordering::Relaxed);
+    if !keep {
+        spares().clear();
+    }
+}
+
+/// Drop the page buffers kept between PDFs (they are kept again after the next).
+pub fn drop_page_buffers() {
+    spares().clear();
+}
+
+fn spares() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+    SPARE_PAGE_BUFFERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn spare_page_buffer() -> Vec<u8> {
+    spares().pop().unwrap_or_default()
+}
+
+fn keep_page_buffer(buffer: Vec<u8>) {
+    if KEEP_PAGE_BUFFERS.load(Ordering::Relaxed) && buffer.capacity() > 0 {
+        let mut spares = spares();
+        if spares.len() < 2 {
+            spares.push(buffer);
+        }
+    }
+}
 
 /// Pages handed on per batch.
 const PAGES_PER_BATCH: usize = 8;
@@ -330,12 +370,13 @@ pub fn normalize_pdf_pages(
     };
     if !encode_beside_render(settings) {
         // One page at a time, in one page buffer.
-        let mut buffer = Vec::new();
+        let mut buffer = spare_page_buffer();
         for index in range {
             let (row, back) = encode_page(prepare(index, std::mem::take(&mut buffer))?, thumbnail_size, languages);
             buffer = back.unwrap_or_default();
             take(row, &mut batch)?;
         }
+        keep_page_buffer(buffer);
     } else {
         std::thread::scope(|scope| {
             // One page is encoded while the next is rendered: two page buffers,
@@ -355,7 +396,7 @@ pub fn normalize_pdf_pages(
                 }
             });
             for index in range {
-                let page = prepare(index, recycled.try_recv().unwrap_or_default())?;
+                let page = prepare(index, recycled.try_recv().unwrap_or_else(|_| spare_page_buffer()))?;
                 to_encoder.send(page).map_err(|_| NormalizeError::new("PDF page encoder stopped"))?;
                 while let Ok(row) = encoded.try_recv() {
                     take(row, &mut batch)?;
@@ -365,6 +406,7 @@ pub fn normalize_pdf_pages(
             for row in encoded.iter() {
                 take(row, &mut batch)?;
             }
+            recycled.try_iter().for_each(keep_page_buffer);
             Ok::<(), NormalizeError>(())
         })?;
     }
@@ -465,6 +507,27 @@ fn bgra_to_rgba(bgra: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one test of the process-wide spare buffers (tests run in threads).
+    #[test]
+    fn page_buffers_are_kept_between_pdfs_only_when_asked() {
+        keep_page_buffer(vec![1; 16]);
+        assert_eq!(spare_page_buffer().capacity(), 0, "nothing kept by default");
+        keep_page_buffers(true);
+        for _ in 0..3 {
+            keep_page_buffer(vec![1; 16]);
+        }
+        keep_page_buffer(Vec::new());
+        assert_eq!(spares().len(), 2, "at most two, and no empty ones");
+        assert_eq!(spare_page_buffer(), vec![1; 16]);
+        drop_page_buffers();
+        assert!(spares().is_empty());
+        keep_page_buffer(vec![1; 16]);
+        keep_page_buffers(false);
+        assert!(spares().is_empty(), "dropped when no longer kept");
+        keep_page_buffer(vec![1; 16]);
+        assert!(spares().is_empty());
+    }
 
     #[test]
     fn render_scale_follows_dpi_under_the_pixel_cap() {

@@ -464,10 +464,10 @@ pub struct ChildProc {
 /// them as they are). glibc then asks for transparent huge pages for the
 /// blocks it maps for large allocations: a PDF's page buffers (~8 MB at
 /// 150 DPI), libjpeg-turbo's and pdfium's buffers, video segments. On the
-/// Deeplake corpus that halved the page faults of the whole run (286,000 to
-/// ~135,000) and took the run 4 % less CPU and wall time (medians of eight
-/// alternating runs), at the same peak RSS. Where the kernel gives no
-/// transparent huge pages, glibc goes on without them.
+/// Deeplake corpus the page faults of the whole run went from ~286,000 to
+/// ~220,000, and the run took 4 % less CPU and wall time (medians of eight
+/// alternating runs), its peak RSS within the noise of runs without. Where
+/// the kernel gives no transparent huge pages, glibc goes on without them.
 fn huge_page_tunables(parent: Option<&str>) -> Option<String> {
     const HUGE: &str = "glibc.malloc.hugetlb=1";
     match parent {

@@ -2,9 +2,10 @@
 # Build the sluice wheel into dist/: the Python client plus the release
 # `sluice` binary (maturin "bin" bindings). Install it where Rust is not:
 #   pip install dist/sluice-*.whl
-# The binary links the system's FFmpeg, so the wheel is tagged for this
-# platform (linux_x86_64) and runs where FFmpeg's shared libraries are
-# installed (Debian 12: deploy/docker/install.sh runtime).
+# With the `sluice` binary come its normalizer binaries, one of which
+# (`sluice-normalizer-media`) links the system's FFmpeg, so the wheel is
+# tagged for this platform (linux_x86_64) and runs where FFmpeg's shared
+# libraries are installed (Debian 12: deploy/docker/install.sh runtime).
 # Options are passed to `maturin build` (e.g. --profile dev for a quick one);
 # SLUICE_WHEEL_DIR puts the wheel elsewhere than dist/.
 set -euo pipefail

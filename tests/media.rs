@@ -208,6 +208,11 @@ fn a_crashing_or_hanging_decoder_costs_its_file_not_the_job() {
         h264_clip(&corpus.join(name), "4");
     }
     std::fs::write(corpus.join("doc.pdf"), make_pdf(&["after the crash"], (612.0, 792.0), "t")).unwrap();
+    // Bytes without magic, named for nothing: FFmpeg's probe (in a
+    // normalizer process) has the last word, and may crash on them too.
+    let noise: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80).collect();
+    std::fs::write(corpus.join("blob"), &noise).unwrap();
+    std::fs::write(corpus.join("crash-me-blob"), &noise).unwrap();
     let table = dir.path().join("t");
     let mut cmd = sluice();
     // The normalizer process aborts on one file and hangs on another, the
@@ -217,13 +222,16 @@ fn a_crashing_or_hanging_decoder_costs_its_file_not_the_job() {
     let out = run(&mut cmd);
     assert_eq!(out.status.code(), Some(2), "the job completes, with failures");
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(s["files_ingested"], 4);
+    assert_eq!(s["files_ingested"], 5);
     let reason = |name: &str| failure_reason(&s, name).unwrap();
     assert!(reason("crash-me.mp4").contains("normalizer process crashed"), "{}", reason("crash-me.mp4"));
     assert!(reason("hang-me.mp4").contains("timed out after 5s"), "{}", reason("hang-me.mp4"));
+    let blob = reason("crash-me-blob");
+    assert!(blob.contains("FFmpeg's probe failed") && blob.contains("crashed"), "{blob}");
     let rows = read_rows(&table);
     assert_eq!(rows.iter().filter(|r| r.kind == "video").count(), 3, "a, b, c: one 4 s segment each");
     assert_eq!(rows.iter().filter(|r| r.kind == "pdf").count(), 1);
+    assert_eq!(rows.iter().filter(|r| r.kind == "other").count(), 1, "the blob FFmpeg's probe took for nothing");
 }
 
 /// Video is cut in at most `--media-processes` processes with FFmpeg at
@@ -278,11 +286,12 @@ fn a_long_video_waits_on_disk_not_in_memory_with_the_same_segments() {
     };
     let in_memory = export(&dir.path().join("roomy"), &[]);
     let spilled = export(&dir.path().join("tight"), &["--memory-budget", "1048576"]);
-    // Segments muxed into memfds and mapped in the worker's own process.
+    // In-process normalizers still send video to `sluice-normalizer-media`
+    // (`sluice` has no FFmpeg).
     let here = export(&dir.path().join("here"), &["--in-process-normalizers"]);
     assert_eq!(in_memory.len(), 5, "20 s in 4 s segments");
     assert!(in_memory == spilled, "segments differ between the memory and the disk path");
-    assert!(in_memory == here, "segments differ between a normalizer process and the worker's own");
+    assert!(in_memory == here, "segments differ with in-process normalizers");
     assert!(in_memory.iter().all(|s| s.len() > 1000));
 }
 
@@ -402,7 +411,12 @@ async fn pdfs_run_without_ffmpeg_and_video_brings_the_process_that_has_it() {
     let exes = sluice_worker::isolation::Normalizers {
         lean: Path::new(env!("CARGO_BIN_EXE_sluice-normalizer")).to_path_buf(),
         media: Path::new(env!("CARGO_BIN_EXE_sluice-normalizer-media")).to_path_buf(),
+        in_process: false,
     };
+    // Nor does `sluice` itself link FFmpeg: what needs it goes to these.
+    let ldd = Command::new("ldd").arg(env!("CARGO_BIN_EXE_sluice")).output().unwrap();
+    let needed = String::from_utf8_lossy(&ldd.stdout);
+    assert!(ldd.status.success() && needed.contains("libc.so") && !needed.contains("libavcodec"), "{needed}");
     let dir = tempfile::tempdir().unwrap();
     let pdf = dir.path().join("note.pdf");
     std::fs::write(&pdf, sluice_common::samples::text_pdf(&[vec!["a note".to_string()]], (612.0, 792.0), "Note")).unwrap();

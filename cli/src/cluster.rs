@@ -85,7 +85,9 @@ pub struct WorkerArgs {
     /// Membership lease TTL, in seconds
     #[arg(long, env = "SLUICE_LEASE_TTL", default_value_t = 10)]
     pub lease_ttl: u64,
-    /// Run video and PDF decoders in this process instead of child processes
+    /// Render PDFs and read images in this process instead of child
+    /// processes (video, audio and what else needs FFmpeg still go to
+    /// `sluice-normalizer-media` processes: `sluice` does not link FFmpeg)
     #[arg(long)]
     pub in_process_normalizers: bool,
     /// Serve Prometheus /metrics, /healthz and /readyz (ready = registered) here
@@ -255,7 +257,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
     let ready = Arc::new(AtomicBool::new(false));
     let cfg = WorkerConfig {
         name: args.name.unwrap_or_else(hostname),
-        normalizer_exe: (!args.in_process_normalizers).then(sluice_worker::isolation::normalizer_exe).transpose()?,
+        normalizer_exe: Some(sluice_worker::isolation::normalizer_exe(args.in_process_normalizers)?),
         ready: ready.clone(),
         ..Default::default()
     };

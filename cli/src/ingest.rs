@@ -36,7 +36,9 @@ pub struct IngestArgs {
     /// Files per shard
     #[arg(long, default_value_t = 256)]
     pub shard_files: usize,
-    /// Run video and PDF decoders in this process instead of child processes
+    /// Render PDFs and read images in this process instead of child
+    /// processes (video, audio and what else needs FFmpeg still go to
+    /// `sluice-normalizer-media` processes: `sluice` does not link FFmpeg)
     #[arg(long)]
     pub in_process_normalizers: bool,
     /// Job id (default: a new UUID)
@@ -68,7 +70,7 @@ pub async fn run(args: IngestArgs) -> Result<i32> {
     job.job_id = args.job_id.clone();
     job.max_errors = args.max_errors;
     job.shard_files = args.shard_files;
-    let normalizer_exe = (!args.in_process_normalizers).then(sluice_worker::isolation::normalizer_exe).transpose()?;
+    let normalizer_exe = Some(sluice_worker::isolation::normalizer_exe(args.in_process_normalizers)?);
     let embedded = crate::embedded::Embedded::start(normalizer_exe, job.settings.storage_concurrency).await?;
     if let Some(addr) = args.ui {
         // Bound before the job starts, so a taken port fails the run at once.

@@ -75,7 +75,8 @@ enum Command {
     Jobs(cluster::ClientArgs),
     /// List the workers the leading coordinator knows.
     Workers(cluster::WorkersArgs),
-    /// Serve media normalization on stdin/stdout (started by workers).
+    /// Serve normalization of PDFs and images on stdin/stdout (started by
+    /// workers where `sluice-normalizer` is not installed).
     #[command(hide = true)]
     NormalizeServer,
 }
@@ -83,9 +84,6 @@ enum Command {
 fn main() {
     sluice_worker::limit_malloc_arenas();
     sluice_worker::map_large_allocations();
-    // Kind detection probes containers with FFmpeg, and in-process
-    // normalizers (and `normalize-server`) cut video with it.
-    sluice_media::install();
     let cli = Cli::parse();
     // Long-running roles log their work; one-shot commands only problems.
     let default = match cli.command {

@@ -4,10 +4,11 @@
 //!
 //! A crate of its own because of what linking FFmpeg costs a process:
 //! Debian's FFmpeg brings about 130 shared libraries, ~40 ms of CPU to load
-//! and relocate at every start and ~35 MB of resident pages. Only the
-//! binaries that run it link this crate and [`install`] it at start: `sluice`
-//! (kind detection, in-process normalizers) and `sluice-normalizer-media`.
-//! `sluice-normalizer`, the process PDFs, images and OCR go to, does not.
+//! and relocate at every start and ~25-35 MB of resident pages. Only
+//! `sluice-normalizer-media` links this crate and [`install`]s it at start;
+//! `sluice` itself (the worker's pipeline, the table writer) and
+//! `sluice-normalizer` (PDFs, images, OCR) do not, and send what needs
+//! FFmpeg to a `sluice-normalizer-media` process.
 
 mod media;
 mod still;
@@ -16,23 +17,20 @@ use std::path::Path;
 
 use sluice_common::schema::{Kind, Row};
 use sluice_common::settings::Settings;
-use sluice_worker::normalize::{NormalizeError, Piece};
+use sluice_worker::normalize::{NormalizeError, Piece, Probed};
 
 pub use media::bare_remux;
 
 struct Ffmpeg;
 
 impl sluice_worker::normalize::Ffmpeg for Ffmpeg {
-    fn probe_format(&self, head: &[u8]) -> Option<String> {
-        media::probe_format(head)
-    }
-
-    fn whitelisted_container(&self, probed: &str) -> Option<(Kind, String)> {
-        media::whitelisted_container(probed)
-    }
-
-    fn whitelisted_image(&self, probed: &str) -> Option<(String, &'static str)> {
-        still::whitelisted_image(probed).map(|format| (format.to_string(), still::mime(format)))
+    fn probe(&self, head: &[u8]) -> Probed {
+        let probed = media::probe_format(head);
+        let probed = probed.as_deref().unwrap_or_default();
+        Probed {
+            container: media::whitelisted_container(probed),
+            image: still::whitelisted_image(probed).map(|format| (format.to_string(), still::mime(format).to_string())),
+        }
     }
 
     fn normalize_media(

@@ -7,8 +7,9 @@
 //! stdin; the child answers with frames on stdout: `[kind: u8][len: u32 LE]
 //! [payload]`, a `HASH` frame, any number of `ROWS` frames, then `DONE` or
 //! `ERROR` (a media file's `KIND` comes before its rows). A request for part
-//! of a PDF ([`Part`]) is answered without the hash: `ROWS` of its pages, or
-//! one `COUNT` frame (a u32 LE page count).
+//! of a file ([`Part`]) is answered without the hash: `ROWS` of a PDF's
+//! pages, one `COUNT` frame (a u32 LE page count), or one `PROBED` frame
+//! (FFmpeg's probe of the file's head, JSON).
 //!
 //! The parent makes the child's stdout a Unix socket: rows whose blobs are
 //! big then come as `ROWS_FD` frames, the blobs in a sealed memfd passed
@@ -16,8 +17,8 @@
 //! not copied through the stream. On any other stdout (a pipe, a file) the
 //! child sends every blob inline in `ROWS` frames.
 //!
-//! Both sides are here: [`serve`] is the child (`sluice normalize-server`),
-//! [`ChildProc`] the parent's handle on one.
+//! Both sides are here: [`serve`] is the child (`sluice-normalizer`,
+//! `sluice-normalizer-media`), [`ChildProc`] the parent's handle on one.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -44,14 +45,19 @@ const MEDIA_BINARY: &str = "sluice-normalizer-media";
 
 /// The programs normalizer processes are started from. Two, because
 /// linking Debian's FFmpeg loads ~130 shared libraries into a process
-/// (~40 ms of CPU at every start, ~35 MB of resident pages): the processes
-/// that only render PDFs or read images do without it.
+/// (~40 ms of CPU at every start, ~25-35 MB of resident pages): the
+/// processes that only render PDFs or read images do without it, and so
+/// does `sluice` itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Normalizers {
     /// Serves PDFs and images the `image` crate reads (and OCR).
     pub lean: PathBuf,
     /// Serves every request, video and audio too.
     pub media: PathBuf,
+    /// PDFs, images and OCR are normalized in the worker's own process
+    /// (`--in-process-normalizers`); only what needs FFmpeg goes to `media`
+    /// processes, since `sluice` does not link it.
+    pub in_process: bool,
 }
 
 impl Normalizers {
@@ -65,17 +71,17 @@ impl Normalizers {
     }
 }
 
-/// The normalizer binaries beside the running one: `sluice-normalizer`
-/// and `sluice-normalizer-media` where they are installed (each process
-/// then maps only the decoders it needs, not the table engine and the rest
-/// of `sluice`); the running binary (`sluice normalize-server`, which has
-/// FFmpeg) stands in for a missing one.
-pub fn normalizer_exe() -> std::io::Result<Normalizers> {
+/// The normalizer binaries beside the running one, `sluice-normalizer`
+/// and `sluice-normalizer-media` (each process then maps only the decoders
+/// it needs, not the table engine and the rest of `sluice`). The running
+/// binary (`sluice normalize-server`) stands in for a missing
+/// `sluice-normalizer`; nothing stands in for `sluice-normalizer-media`,
+/// the only one with FFmpeg: without it, files that need FFmpeg fail and
+/// say so. `in_process`: see [`Normalizers::in_process`].
+pub fn normalizer_exe(in_process: bool) -> std::io::Result<Normalizers> {
     let exe = std::env::current_exe()?;
-    let sibling = |name: &str| Some(exe.with_file_name(name)).filter(|p| p.is_file());
-    let media = sibling(MEDIA_BINARY).unwrap_or_else(|| exe.clone());
-    let lean = sibling(LEAN_BINARY).unwrap_or_else(|| media.clone());
-    Ok(Normalizers { lean, media })
+    let lean = Some(exe.with_file_name(LEAN_BINARY)).filter(|p| p.is_file()).unwrap_or_else(|| exe.clone());
+    Ok(Normalizers { lean, media: exe.with_file_name(MEDIA_BINARY), in_process })
 }
 
 /// Serve requests on stdin and stdout until stdin closes, then exit: the
@@ -106,6 +112,8 @@ pub const COUNT: u8 = 5;
 pub const KIND: u8 = 6;
 /// Rows whose blobs come in the memfd passed with the frame's first byte.
 pub const ROWS_FD: u8 = 7;
+/// FFmpeg's probe of a file's head (payload: [`normalize::Probed`] as JSON).
+pub const PROBED: u8 = 8;
 
 /// Rows frames with at least this many bytes of blobs hand them over in a
 /// memfd (a few syscalls each side) rather than through the stream.
@@ -122,10 +130,10 @@ pub struct Request {
 
 impl Request {
     /// Whether only a process with FFmpeg can serve this: video, audio,
-    /// and images (which go to a process when the `image` crate could not
-    /// read them, or for OCR).
+    /// images (which go to a process when the `image` crate could not
+    /// read them, or for OCR), and probes.
     pub fn needs_ffmpeg(&self) -> bool {
-        needs_ffmpeg(self.kind)
+        self.part == Part::Probe || needs_ffmpeg(self.kind)
     }
 }
 
@@ -146,6 +154,9 @@ pub enum Part {
     /// Rows of a PDF's pages `start..end` (0-based), numbered as in the
     /// whole document.
     Pages { start: usize, end: usize },
+    /// FFmpeg's probe of the file's first bytes, for a worker that cannot
+    /// tell what the file is without it.
+    Probe,
 }
 
 /// A row without its two binary fields, which follow the header raw.
@@ -330,6 +341,9 @@ pub fn serve(input: impl Read + AsFd, mut out: impl Write, handover: Option<Borr
                 normalize::Piece::Sealed(rows, memfd) => write_rows(&mut out, rows, Some(memfd), handover),
                 normalize::Piece::PageCount(n) => write_frame(&mut out, COUNT, &(n as u32).to_le_bytes()),
                 normalize::Piece::Kind(kind) => write_frame(&mut out, KIND, kind.as_str().as_bytes()),
+                normalize::Piece::Probed(probed) => serde_json::to_vec(&probed)
+                    .map_err(std::io::Error::other)
+                    .and_then(|json| write_frame(&mut out, PROBED, &json)),
             }
             .map_err(|e| NormalizeError::new(e.to_string()))
         };
@@ -341,6 +355,7 @@ pub fn serve(input: impl Read + AsFd, mut out: impl Write, handover: Option<Borr
             Part::Pages { start, end } => normalize::normalize_pdf_pages(&req.path, &req.settings, Some(start..end), &mut |rows| {
                 send(normalize::Piece::Rows(rows))
             }),
+            Part::Probe => normalize::probe_file(&req.path).and_then(|probed| send(normalize::Piece::Probed(probed))),
         }
         .map_err(|e| e.0);
         match result {
@@ -505,7 +520,14 @@ impl ChildProc {
             .stdout(std::process::Stdio::from(OwnedFd::from(theirs)))
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start normalizer process {}: {e}", exe.display()))?;
+            .map_err(|e| match media && !exe.is_file() {
+                true => format!(
+                    "video, audio, images only FFmpeg reads and files without magic bytes are read by {MEDIA_BINARY}, \
+                     which is not installed beside sluice ({}): {e}",
+                    exe.display()
+                ),
+                false => format!("cannot start normalizer process {}: {e}", exe.display()),
+            })?;
         drop(command);
         let program = if media { "media" } else { "lean" };
         metrics::counter!("sluice_worker_normalizer_processes_started_total", "program" => program).increment(1);
@@ -608,6 +630,10 @@ impl ChildProc {
                     (KIND, p) => match std::str::from_utf8(&p).ok().and_then(Kind::parse) {
                         Some(kind) => tx.send(Piece::Kind(kind)).await,
                         None => return (Err("malformed kind frame from normalizer process".into()), None),
+                    },
+                    (PROBED, p) => match serde_json::from_slice(&p) {
+                        Ok(probed) => tx.send(Piece::Probed(probed)).await,
+                        Err(_) => return (Err("malformed probe frame from normalizer process".into()), None),
                     },
                     (DONE, _) => break Ok(()),
                     (ERROR, p) => break Err(String::from_utf8_lossy(&p).into_owned()),

@@ -55,9 +55,11 @@ impl Worker {
         }
     }
 
-    /// Normalize media (video, audio, PDF) in child processes of `exes`
-    /// (`exe normalize-server`), so a crashing or hanging decoder costs one
-    /// file, not the worker.
+    /// Normalize media (video, audio, PDF) in child processes of `exes`,
+    /// so a crashing or hanging decoder costs one file, not the worker.
+    /// Without them, everything is normalized in this process, which then
+    /// needs FFmpeg of its own ([`crate::normalize::install_ffmpeg`]) for
+    /// video and audio.
     pub fn with_normalizer_processes(mut self, exes: Option<crate::isolation::Normalizers>) -> Self {
         self.isolation = exes;
         self

@@ -147,7 +147,8 @@ impl NormalizerPool {
 /// PDFs too) and without (PDFs). An idle process ends after
 /// [`crate::isolation::IDLE_KEPT`] (with FFmpeg) or
 /// [`crate::isolation::LEAN_IDLE_KEPT`] (without), or at once when a file
-/// needs the other program and the pool is full.
+/// needs the other program and the pool is full; idle ones without FFmpeg
+/// also end when one with FFmpeg starts.
 struct SharedProcs {
     limit: usize,
     /// Turns for files that need FFmpeg.
@@ -207,29 +208,29 @@ impl SharedProcs {
         procs
     }
 
-    /// Wait for a turn for a file of `kind`.
-    async fn lease(self: &Arc<Self>, kind: Kind) -> Result<Lease, String> {
-        let media_permit = match crate::isolation::needs_ffmpeg(kind) {
+    /// Wait for a turn for a request that needs FFmpeg (`media`) or not.
+    async fn lease(self: &Arc<Self>, media: bool) -> Result<Lease, String> {
+        let media_permit = match media {
             true => Some(self.media_permits.clone().acquire_owned().await.map_err(|e| e.to_string())?),
             false => None,
         };
         let permit = self.permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-        Ok(self.lent(kind, permit, media_permit))
+        Ok(self.lent(media, permit, media_permit))
     }
 
     /// A turn for a PDF's page range, if one is free now (none while files
     /// wait for one).
     fn try_lease_pdf(self: &Arc<Self>) -> Option<Lease> {
         let permit = self.permits.clone().try_acquire_owned().ok()?;
-        Some(self.lent(Kind::Pdf, permit, None))
+        Some(self.lent(false, permit, None))
     }
 
-    /// The turn's process: an idle one that serves `kind` (a PDF takes one
-    /// with FFmpeg only while video is still coming its way), else none
-    /// yet (started on first use), an idle one of the other program then
-    /// ending (in the background) if the pool is full.
-    fn lent(self: &Arc<Self>, kind: Kind, permit: OwnedSemaphorePermit, media_permit: Option<OwnedSemaphorePermit>) -> Lease {
-        let media = crate::isolation::needs_ffmpeg(kind);
+    /// The turn's process: an idle one that serves the request (a PDF
+    /// takes one with FFmpeg only while video is still coming its way),
+    /// else none yet (started on first use), an idle one of the other
+    /// program then ending (in the background) if the pool is full, and
+    /// every idle one without FFmpeg if one with FFmpeg is to start.
+    fn lent(self: &Arc<Self>, media: bool, permit: OwnedSemaphorePermit, media_permit: Option<OwnedSemaphorePermit>) -> Lease {
         let (taken, ending) = {
             let mut idle = self.idle.lock();
             let fits = |i: &Idle| match (media, i.proc.has_ffmpeg()) {
@@ -240,6 +241,14 @@ impl SharedProcs {
             let pick = idle.iter().position(|i| !media && !i.proc.has_ffmpeg()).or_else(|| idle.iter().position(fits));
             let taken = pick.map(|at| idle.swap_remove(at));
             let mut ending = Vec::new();
+            if taken.is_none() && media {
+                // A process with FFmpeg is about to start: idle ones
+                // without it end now rather than sit beside it until their
+                // time is up (they restart in ~2 ms).
+                let (lean, kept): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut *idle).into_iter().partition(|i| !i.proc.has_ffmpeg());
+                *idle = kept;
+                ending.extend(lean.into_iter().map(|i| i.proc));
+            }
             if taken.is_none() {
                 let in_use = self.limit - self.permits.available_permits();
                 while idle.len() + in_use > self.limit {
@@ -417,13 +426,18 @@ async fn process(
         (crate::fetch::probe(&file.uri).await.map_err(|e| failed(None, e))?, None)
     };
     let name = file.uri.clone();
-    let (kind, _) = normalize::detect_kind(&name, &probe.head);
+    let (kind, mime) = detect(&name, &probe, settings, children).await?;
     let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
     let timed_out = || format!("normalizer timed out after {}s", timeout.as_secs());
-    // Images read with OCR go where Tesseract runs: a normalizer process.
-    let ocr_image = kind == Kind::Image && settings.ocr == OcrMode::Always && children.is_some();
-    if matches!(kind, Kind::Video | Kind::Audio | Kind::Pdf) || ocr_image {
+    // With in-process normalizers, only what needs FFmpeg goes to a process.
+    let own = children.filter(|c| !c.exes.in_process);
+    if matches!(kind, Kind::Video | Kind::Audio) {
         return process_streamed(kind, file, probe, settings, flusher, children).await;
+    }
+    // Images read with OCR go where Tesseract runs: a normalizer process.
+    let ocr_image = kind == Kind::Image && settings.ocr == OcrMode::Always && own.is_some();
+    if kind == Kind::Pdf || ocr_image {
+        return process_streamed(kind, file, probe, settings, flusher, own).await;
     }
     let bytes = crate::fetch::read_all(&probe, settings.max_file_bytes).await.map_err(|e| failed(Some(kind), e))?;
     let source = SourceInfo {
@@ -435,7 +449,7 @@ async fn process(
     };
     let s = settings.clone();
     let another_decoder = kind == Kind::Image && normalize::worth_another_decoder(&bytes);
-    let work = tokio::task::spawn_blocking(move || normalize::normalize(&name, bytes, &s));
+    let work = tokio::task::spawn_blocking(move || normalize::normalize_detected(kind, &mime, bytes, &s));
     let normalized = match tokio::time::timeout(timeout, work).await {
         Err(_) => return Err(failed(Some(kind), timed_out())),
         Ok(Err(join)) => return Err(failed(Some(kind), describe_join(join))),
@@ -449,6 +463,40 @@ async fn process(
     };
     let rows = FileRows { source, shard_id: file.shard_id.clone(), kind: normalized.kind, rows: normalized.rows, last: true };
     append(flusher, rows).await
+}
+
+/// What the file is, from its name and first bytes. `sluice` has no
+/// FFmpeg: files only FFmpeg's probe tells apart (containers and raw
+/// streams without magic bytes, images only FFmpeg reads) are probed by a
+/// normalizer process with FFmpeg. A probe that fails fails the file.
+async fn detect(name: &str, probe: &crate::fetch::Probe, settings: &Settings, children: Option<Children<'_>>) -> Result<(Kind, String), Outcome> {
+    let mut unanswered = false;
+    let (kind, mime) = normalize::detect_kind_with(name, &probe.head, &mut |head| match normalize::ffmpeg() {
+        Some(ff) => Some(ff.probe(head)),
+        None => {
+            unanswered = true;
+            None
+        }
+    });
+    let Some(children) = children.filter(|_| unanswered) else { return Ok((kind, mime)) };
+    let mut lease = children.procs.lease(true).await.map_err(Outcome::Fatal)?;
+    let request = Request { path: probe.path.clone(), kind, settings: settings.clone(), part: Part::Probe };
+    let timeout = Duration::from_secs(u64::from(settings.file_timeout_secs));
+    let probed = match tokio::time::timeout(timeout, ask(&mut lease.slot, children.exes, &request)).await {
+        Err(_) => {
+            if let Some(proc) = lease.slot.take() {
+                proc.end().await;
+            }
+            return Err(failed(Some(kind), format!("FFmpeg's probe timed out after {}s", timeout.as_secs())));
+        }
+        Ok(Err(e)) => return Err(failed(Some(kind), format!("FFmpeg's probe failed: {e}"))),
+        Ok(Ok(pieces)) => pieces.into_iter().find_map(|p| match p {
+            Piece::Probed(probed) => Some(probed),
+            _ => None,
+        }),
+    };
+    let probed = probed.unwrap_or_default();
+    Ok(normalize::detect_kind_with(name, &probe.head, &mut |_| Some(probed.clone())))
 }
 
 /// A file's per-file values, shared by all its rows.
@@ -480,7 +528,7 @@ impl Streamed {
                 self.sent_any |= ready.is_some();
                 ready
             }
-            Piece::PageCount(_) => None,
+            Piece::PageCount(_) | Piece::Probed(_) => None,
             Piece::Kind(kind) => {
                 self.kind = Some(kind);
                 None
@@ -517,7 +565,7 @@ async fn process_streamed(
     // The file is normalized in a process the pool lends, once one of its
     // turns is free; waiting does not count against the file's timeout.
     let mut lease = match children {
-        Some(c) => Some(c.procs.lease(file_kind).await.map_err(Outcome::Fatal)?),
+        Some(c) => Some(c.procs.lease(crate::isolation::needs_ffmpeg(file_kind)).await.map_err(Outcome::Fatal)?),
         None => None,
     };
     let deadline = tokio::time::Instant::now() + timeout;

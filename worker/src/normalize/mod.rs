@@ -129,6 +129,15 @@ pub const DETECT_BYTES: usize = 8192;
 /// demuxer's check over what it is given, ~45 ms for 4 MB of bytes that are
 /// no media at all.
 pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
+    detect_kind_with(name, bytes, &mut |head| ffmpeg().map(|ff| ff.probe(head)))
+}
+
+/// [`detect_kind`] with FFmpeg's probe asked of `probe`, which is given
+/// the bytes only where FFmpeg has the last word: containers and raw
+/// streams without magic bytes, images only FFmpeg reads. `None` from it:
+/// no answer to be had; the file is then judged without one (as `Other`
+/// bytes where FFmpeg would have been asked).
+pub fn detect_kind_with(name: &str, bytes: &[u8], probe: &mut dyn FnMut(&[u8]) -> Option<Probed>) -> (Kind, String) {
     let bytes = &bytes[..bytes.len().min(DETECT_BYTES)];
     let by_name = match Kind::from_name(name) {
         // `.ts` without MPEG-TS sync bytes is a TypeScript source.
@@ -141,7 +150,7 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
         return match t.matcher_type() {
             infer::MatcherType::Image if decodable => (Kind::Image, mime),
             // Images for FFmpeg's image decoders (JPEG 2000, PSD, EXR, ...).
-            infer::MatcherType::Image if probed_image(bytes).is_some() => (Kind::Image, mime),
+            infer::MatcherType::Image if probe(bytes).is_some_and(|p| p.image.is_some()) => (Kind::Image, mime),
             infer::MatcherType::Video => (Kind::Video, mime),
             // Audio the whitelisted demuxers read (MIDI, DSD, Monkey's Audio and
             // AMR are kept as bytes).
@@ -177,13 +186,12 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
     let text_bytes = looks_like_text(bytes);
     if !texty && !text_bytes {
         // Containers and raw streams without magic bytes that `infer` knows.
-        if let Some(ff) = ffmpeg() {
-            let probed = ff.probe_format(bytes);
-            if let Some((kind, format)) = probed.as_deref().and_then(|p| ff.whitelisted_container(p)) {
+        if let Some(probed) = probe(bytes) {
+            if let Some((kind, format)) = probed.container {
                 return (kind, format!("{kind}/x-{format}"));
             }
-            if let Some((_, mime)) = probed.as_deref().and_then(|p| ff.whitelisted_image(p)) {
-                return (Kind::Image, mime.to_string());
+            if let Some((_, mime)) = probed.image {
+                return (Kind::Image, mime);
             }
         }
     }
@@ -195,10 +203,27 @@ pub fn detect_kind(name: &str, bytes: &[u8]) -> (Kind, String) {
     (Kind::Other, mime)
 }
 
-/// The image format FFmpeg's whitelisted image demuxers take these bytes for.
-fn probed_image(bytes: &[u8]) -> Option<String> {
-    let ff = ffmpeg()?;
-    ff.probe_format(bytes).as_deref().and_then(|p| ff.whitelisted_image(p)).map(|(format, _)| format)
+/// What FFmpeg's probe takes a file's first bytes for, among the formats
+/// sluice reads with FFmpeg (judged by content alone).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Probed {
+    /// A whitelisted container or raw stream: video or audio, and the
+    /// demuxer's name.
+    pub container: Option<(Kind, String)>,
+    /// A whitelisted image format, and its MIME type.
+    pub image: Option<(String, String)>,
+}
+
+/// FFmpeg's probe of the first [`DETECT_BYTES`] of the file at `path`, in a
+/// process that has FFmpeg (answer to [`crate::isolation::Part::Probe`]).
+pub fn probe_file(path: &std::path::Path) -> Result<Probed, NormalizeError> {
+    use std::io::Read;
+    let ff = need_ffmpeg()?;
+    let mut head = Vec::with_capacity(DETECT_BYTES);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(DETECT_BYTES as u64).read_to_end(&mut head))
+        .map_err(|e| NormalizeError::new(format!("cannot read the file: {e}")))?;
+    Ok(ff.probe(&head))
 }
 
 /// MPEG transport streams are 188-byte packets, each starting with 0x47.
@@ -228,27 +253,30 @@ fn looks_like_text(bytes: &[u8]) -> bool {
 /// On failure, the kind the file was detected as comes with the reason.
 pub fn normalize(name: &str, bytes: Bytes, settings: &Settings) -> Result<Normalized, (Kind, NormalizeError)> {
     let (kind, mime) = detect_kind(name, &bytes);
+    normalize_detected(kind, &mime, bytes, settings)
+}
+
+/// [`normalize`] a file already detected as `kind` (`mime`).
+pub fn normalize_detected(kind: Kind, mime: &str, bytes: Bytes, settings: &Settings) -> Result<Normalized, (Kind, NormalizeError)> {
     let rows = match kind {
-        Kind::Text => normalize_text(&bytes, &mime, settings),
-        Kind::Image => normalize_image(bytes, &mime, settings),
-        _ => Ok(normalize_other(bytes, &mime)),
+        Kind::Text => normalize_text(&bytes, mime, settings),
+        Kind::Image => normalize_image(bytes, mime, settings),
+        _ => Ok(normalize_other(bytes, mime)),
     };
     rows.map(|rows| Normalized { kind, rows }).map_err(|e| (kind, e))
 }
 
 /// FFmpeg's part of normalization, provided by the `sluice-media` crate to
-/// the binaries that link it (`sluice`, `sluice-normalizer-media`): linking
-/// Debian's FFmpeg loads ~130 shared libraries into a process, so the
-/// normalizer processes that render PDFs and images do without it.
+/// the one binary that links it, `sluice-normalizer-media`: linking
+/// Debian's FFmpeg loads ~130 shared libraries into a process (~25 MB of
+/// them resident before any work), so `sluice` itself and the processes
+/// that render PDFs do without it, and hand what needs FFmpeg to a
+/// `sluice-normalizer-media` process (video, audio, FFmpeg's image
+/// decoders, and probing files without magic bytes).
 pub trait Ffmpeg: Send + Sync {
-    /// The demuxers FFmpeg's probe takes a file's first bytes for, from
-    /// their content alone (names, comma separated).
-    fn probe_format(&self, head: &[u8]) -> Option<String>;
-    /// The whitelisted container a probe named, and whether it holds video
-    /// or audio.
-    fn whitelisted_container(&self, probed: &str) -> Option<(Kind, String)>;
-    /// The whitelisted image format a probe named, and its MIME type.
-    fn whitelisted_image(&self, probed: &str) -> Option<(String, &'static str)>;
+    /// What FFmpeg's probe takes a file's first bytes for, from their
+    /// content alone.
+    fn probe(&self, head: &[u8]) -> Probed;
     /// A video or audio file cut into segments (`named`: what the file was
     /// taken for before it was opened).
     fn normalize_media(
@@ -299,6 +327,9 @@ pub enum Piece {
     Rows(Vec<Row>),
     /// A PDF's page count (answer to [`crate::isolation::Part::PageCount`]).
     PageCount(usize),
+    /// FFmpeg's probe of the file's head (answer to
+    /// [`crate::isolation::Part::Probe`]).
+    Probed(Probed),
     /// What the file turned out to be once opened (video or audio, by its
     /// streams), before its rows.
     Kind(Kind),
@@ -425,19 +456,34 @@ mod tests {
         assert_eq!(rows[0].metadata.as_ref().unwrap()["encoding"], "UTF-16BE");
     }
 
+    /// FFmpeg's probe is asked only of bytes nothing else tells apart, and
+    /// its answer (from this process or another) decides them.
+    #[test]
+    fn ffmpegs_probe_decides_only_files_without_magic() {
+        let raw: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 1) as u8 | 0x80).collect();
+        let mut asked = 0;
+        let mut none = |_: &[u8]| {
+            asked += 1;
+            None
+        };
+        assert_eq!(detect_kind_with("capture.bin", &raw, &mut none).0, Kind::Other);
+        assert_eq!(detect_kind_with("notes.txt", b"plain words", &mut none).0, Kind::Text);
+        assert_eq!(detect_kind_with("clip.mp4", b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom", &mut none).0, Kind::Video);
+        assert_eq!(asked, 1, "only the file without magic or text was probed");
+        let stream = Probed { container: Some((Kind::Video, "h264".into())), image: None };
+        assert_eq!(detect_kind_with("capture.bin", &raw, &mut |_| Some(stream.clone())), (Kind::Video, "video/x-h264".into()));
+        let sgi = Probed { container: None, image: Some(("sgi".into(), "image/sgi".into())) };
+        assert_eq!(detect_kind_with("capture.bin", &raw, &mut |_| Some(sgi.clone())), (Kind::Image, "image/sgi".into()));
+        assert_eq!(detect_kind_with("capture.bin", &raw, &mut |_| Some(Probed::default())).0, Kind::Other);
+    }
+
     /// Stands in for FFmpeg: remembers the longest input its probe was given.
     struct ProbeLength(std::sync::atomic::AtomicUsize);
 
     impl Ffmpeg for ProbeLength {
-        fn probe_format(&self, head: &[u8]) -> Option<String> {
+        fn probe(&self, head: &[u8]) -> Probed {
             self.0.fetch_max(head.len(), std::sync::atomic::Ordering::SeqCst);
-            None
-        }
-        fn whitelisted_container(&self, _: &str) -> Option<(Kind, String)> {
-            None
-        }
-        fn whitelisted_image(&self, _: &str) -> Option<(String, &'static str)> {
-            None
+            Probed::default()
         }
         fn normalize_media(
             &self,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the sluice wheel into dist/: the Python client plus the release
+# Build the sluice wheel into dist/: the Python client plus the shipping
 # `sluice` binary (maturin "bin" bindings). Install it where Rust is not:
 #   pip install dist/sluice-*.whl
 # With the `sluice` binary come its normalizer binaries, one of which
@@ -17,7 +17,8 @@ if [ ! -x "$MATURIN" ]; then
   exit 1
 fi
 out=$(realpath -m "${SLUICE_WHEEL_DIR:-dist}")
-profile=(--release --strip)
+# The shipping profile (link-time optimized; Cargo.toml) unless told otherwise.
+profile=(--profile dist --strip)
 for arg in "$@"; do
   case "$arg" in --profile*|--release) profile=() ;; esac
 done

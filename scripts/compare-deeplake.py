@@ -187,7 +187,7 @@ def make_corpus(root: Path, per_kind: int, sluice: str):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sluice", default="sluice", help="the sluice binary (a release build)")
+    ap.add_argument("--sluice", default="sluice", help="the sluice binary (a release or dist build: cargo build --profile dist -p sluice, target/dist/sluice)")
     ap.add_argument("--work", default="/var/tmp/sluice-compare")
     ap.add_argument("--per-kind", type=int, default=50)
     ap.add_argument("--runs", type=int, default=1, help="rounds of both, alternating")

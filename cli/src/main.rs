@@ -81,9 +81,13 @@ enum Command {
     NormalizeServer,
 }
 
+#[global_allocator]
+static ALLOC: sluice_worker::alloc::HugePages = sluice_worker::alloc::HugePages;
+
 fn main() {
     sluice_worker::limit_malloc_arenas();
     sluice_worker::map_large_allocations();
+    sluice_worker::alloc::HugePages::enable();
     let cli = Cli::parse();
     // Long-running roles log their work; one-shot commands only problems.
     let default = match cli.command {

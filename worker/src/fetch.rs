@@ -110,16 +110,11 @@ pub async fn read_all(probe: &Probe, max_bytes: u64) -> Result<Bytes, String> {
 
 /// Content hash of a file, read in blocks (blocking).
 pub fn hash_file(path: &std::path::Path) -> Result<String, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| describe(&e))?;
+    let file = std::fs::File::open(path).map_err(|e| describe(&e))?;
+    // Reads through a 64 KiB buffer on the stack: no buffer to allocate
+    // (and fault in) per file.
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| describe(&e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    hasher.update_reader(file).map_err(|e| describe(&e))?;
     Ok(hasher.finalize().to_hex().to_string())
 }
 

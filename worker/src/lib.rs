@@ -7,6 +7,7 @@
 //! checkpoints; the coordinator commits them.
 
 pub mod actors;
+pub mod alloc;
 pub mod error;
 pub mod fetch;
 pub mod handover;

@@ -111,7 +111,7 @@ pub fn thumbnail_jpeg(pixels: &[u8], width: u32, height: u32, format: turbojpeg:
     // a page at 150 DPI): two are kept for the next thumbnails, which then
     // write into pages already mapped (a new one cost a page 0.7 ms more).
     static SPARE_RESIZERS: parking_lot::Mutex<Vec<fr::Resizer>> = parking_lot::Mutex::new(Vec::new());
-    let mut resizer = SPARE_RESIZERS.lock().pop().unwrap_or_else(fr::Resizer::new);
+    let mut resizer = SPARE_RESIZERS.lock().pop().unwrap_or_default();
     let resized = resizer.resize(&src, &mut dst, &options);
     {
         let mut spare = SPARE_RESIZERS.lock();

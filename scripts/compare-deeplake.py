@@ -4,7 +4,10 @@ one generated corpus: wall time and peak resident memory of each (the whole
 process tree, sampled the same way for both): the sum of the processes'
 RSS (every 20 ms), and the sum of their PSS (every 100 ms), which counts a
 page shared by several processes (a library's code in each of sluice's
-normalizer processes) once in all instead of once in each.
+normalizer processes) once in all instead of once in each. Each is run
+twice a round: once with nothing watching it, for the wall time, and once
+with its memory sampled (the sampler's reads of /proc take CPU from the
+run; that run's wall time is reported as `seconds_sampled`).
 
     scripts/compare-deeplake.py [--sluice PATH] [--work DIR] [--per-kind N] [--runs N]
 
@@ -120,10 +123,22 @@ def tree_pss(pids):
     return total
 
 
+def timed(cmd):
+    """Run `cmd` with nothing watching it; its stdout and wall seconds."""
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True)
+    wall = time.monotonic() - started
+    if proc.returncode not in (0, 2):
+        sys.exit(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stderr.decode(errors='replace')[-3000:]}")
+    return proc.stdout.decode(), wall
+
+
 def measured(cmd, env=None):
     """Run `cmd`; its stdout, wall seconds, and the peak RSS (sampled every
     20 ms) and peak PSS (every 100 ms, which reading it every 20 ms slowed
-    the measured run by up to a fifth) of its tree."""
+    the measured run by up to a fifth) of its tree. The sampler's reads of
+    /proc take CPU from the run it watches, so wall times come from
+    `timed` runs."""
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     peak = [0, 0]
@@ -210,6 +225,7 @@ def main():
     else:
         median = lambda key: statistics.median(r[key] for r in runs)
         results = {"runs": runs, "median_sluice_speedup": median("sluice_speedup"),
+                   "median_sluice_speedup_sampled": median("sluice_speedup_sampled"),
                    "median_sluice_memory_ratio": median("sluice_memory_ratio"),
                    "median_sluice_pss_ratio": median("sluice_pss_ratio")}
     results["files"] = files
@@ -217,22 +233,38 @@ def main():
 
 
 def one_round(args, work, corpus, python, kinds):
-    """Deeplake, then sluice, on the corpus: their figures and the ratios."""
+    """Deeplake, then sluice, on the corpus, each twice: a run with nothing
+    watching it for the wall time, then one with its memory sampled (whose
+    wall time is reported too, as `seconds_sampled`). Their figures and the
+    ratios."""
     results = {}
     dl_root = work / "deeplake-tables"
-    subprocess.run(["rm", "-rf", str(dl_root)], check=True)
-    dl_root.mkdir(parents=True)
-    out, wall, peak = measured([str(python), "-c", DEEPLAKE_RUN, str(dl_root), json.dumps(kinds)])
+
+    def deeplake(run):
+        subprocess.run(["rm", "-rf", str(dl_root)], check=True)
+        dl_root.mkdir(parents=True)
+        return run([str(python), "-c", DEEPLAKE_RUN, str(dl_root), json.dumps(kinds)])
+
+    _, wall = deeplake(timed)
+    out, sampled_wall, peak = deeplake(measured)
     dl = json.loads(out.strip().splitlines()[-1])
-    results["deeplake"] = {"seconds": wall, "peak_rss_mb": peak[0] / 1e6, "peak_pss_mb": peak[1] / 1e6, "rows": dl["rows"]}
+    results["deeplake"] = {"seconds": wall, "seconds_sampled": sampled_wall, "peak_rss_mb": peak[0] / 1e6,
+                           "peak_pss_mb": peak[1] / 1e6, "rows": dl["rows"]}
 
     table = work / "sluice-table"
-    subprocess.run(["rm", "-rf", str(table)], check=True)
-    out, wall, peak = measured([args.sluice, "ingest", "--table", str(table), "--json", str(corpus / "video"),
-                                str(corpus / "pdf"), str(corpus / "image"), str(corpus / "text")])
+
+    def sluice(run):
+        subprocess.run(["rm", "-rf", str(table)], check=True)
+        return run([args.sluice, "ingest", "--table", str(table), "--json", str(corpus / "video"),
+                    str(corpus / "pdf"), str(corpus / "image"), str(corpus / "text")])
+
+    _, wall = sluice(timed)
+    out, sampled_wall, peak = sluice(measured)
     s = json.loads(out)
-    results["sluice"] = {"seconds": wall, "peak_rss_mb": peak[0] / 1e6, "peak_pss_mb": peak[1] / 1e6, "rows": s["rows"],
+    results["sluice"] = {"seconds": wall, "seconds_sampled": sampled_wall, "peak_rss_mb": peak[0] / 1e6,
+                         "peak_pss_mb": peak[1] / 1e6, "rows": s["rows"],
                          "files_ingested": s["files_ingested"], "files_failed": s["files_failed"]}
+    results["sluice_speedup_sampled"] = results["deeplake"]["seconds_sampled"] / sampled_wall
     results["sluice_speedup"] = results["deeplake"]["seconds"] / results["sluice"]["seconds"]
     results["sluice_memory_ratio"] = results["sluice"]["peak_rss_mb"] / results["deeplake"]["peak_rss_mb"]
     results["sluice_pss_ratio"] = results["sluice"]["peak_pss_mb"] / results["deeplake"]["peak_pss_mb"]

@@ -110,18 +110,51 @@ pub fn thumbnail_jpeg(pixels: &[u8], width: u32, height: u32, format: turbojpeg:
     // A resizer keeps its working buffers (the supersampled image, ~2 MB for
     // a page at 150 DPI): two are kept for the next thumbnails, which then
     // write into pages already mapped (a new one cost a page 0.7 ms more).
-    static SPARE_RESIZERS: parking_lot::Mutex<Vec<fr::Resizer>> = parking_lot::Mutex::new(Vec::new());
-    let mut resizer = SPARE_RESIZERS.lock().pop().unwrap_or_default();
+    static SPARE_RESIZERS: Spares<fr::Resizer, 2> = Spares::new();
+    let mut resizer = SPARE_RESIZERS.take();
     let resized = resizer.resize(&src, &mut dst, &options);
-    {
-        let mut spare = SPARE_RESIZERS.lock();
-        if spare.len() < 2 {
-            spare.push(resizer);
-        }
-    }
+    SPARE_RESIZERS.give(resizer);
     resized.ok()?;
     let (tw, th) = (tw as usize, th as usize);
     encode_pixels(dst.buffer(), tw, tw * format.size(), th, format, 80)
+}
+
+/// Up to `N` values kept for reuse, such as buffers whose pages are mapped
+/// already: taken (or made anew when none is kept) and given back.
+pub(crate) struct Spares<T, const N: usize>(parking_lot::Mutex<Vec<T>>);
+
+impl<T: Default, const N: usize> Spares<T, N> {
+    pub(crate) const fn new() -> Self {
+        Self(parking_lot::Mutex::new(Vec::new()))
+    }
+
+    /// A kept value, else a new one.
+    pub(crate) fn take(&self) -> T {
+        self.0.lock().pop().unwrap_or_default()
+    }
+
+    /// Keep `value` for the next `take`, unless `N` are kept already.
+    pub(crate) fn give(&self, value: T) {
+        let mut kept = self.0.lock();
+        if kept.len() < N {
+            kept.push(value);
+        }
+    }
+
+    /// Drop every kept value.
+    pub(crate) fn clear(&self) {
+        self.0.lock().clear();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.lock().is_empty()
+    }
 }
 
 /// The pure-Rust encoder sluice used before libjpeg-turbo, kept as the

@@ -29,7 +29,7 @@ static PDF_LOCK: Mutex<()> = Mutex::new(());
 /// keeps from one PDF to the next while files keep coming
 /// ([`keep_page_buffers`]), so that each PDF does not fault in its page
 /// buffer anew. At most two: what one file renders into at once.
-static SPARE_PAGE_BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+static SPARE_PAGE_BUFFERS: super::Spares<Vec<u8>, 2> = super::Spares::new();
 static KEEP_PAGE_BUFFERS: AtomicBool = AtomicBool::new(false);
 
 /// Keep page buffers between PDFs (`true`), or drop the kept ones and keep
@@ -38,29 +38,22 @@ static KEEP_PAGE_BUFFERS: AtomicBool = AtomicBool::new(false);
 pub fn keep_page_buffers(keep: bool) {
     KEEP_PAGE_BUFFERS.store(keep, Ordering::Relaxed);
     if !keep {
-        spares().clear();
+        SPARE_PAGE_BUFFERS.clear();
     }
 }
 
 /// Drop the page buffers kept between PDFs (they are kept again after the next).
 pub fn drop_page_buffers() {
-    spares().clear();
-}
-
-fn spares() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
-    SPARE_PAGE_BUFFERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SPARE_PAGE_BUFFERS.clear();
 }
 
 fn spare_page_buffer() -> Vec<u8> {
-    spares().pop().unwrap_or_default()
+    SPARE_PAGE_BUFFERS.take()
 }
 
 fn keep_page_buffer(buffer: Vec<u8>) {
     if KEEP_PAGE_BUFFERS.load(Ordering::Relaxed) && buffer.capacity() > 0 {
-        let mut spares = spares();
-        if spares.len() < 2 {
-            spares.push(buffer);
-        }
+        SPARE_PAGE_BUFFERS.give(buffer);
     }
 }
 
@@ -518,15 +511,15 @@ mod tests {
             keep_page_buffer(vec![1; 16]);
         }
         keep_page_buffer(Vec::new());
-        assert_eq!(spares().len(), 2, "at most two, and no empty ones");
+        assert_eq!(SPARE_PAGE_BUFFERS.len(), 2, "at most two, and no empty ones");
         assert_eq!(spare_page_buffer(), vec![1; 16]);
         drop_page_buffers();
-        assert!(spares().is_empty());
+        assert!(SPARE_PAGE_BUFFERS.is_empty());
         keep_page_buffer(vec![1; 16]);
         keep_page_buffers(false);
-        assert!(spares().is_empty(), "dropped when no longer kept");
+        assert!(SPARE_PAGE_BUFFERS.is_empty(), "dropped when no longer kept");
         keep_page_buffer(vec![1; 16]);
-        assert!(spares().is_empty());
+        assert!(SPARE_PAGE_BUFFERS.is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use arrow_array::builder::{
     BinaryBuilder, Float64Builder, LargeBinaryBuilder, StringBuilder, TimestampMicrosecondBuilder,
     TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
 };
-use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, StructArray};
+use arrow_array::{Array, ArrayRef, LargeBinaryArray, RecordBatch, StringArray, StructArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -223,19 +223,35 @@ pub struct FileRows {
     pub last: bool,
 }
 
-/// The `data` column of `files`' `n` rows, a Lance blob struct (`data`,
-/// `uri`) built at its exact size in one allocation. Lance's
-/// `BlobArrayBuilder` grows its buffer by doubling: every blob of a
-/// fragment was copied about twice and the buffer's pages faulted in twice
-/// over, up to 1.5x the fragment's bytes held at the last copy.
-fn data_column(files: &[FileRows], n: usize) -> Result<ArrayRef> {
-    let rows = || files.iter().flat_map(|f| &f.rows);
-    let bytes = rows().filter_map(|r| r.data.as_ref()).map(Bytes::len).sum();
-    let mut data = LargeBinaryBuilder::with_capacity(n, bytes);
-    for row in rows() {
-        data.append_option(row.data.as_deref());
-    }
-    let data = data.finish();
+/// Rows with at least this many bytes of data go to the writer in batches
+/// of their own, whose data column is the row's bytes as they are (a
+/// normalizer's sealed memfd, mapped, or the file as read): not copied
+/// into a column of the batch first. For a video that copy faulted in a
+/// fresh buffer as big as the flush for every flush. Smaller rows share a
+/// batch, where their bytes are copied: a batch costs the writer more than
+/// copying a few hundred KB.
+pub const OWN_BATCH_BYTES: usize = 256 << 10;
+
+/// The `data` column of `rows`, a Lance blob struct (`data`, `uri`). One
+/// row's bytes are used as they are; several rows' are copied into one
+/// buffer of their exact size (Lance's `BlobArrayBuilder` grows its buffer
+/// by doubling: every blob of a fragment was copied about twice and the
+/// buffer's pages faulted in twice over).
+fn data_column<'a>(rows: impl Iterator<Item = &'a Row> + Clone) -> Result<ArrayRef> {
+    let mut datas = rows.map(|r| r.data.as_ref());
+    let data = match (datas.clone().next(), datas.clone().nth(1)) {
+        (Some(Some(only)), None) => {
+            let offsets = arrow::buffer::OffsetBuffer::from_lengths([only.len()]);
+            LargeBinaryArray::new(offsets, arrow::buffer::Buffer::from(only.clone()), None)
+        }
+        _ => {
+            let bytes = datas.clone().flatten().map(Bytes::len).sum();
+            let mut data = LargeBinaryBuilder::with_capacity(datas.clone().count(), bytes);
+            datas.by_ref().for_each(|d| data.append_option(d.map(|b| &b[..])));
+            data.finish()
+        }
+    };
+    let n = data.len();
     // A blob is null where its bytes are.
     let valid = data.nulls().cloned();
     let DataType::Struct(fields) = data_field().data_type().clone() else {
@@ -247,6 +263,11 @@ fn data_column(files: &[FileRows], n: usize) -> Result<ArrayRef> {
 
 /// Build one record batch of the table schema from rows of several files.
 pub fn build_batch(files: &[FileRows], job_id: &str, ingested_at_us: i64) -> Result<RecordBatch> {
+    with_data(files, job_id, ingested_at_us, data_column(files.iter().flat_map(|f| &f.rows))?)
+}
+
+/// The batch of `files`' rows with `data` as its data column.
+fn with_data(files: &[FileRows], job_id: &str, ingested_at_us: i64, data: ArrayRef) -> Result<RecordBatch> {
     let n: usize = files.iter().map(|f| f.rows.len()).sum();
     let mut id = StringBuilder::with_capacity(n, n * 32);
     let mut uri = StringBuilder::new();
@@ -303,7 +324,7 @@ pub fn build_batch(files: &[FileRows], job_id: &str, ingested_at_us: i64) -> Res
         Arc::new(end.finish()),
         Arc::new(page.finish()),
         Arc::new(text.finish()),
-        data_column(files, n)?,
+        data,
         Arc::new(thumb.finish()),
         Arc::new(width.finish()),
         Arc::new(height.finish()),
@@ -314,12 +335,42 @@ pub fn build_batch(files: &[FileRows], job_id: &str, ingested_at_us: i64) -> Res
     Ok(RecordBatch::try_new(table_schema(), columns)?)
 }
 
-/// Build a batch for a table whose schema is `table` (as inserts see it:
-/// JSON columns as text): the sluice columns plus the table's attribute
-/// columns, filled from each file's attributes (null where a file has no
-/// value), in the table's column order.
-pub fn build_batch_for(table: &SchemaRef, files: &[FileRows], job_id: &str, ingested_at_us: i64) -> Result<RecordBatch> {
-    let base = build_batch(files, job_id, ingested_at_us)?;
+/// Build the batches of `files`' rows for a table whose schema is `table`
+/// (as inserts see it: JSON columns as text): the sluice columns plus the
+/// table's attribute columns, filled from each file's attributes (null
+/// where a file has no value), in the table's column order. Rows in order;
+/// each row of [`OWN_BATCH_BYTES`] or more is a batch of its own, the rows
+/// between them share one.
+pub fn build_batches_for(table: &SchemaRef, files: &[FileRows], job_id: &str, ingested_at_us: i64) -> Result<Vec<RecordBatch>> {
+    let rows: Vec<&Row> = files.iter().flat_map(|f| &f.rows).collect();
+    let own = |r: &Row| r.data.as_ref().is_some_and(|d| d.len() >= OWN_BATCH_BYTES);
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for (i, row) in rows.iter().enumerate() {
+        if own(row) {
+            runs.extend((start < i).then_some(start..i));
+            runs.push(i..i + 1);
+            start = i + 1;
+        }
+    }
+    runs.extend((start < rows.len() || rows.is_empty()).then_some(start..rows.len()));
+    // Every column but the data is built once for all rows and sliced.
+    let placeholder = arrow_array::new_null_array(data_field().data_type(), rows.len());
+    let whole = with_attributes(table, files, with_data(files, job_id, ingested_at_us, placeholder)?)?;
+    let at = whole.schema().index_of(col::DATA)?;
+    runs.into_iter()
+        .map(|run| {
+            let part = whole.slice(run.start, run.len());
+            let mut columns = part.columns().to_vec();
+            columns[at] = data_column(rows[run].iter().copied())?;
+            Ok(RecordBatch::try_new(part.schema(), columns)?)
+        })
+        .collect()
+}
+
+/// `base`, the sluice columns of `files`' rows, with `table`'s attribute
+/// columns, in the table's column order.
+fn with_attributes(table: &SchemaRef, files: &[FileRows], base: RecordBatch) -> Result<RecordBatch> {
     let extra: Vec<Field> = table
         .fields()
         .iter()
@@ -402,6 +453,47 @@ mod tests {
     }
 
     #[test]
+    fn big_rows_are_batches_of_their_own_whose_data_is_not_copied() {
+        use arrow_array::cast::AsArray;
+        let big = |b: u8| Bytes::from(vec![b; OWN_BATCH_BYTES]);
+        let row = |i: u32, data: Option<Bytes>| Row { chunk_index: i, data, ..Default::default() };
+        let (b2, b4, b5) = (big(2), big(4), big(5));
+        let rows = vec![
+            row(0, Some(Bytes::from_static(b"a"))),
+            row(1, None),
+            row(2, Some(b2.clone())),
+            row(3, Some(Bytes::from_static(b"bb"))),
+            row(4, Some(b4.clone())),
+            row(5, Some(b5.clone())),
+        ];
+        let file = FileRows {
+            source: SourceInfo { uri: "file:///v.mp4".into(), size: 1, modified_ms: None, content_hash: "h".into(), attributes: None },
+            shard_id: "s".into(),
+            kind: Kind::Video,
+            rows,
+            last: true,
+        };
+        let batches = build_batches_for(&table_schema(), &[file], "job", 0).unwrap();
+        let sizes: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(sizes, [2, 1, 1, 1, 1]);
+        let chunks: Vec<u32> = batches
+            .iter()
+            .flat_map(|b| b.column_by_name(col::CHUNK_INDEX).unwrap().as_primitive::<arrow_array::types::UInt32Type>().values().to_vec())
+            .collect();
+        assert_eq!(chunks, [0, 1, 2, 3, 4, 5], "rows keep their order");
+        let data = |b: &RecordBatch| b.column_by_name(col::DATA).unwrap().as_struct().column(0).as_binary::<i64>().clone();
+        let first = data(&batches[0]);
+        assert_eq!((first.value(0), first.is_null(1)), (&b"a"[..], true));
+        assert_eq!(data(&batches[2]).value(0), b"bb");
+        for (batch, bytes) in [(&batches[1], &b2), (&batches[3], &b4), (&batches[4], &b5)] {
+            let column = data(batch);
+            assert_eq!(column.value(0), &bytes[..]);
+            assert_eq!(column.values().as_ptr(), bytes.as_ptr(), "the row's own bytes, not a copy");
+            assert_eq!(batch.schema(), table_schema());
+        }
+    }
+
+    #[test]
     fn attribute_columns_follow_the_table_and_repeat_per_row() {
         let mut file = FileRows {
             source: SourceInfo { uri: "file:///v.mp4".into(), size: 1, modified_ms: None, content_hash: "h".into(), attributes: Some(r#"{"label":"cat","n":3}"#.into()) },
@@ -419,7 +511,9 @@ mod tests {
         fields.push(Field::new("n", DataType::Int64, true));
         let table = Arc::new(Schema::new(fields));
         file.rows[0].mime_type = "video/mp4".into();
-        let batch = build_batch_for(&table, &[file, other], "job", 0).unwrap();
+        let batches = build_batches_for(&table, &[file, other], "job", 0).unwrap();
+        assert_eq!(batches.len(), 1, "small rows share a batch");
+        let batch = &batches[0];
         assert_eq!(batch.num_rows(), 3);
         let labels = batch.column_by_name("label").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
         assert_eq!((labels.value(0), labels.value(1), labels.is_null(2)), ("cat", "cat", true));

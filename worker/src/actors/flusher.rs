@@ -29,7 +29,7 @@ use lance::Dataset;
 use lance_table::format::Fragment;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sluice_common::protocol::{FileCompleted, FileFailed, FlushReason};
-use sluice_common::schema::{build_batch_for, FileRows};
+use sluice_common::schema::{build_batches_for, FileRows};
 use sluice_common::settings::Settings;
 use sluice_common::table::TableHandle;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -372,36 +372,46 @@ impl Flusher {
     }
 }
 
-/// Write the rows that come on `feed` into one fragment, a batch per flush.
-/// A batch is built when Lance asks for it, so rows waiting for the writer
-/// are held once (not also as a batch); their budget is released when Lance
-/// asks for the next batch, having written this one.
+/// Write the rows that come on `feed` into one fragment, in the batches of
+/// each flush. They are built when Lance asks for them, so rows waiting for
+/// the writer are held once (not also as batches); their budget is
+/// released when Lance asks for the batch after them, having written them.
 async fn write(table: &TableHandle, dataset: Arc<Dataset>, job_id: &str, feed: mpsc::Receiver<Feed>) -> Result<Vec<Fragment>, PipelineError> {
     if sluice_common::failpoint::fails("fragment_write") {
         return Err(PipelineError::Write("injected fragment write failure (failpoint fragment_write)".into()));
     }
     let schema = sluice_common::insert::insert_schema(&dataset);
     let (table_schema, job) = (schema.clone(), job_id.to_string());
-    let stream = futures::stream::unfold((feed, Vec::<Grant>::new()), move |(mut feed, written)| {
+    let flushes = futures::stream::unfold((feed, Vec::<Grant>::new()), move |(mut feed, written)| {
         let (schema, job) = (table_schema.clone(), job.clone());
         async move {
             drop(written);
             let (files, grants) = match feed.recv().await? {
                 Ok(next) => next,
-                Err(e) => return Some((Err(sluice_common::Error::InvalidInput(e.to_string())), (feed, Vec::new()))),
+                Err(e) => {
+                    let failed = vec![Err(sluice_common::Error::InvalidInput(e.to_string()))];
+                    return Some((futures::stream::iter(failed), (feed, Vec::new())));
+                }
             };
             let rows: usize = files.iter().map(|f| f.rows.len()).sum();
             let now = chrono::Utc::now().timestamp_micros();
-            let built = tokio::task::spawn_blocking(move || build_batch_for(&schema, &files, &job, now))
+            let built = tokio::task::spawn_blocking(move || build_batches_for(&schema, &files, &job, now))
                 .await
                 .unwrap_or_else(|e| Err(sluice_common::Error::InvalidInput(format!("building the batch: {e}"))));
-            if let Ok(batch) = &built {
-                metrics::counter!("sluice_worker_rows_written_total").increment(rows as u64);
-                metrics::counter!("sluice_worker_bytes_written_total").increment(batch.get_array_memory_size() as u64);
-            }
-            Some((built, (feed, grants)))
+            let batches: Vec<sluice_common::Result<arrow_array::RecordBatch>> = match built {
+                Ok(batches) => {
+                    metrics::counter!("sluice_worker_rows_written_total").increment(rows as u64);
+                    let bytes: usize = batches.iter().map(arrow_array::RecordBatch::get_array_memory_size).sum();
+                    metrics::counter!("sluice_worker_bytes_written_total").increment(bytes as u64);
+                    batches.into_iter().map(Ok).collect()
+                }
+                Err(e) => vec![Err(e)],
+            };
+            Some((futures::stream::iter(batches), (feed, grants)))
         }
     });
+    // A flush's grants go when Lance asks for the batch after its last.
+    let stream = futures::StreamExt::flatten(flushes);
     let fragments =
         table.write_uncommitted_stream(dataset, schema, stream).await.map_err(|e| PipelineError::Write(e.to_string()))?;
     metrics::counter!("sluice_worker_fragments_written_total").increment(fragments.len() as u64);

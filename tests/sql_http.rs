@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::{json, Value};
-use support::services::{free_port, wait_port, Proc};
+use support::services::{free_port, Proc};
 use support::*;
 
 const TOKEN: &str = "s3cret-token";
@@ -20,18 +20,27 @@ struct Coordinator {
     url: String,
 }
 
+/// A coordinator on two free ports, tried again on others if one was
+/// taken before the coordinator could bind it.
 fn start(dir: &Path) -> Coordinator {
-    let (grpc, http) = (free_port(), free_port());
     std::fs::write(dir.join("tokens"), format!("{TOKEN}\n")).unwrap();
-    let mut cmd = sluice();
-    cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}")])
-        .arg("--storage-uri")
-        .arg(dir.join("lake"))
-        .arg("--auth-tokens-file")
-        .arg(dir.join("tokens"));
-    let proc = Proc::spawn(cmd, &dir.join("coordinator.log"));
-    wait_port(http, "coordinator HTTP");
-    Coordinator { _proc: proc, grpc, url: format!("http://127.0.0.1:{http}") }
+    let mut attempt = 0;
+    loop {
+        let (grpc, http) = (free_port(), free_port());
+        let mut cmd = sluice();
+        cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}")])
+            .arg("--storage-uri")
+            .arg(dir.join("lake"))
+            .arg("--auth-tokens-file")
+            .arg(dir.join("tokens"));
+        let mut proc = Proc::spawn(cmd, &dir.join("coordinator.log"));
+        match proc.wait_listening(http, "coordinator HTTP") {
+            Ok(()) => return Coordinator { _proc: proc, grpc, url: format!("http://127.0.0.1:{http}") },
+            Err(e) if attempt < 2 => eprintln!("{e}\nstarting it again on other ports"),
+            Err(e) => panic!("{e}"),
+        }
+        attempt += 1;
+    }
 }
 
 /// `curl` a JSON body: (HTTP status, parsed answer).

@@ -173,6 +173,22 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Wait until `port` takes connections. Err, with the process's log,
+    /// if it ended first (as when another process took the port between
+    /// [`free_port`] choosing it and the bind).
+    #[allow(dead_code)]
+    pub fn wait_listening(&mut self, port: u16, what: &str) -> Result<(), String> {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("{what} ended ({status}) before it listened on port {port}; its log:\n{}", self.log_text()));
+            }
+            assert!(started.elapsed() < Duration::from_secs(90), "{what} did not start on port {port}; its log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

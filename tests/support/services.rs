@@ -25,11 +25,22 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 }
 
 pub fn wait_port(port: u16, what: &str) {
+    let _ = wait_port_unless(port, what, || None, String::new);
+}
+
+/// Wait until `port` takes connections: Err with what `ended` says once it
+/// says something (the process that was to listen is gone); a panic with
+/// `log` after 90 s.
+fn wait_port_unless(port: u16, what: &str, mut ended: impl FnMut() -> Option<String>, log: impl Fn() -> String) -> Result<(), String> {
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(90), "{what} did not start on port {port}");
+        if let Some(why) = ended() {
+            return Err(why);
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "{what} did not start on port {port}{}", log());
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
 }
 
 pub struct Moto {
@@ -178,15 +189,11 @@ impl Proc {
     /// [`free_port`] choosing it and the bind).
     #[allow(dead_code)]
     pub fn wait_listening(&mut self, port: u16, what: &str) -> Result<(), String> {
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("{what} ended ({status}) before it listened on port {port}; its log:\n{}", self.log_text()));
-            }
-            assert!(started.elapsed() < Duration::from_secs(90), "{what} did not start on port {port}; its log:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        let log = self.log.clone();
+        let log = move || format!("; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        let child = &mut self.child;
+        let ended = || child.try_wait().ok().flatten().map(|status| format!("{what} ended ({status}) before it listened on port {port}{}", log()));
+        wait_port_unless(port, what, ended, &log)
     }
 
     /// SIGKILL: no chance to clean up.

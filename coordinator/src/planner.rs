@@ -24,11 +24,12 @@ impl ShardPlanner {
         Self { job_id: job_id.to_string(), max_files: max_files.max(1), max_bytes: max_bytes.max(1), open: HashMap::new(), next: 0 }
     }
 
+    /// Name a full shard. Its files get the shard's id when the shard is
+    /// handed to a worker, not here: a queued shard's files don't each
+    /// carry a copy of it.
     fn seal(&mut self, files: Vec<FileRef>) -> (String, Vec<FileRef>) {
         self.next += 1;
-        let id = format!("{}-{:06}", self.job_id, self.next);
-        let files = files.into_iter().map(|f| FileRef { shard_id: id.clone(), ..f }).collect();
-        (id, files)
+        (format!("{}-{:06}", self.job_id, self.next), files)
     }
 
     /// Add a file; returns a shard when one fills up.
@@ -66,8 +67,9 @@ mod tests {
         assert!(p.push(f("a.txt", 1)).is_none());
         assert!(p.push(f("b.png", 1)).is_none());
         let (id, files) = p.push(f("c.txt", 1)).unwrap();
+        assert_eq!(id, "j-000001");
         assert_eq!(files.len(), 2);
-        assert!(files.iter().all(|x| x.shard_id == id && x.uri.ends_with(".txt")));
+        assert!(files.iter().all(|x| x.uri.ends_with(".txt")));
         let (_, big) = p.push(f("d.png", 500)).unwrap();
         assert_eq!(big.len(), 2);
         assert!(p.finish().is_empty());

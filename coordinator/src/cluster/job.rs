@@ -23,6 +23,13 @@ use crate::reconciler::ReconcilerMsg;
 /// huge manifest is never held in memory.
 const MAX_QUEUED_SHARDS: usize = 64;
 
+/// Files waiting in queued shards at most (a shard is queued anyway when
+/// none waits). Workers take one shard at a time, and planning refills the
+/// queue as fast as it lists; a deeper queue only holds more of the
+/// manifest in memory (~200 bytes a file: at 64 shards of 256 files, ~3.5
+/// MB of a small-file job's peak that a job of 1,000 files never had).
+const MAX_QUEUED_FILES: usize = 4096;
+
 /// Poison files: a shard whose workers died this many times is split into
 /// one-file shards, and a one-file shard whose workers died this many times
 /// is quarantined (recorded as failed) instead of being retried forever.
@@ -221,18 +228,25 @@ impl ClusterJob {
             let Some(id) = book.queue.pop_front() else { break };
             let Some(shard) = book.shards.get_mut(&id) else { continue };
             shard.state = ShardState::Assigned(worker_id.to_string());
+            // The book holds each file once, without its shard's id; the
+            // worker reports every file under the shard it was handed in.
+            let files = shard.files.iter().map(|f| FileRef { shard_id: id.clone(), ..f.clone() }).collect();
             out.push(ShardAssignment {
                 job_id: self.id.clone(),
                 shard_id: id.clone(),
                 generation: shard.generation,
                 table: self.table.clone(),
                 settings: self.settings.clone(),
-                files: shard.files.clone(),
+                files,
             });
             tracing::debug!(job_id = %self.id, shard_id = %id, %worker_id, generation = shard.generation, "shard assigned");
         }
         drop(book);
         self.watch.took(worker_id, out.len());
+        if !out.is_empty() {
+            // Planning may be waiting for room in the queue.
+            self.changed.notify_waiters();
+        }
         out
     }
 
@@ -405,8 +419,8 @@ impl ClusterJob {
 
 impl ClusterJob {
     /// Queue a shard (its first generation) for the workers; waits while
-    /// [`MAX_QUEUED_SHARDS`] are queued (backpressure on planning). False if
-    /// the job is stopping.
+    /// [`MAX_QUEUED_SHARDS`] or [`MAX_QUEUED_FILES`] are queued
+    /// (backpressure on planning). False if the job is stopping.
     pub async fn queue_shard(&self, shard_id: String, files: Vec<FileRef>) -> bool {
         loop {
             let changed = self.changed.notified();
@@ -415,7 +429,8 @@ impl ClusterJob {
             }
             {
                 let mut book = self.book.lock();
-                if book.queue.len() < MAX_QUEUED_SHARDS {
+                let queued_files: usize = book.queue.iter().filter_map(|id| book.shards.get(id)).map(|s| s.files.len()).sum();
+                if book.queue.is_empty() || (book.queue.len() < MAX_QUEUED_SHARDS && queued_files < MAX_QUEUED_FILES) {
                     let shard = Shard {
                         files,
                         generation: 1,
@@ -513,6 +528,25 @@ mod tests {
         assert!(job.check_generations(&cp).is_err(), "the old generation is fenced");
         let fresh = Checkpoint { worker_id: "w2".into(), shard_generations: HashMap::from([("s1".to_string(), 2)]), ..cp };
         assert!(job.check_generations(&fresh).is_ok());
+    }
+
+    #[tokio::test]
+    async fn planning_waits_for_room_by_files_and_a_taken_shard_makes_room() {
+        let job = Arc::new(job());
+        let files = |shard: usize, n: usize| (0..n).map(|i| file(&format!("s{shard}/{i}"))).collect::<Vec<_>>();
+        // A shard larger than the bound still goes into an empty queue.
+        assert!(job.queue_shard("big".into(), files(0, MAX_QUEUED_FILES + 1)).await);
+        let queued = tokio::spawn({
+            let job = job.clone();
+            async move { job.queue_shard("next".into(), files(1, 1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!queued.is_finished(), "the queue already holds more files than the bound");
+        let got = job.take_shards("w", 1);
+        assert_eq!(got[0].files.len(), MAX_QUEUED_FILES + 1);
+        assert!(got[0].files.iter().all(|f| f.shard_id == "big"), "files carry the id of the shard they were handed in");
+        assert!(tokio::time::timeout(Duration::from_secs(5), queued).await.unwrap().unwrap(), "taking a shard wakes planning");
+        assert_eq!(job.take_shards("w", 1)[0].files[0].shard_id, "next");
     }
 
     #[tokio::test]

@@ -87,9 +87,11 @@ pub fn encode_pixels(
 }
 
 /// A JPEG thumbnail of an image of 3 or 4 bytes a pixel (rows unpadded; a
-/// 4th byte, if any, is padding), scaled to fit `size`×`size` with its
+/// 4th byte, if any, is padding), scaled down to fit `size`×`size` with its
 /// aspect kept: a box filter over a 3x supersampling (fast_image_resize,
-/// SIMD), then libjpeg-turbo. `None` if the image is empty.
+/// SIMD), then libjpeg-turbo. An image that fits already keeps its size
+/// (an icon scaled up to 256 px made a thumbnail several times its own
+/// file). `None` if the image is empty.
 pub fn thumbnail_jpeg(pixels: &[u8], width: u32, height: u32, format: turbojpeg::PixelFormat, size: u32) -> Option<Vec<u8>> {
     use fast_image_resize as fr;
     let pixel_type = match format.size() {
@@ -100,7 +102,7 @@ pub fn thumbnail_jpeg(pixels: &[u8], width: u32, height: u32, format: turbojpeg:
     if width == 0 || height == 0 || size == 0 {
         return None;
     }
-    let ratio = f64::min(f64::from(size) / f64::from(width), f64::from(size) / f64::from(height));
+    let ratio = f64::min(f64::from(size) / f64::from(width), f64::from(size) / f64::from(height)).min(1.0);
     let fit = |n: u32| ((f64::from(n) * ratio).round() as u32).clamp(1, size);
     let (tw, th) = (fit(width), fit(height));
     let src = fr::images::ImageRef::new(width, height, pixels, pixel_type).ok()?;
@@ -464,6 +466,8 @@ mod tests {
         let rgb = vec![200u8; 30 * 90 * 3];
         let tall = ::image::load_from_memory(&thumbnail_jpeg(&rgb, 30, 90, turbojpeg::PixelFormat::RGB, 64).unwrap()).unwrap();
         assert_eq!((tall.width(), tall.height()), (21, 64));
+        let small = ::image::load_from_memory(&thumbnail_jpeg(&rgb, 30, 90, turbojpeg::PixelFormat::RGB, 256).unwrap()).unwrap();
+        assert_eq!((small.width(), small.height()), (30, 90), "an image that fits is not scaled up");
         assert!(thumbnail_jpeg(&[], 0, 0, turbojpeg::PixelFormat::RGB, 64).is_none());
     }
 

@@ -237,17 +237,16 @@ pub const OWN_BATCH_BYTES: usize = 256 << 10;
 /// buffer of their exact size (Lance's `BlobArrayBuilder` grows its buffer
 /// by doubling: every blob of a fragment was copied about twice and the
 /// buffer's pages faulted in twice over).
-fn data_column<'a>(rows: impl Iterator<Item = &'a Row> + Clone) -> Result<ArrayRef> {
-    let mut datas = rows.map(|r| r.data.as_ref());
-    let data = match (datas.clone().next(), datas.clone().nth(1)) {
-        (Some(Some(only)), None) => {
+fn data_column(rows: &[&Row]) -> Result<ArrayRef> {
+    let data = match rows {
+        [Row { data: Some(only), .. }] => {
             let offsets = arrow::buffer::OffsetBuffer::from_lengths([only.len()]);
             LargeBinaryArray::new(offsets, arrow::buffer::Buffer::from(only.clone()), None)
         }
         _ => {
-            let bytes = datas.clone().flatten().map(Bytes::len).sum();
-            let mut data = LargeBinaryBuilder::with_capacity(datas.clone().count(), bytes);
-            datas.by_ref().for_each(|d| data.append_option(d.map(|b| &b[..])));
+            let bytes = rows.iter().filter_map(|r| r.data.as_ref()).map(Bytes::len).sum();
+            let mut data = LargeBinaryBuilder::with_capacity(rows.len(), bytes);
+            rows.iter().for_each(|r| data.append_option(r.data.as_deref()));
             data.finish()
         }
     };
@@ -263,7 +262,8 @@ fn data_column<'a>(rows: impl Iterator<Item = &'a Row> + Clone) -> Result<ArrayR
 
 /// Build one record batch of the table schema from rows of several files.
 pub fn build_batch(files: &[FileRows], job_id: &str, ingested_at_us: i64) -> Result<RecordBatch> {
-    with_data(files, job_id, ingested_at_us, data_column(files.iter().flat_map(|f| &f.rows))?)
+    let rows: Vec<&Row> = files.iter().flat_map(|f| &f.rows).collect();
+    with_data(files, job_id, ingested_at_us, data_column(&rows)?)
 }
 
 /// The batch of `files`' rows with `data` as its data column.
@@ -362,7 +362,7 @@ pub fn build_batches_for(table: &SchemaRef, files: &[FileRows], job_id: &str, in
         .map(|run| {
             let part = whole.slice(run.start, run.len());
             let mut columns = part.columns().to_vec();
-            columns[at] = data_column(rows[run].iter().copied())?;
+            columns[at] = data_column(&rows[run])?;
             Ok(RecordBatch::try_new(part.schema(), columns)?)
         })
         .collect()

@@ -51,6 +51,41 @@ fn ingest_to_s3_resume_and_storage_concurrency() {
     assert!((2..=8).contains(&peak), "peak in flight {peak} with storage_concurrency 8");
 }
 
+/// A fragment up to the upload part size goes up in one request, not as a
+/// multipart upload of Lance's 5 MiB parts; `LANCE_INITIAL_UPLOAD_SIZE`
+/// still chooses otherwise.
+#[test]
+fn a_fragment_is_one_put_unless_lance_part_size_is_set() {
+    use rand::{RngCore, SeedableRng};
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut blob = vec![0u8; 3_000_000];
+    for i in 0..3 {
+        rng.fill_bytes(&mut blob);
+        std::fs::write(corpus.join(format!("blob-{i}.bin")), &blob).unwrap();
+    }
+    let largest = |table: &str| {
+        let objects = moto.objects("lake", table);
+        objects.into_iter().max_by_key(|o| o.1).unwrap()
+    };
+
+    let (code, s) = ingest_s3(&moto, "s3://lake/one", &corpus, &[]);
+    assert_eq!((code, s["fragments"].as_u64()), (0, Some(1)), "{s}");
+    let (key, size, etag) = largest("one/");
+    assert!(size >= 9_000_000, "the fragment's blobs in {key}: {size} bytes");
+    assert!(!etag.contains('-'), "{key} went up in one PUT, its ETag is {etag}");
+
+    let mut cmd = sluice();
+    cmd.args(["ingest", "--table", "s3://lake/parts", "--json"]).arg(&corpus).args(moto.flags()).env("LANCE_INITIAL_UPLOAD_SIZE", (5 << 20).to_string());
+    assert!(run(&mut cmd).status.success());
+    let (key, size, etag) = largest("parts/");
+    assert!(size >= 9_000_000 && etag.ends_with("-2"), "{key}: {size} bytes in 5 MiB parts, ETag {etag}");
+}
+
 /// A fault-injecting proxy in front of moto (tests/python/fault_proxy.py).
 struct FaultProxy {
     child: std::process::Child,

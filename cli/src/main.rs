@@ -87,6 +87,7 @@ static ALLOC: sluice_worker::alloc::HugePages = sluice_worker::alloc::HugePages;
 fn main() {
     sluice_worker::limit_malloc_arenas();
     sluice_worker::map_large_allocations();
+    sluice_worker::size_uploads();
     sluice_worker::alloc::HugePages::enable();
     let cli = Cli::parse();
     // Long-running roles log their work; one-shot commands only problems.

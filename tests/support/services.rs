@@ -72,6 +72,21 @@ impl Moto {
         assert!(Command::new(python()).args(["-c", &script]).status().unwrap().success());
     }
 
+    /// Every object under `prefix` in `bucket`: key, size and ETag (a
+    /// multipart upload's ETag ends in `-<parts>`).
+    pub fn objects(&self, bucket: &str, prefix: &str) -> Vec<(String, u64, String)> {
+        let script = format!(
+            "import boto3, json; s3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', \
+             aws_secret_access_key='test', region_name='us-east-1'); \
+             pages = s3.get_paginator('list_objects_v2').paginate(Bucket='{bucket}', Prefix='{prefix}'); \
+             print(json.dumps([[o['Key'], o['Size'], o['ETag'].strip('\"')] for p in pages for o in p.get('Contents', [])]))",
+            self.endpoint
+        );
+        let out = Command::new(python()).args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// Options to open a table on this server through the Lance API.
     pub fn storage_options(&self) -> std::collections::HashMap<String, String> {
         [

@@ -39,6 +39,35 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// The part size of Lance's uploads to object stores: a fragment up to this
+/// size goes up in one PUT, a larger one in parts of this size. Two flush
+/// shares of the default row budget (the most a fragment holds: a buffer
+/// one row short of a share, then a row of up to a share) plus room for the
+/// file's own structure, so at default settings every fragment is one
+/// request. Lance's own part size (5 MiB) made a fragment of 12 MB three
+/// part uploads between a create and a complete request, in two writes at a
+/// time: `bench-storage` against moto (64 x 4 MB, `--rounds 3`, four
+/// alternating runs) gave 0.54-0.61x the bare multipart upload with 5 MiB
+/// parts and 0.94-1.07x with these, at the same peak RSS.
+pub const UPLOAD_PART_BYTES: usize = 24 << 20;
+
+/// Parts of one upload in flight at once (Lance's default is 10): what a
+/// fragment larger than [`UPLOAD_PART_BYTES`] (a file stored whole, beyond
+/// a flush share) holds in part buffers is at most this many parts.
+pub const UPLOAD_PARTS_IN_FLIGHT: usize = 4;
+
+/// Size Lance's uploads to object stores ([`UPLOAD_PART_BYTES`],
+/// [`UPLOAD_PARTS_IN_FLIGHT`]), unless `LANCE_INITIAL_UPLOAD_SIZE` and
+/// `LANCE_UPLOAD_CONCURRENCY` say otherwise. Lance reads them once, on its
+/// first upload. Call first thing in `main`, before any thread starts.
+pub fn size_uploads() {
+    for (key, value) in [("LANCE_INITIAL_UPLOAD_SIZE", UPLOAD_PART_BYTES), ("LANCE_UPLOAD_CONCURRENCY", UPLOAD_PARTS_IN_FLIGHT)] {
+        if std::env::var_os(key).is_none() {
+            std::env::set_var(key, value.to_string());
+        }
+    }
+}
+
 /// Hand the allocator's free memory back to the kernel. glibc keeps freed
 /// heap for reuse, up to twice the largest block freed so far: a normalizer
 /// process idle after a PDF held 15-19 MB of anonymous memory (its page

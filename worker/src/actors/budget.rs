@@ -95,6 +95,16 @@ impl RowBudget {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_fragment_at_default_settings_fits_one_upload_part() {
+        let d = sluice_common::settings::Settings::DEFAULT;
+        let share = RowBudget::new(d.memory_budget_bytes, Arc::default()).flush_bytes(d.flush_bytes);
+        // The buffer reaches a share one row late, by a row of up to a share
+        // (larger rows are files stored whole: written in parts).
+        let largest = 2 * share;
+        assert!(largest + (1 << 20) <= crate::UPLOAD_PART_BYTES as u64, "{largest} bytes of rows against {} a part", crate::UPLOAD_PART_BYTES);
+    }
+
     #[tokio::test]
     async fn a_spent_budget_holds_back_until_rows_are_written() {
         let usage = Arc::new(BudgetUsage::default());

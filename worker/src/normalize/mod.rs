@@ -56,7 +56,11 @@ where
 }
 
 /// JPEG-encode raw pixels (`pitch` bytes a row) of any layout libjpeg-turbo
-/// reads, such as pdfium's BGRA renders, without converting them first.
+/// reads, such as pdfium's BGRA renders, without converting them first. An
+/// image whose every pixel is gray (its three color bytes equal: a page of
+/// text, a scan, a black-and-white photo) is encoded as a grayscale JPEG:
+/// the same pixels, one component where color takes three (libjpeg-turbo
+/// takes the luma of the color pixels, which for gray ones is the value).
 pub fn encode_pixels(
     pixels: &[u8],
     width: usize,
@@ -78,12 +82,34 @@ pub fn encode_pixels(
         }
         let compressor = slot.as_mut()?;
         compressor.set_quality(i32::from(quality));
-        compressor.set_subsamp(match format {
-            turbojpeg::PixelFormat::GRAY => turbojpeg::Subsamp::Gray,
-            _ => turbojpeg::Subsamp::Sub2x2,
-        });
+        let gray = format == turbojpeg::PixelFormat::GRAY || is_gray(pixels, width, pitch, height, format);
+        compressor.set_subsamp(if gray { turbojpeg::Subsamp::Gray } else { turbojpeg::Subsamp::Sub2x2 });
         compressor.compress_to_vec(turbojpeg::Image { pixels, width, pitch, height, format }).ok()
     })
+}
+
+/// Whether every pixel of `width` x `height` (`pitch` bytes a row) has its
+/// three color bytes equal. Row by row, stopping at the first row with a
+/// color; a row is folded without branches, so that it runs in SIMD.
+fn is_gray(pixels: &[u8], width: usize, pitch: usize, height: usize, format: turbojpeg::PixelFormat) -> bool {
+    use turbojpeg::PixelFormat as F;
+    let rows = pixels.chunks(pitch.max(1)).take(height);
+    match format {
+        F::RGB | F::BGR => rows.into_iter().all(|row| {
+            let color = row.get(..width * 3).unwrap_or_default();
+            color.len() == width * 3 && color.chunks_exact(3).fold(0u8, |acc, p| acc | (p[0] ^ p[1]) | (p[1] ^ p[2])) == 0
+        }),
+        F::RGBX | F::BGRX | F::RGBA | F::BGRA | F::XRGB | F::XBGR | F::ARGB | F::ABGR => {
+            // Little-endian words: color bytes 0-2, or 1-3 after an X or A.
+            let mask: u32 = if matches!(format, F::XRGB | F::XBGR | F::ARGB | F::ABGR) { 0x00ff_ff00 } else { 0x0000_ffff };
+            rows.into_iter().all(|row| {
+                let color = row.get(..width * 4).unwrap_or_default();
+                let spread = color.chunks_exact(4).map(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]])).fold(0u32, |acc, v| acc | ((v ^ (v >> 8)) & mask));
+                color.len() == width * 4 && spread == 0
+            })
+        }
+        _ => false,
+    }
 }
 
 /// A JPEG thumbnail of an image of 3 or 4 bytes a pixel (rows unpadded; a
@@ -445,6 +471,35 @@ pub fn normalize_streamed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gray_pixels_make_a_grayscale_jpeg_and_one_colored_pixel_does_not() {
+        use turbojpeg::PixelFormat as F;
+        let (w, h) = (40usize, 30usize);
+        let decoded = |jpeg: Option<Vec<u8>>| ::image::load_from_memory(&jpeg.unwrap()).unwrap();
+        for (format, size, first) in [(F::BGRX, 4, 0), (F::RGB, 3, 0), (F::XRGB, 4, 1), (F::ARGB, 4, 1)] {
+            // A gradient of grays, with padding bytes of another value and two
+            // bytes of slack at the end of each row.
+            let pitch = w * size + 2;
+            let mut pixels = vec![7u8; pitch * h];
+            for y in 0..h {
+                for x in 0..w {
+                    let p = y * pitch + x * size + first;
+                    pixels[p..p + 3].fill((x * 6) as u8);
+                }
+            }
+            let gray = decoded(encode_pixels(&pixels, w, pitch, h, format, 90));
+            assert_eq!(gray.color(), ::image::ColorType::L8, "{format:?}");
+            assert!(gray.to_luma8().get_pixel(20, 15).0[0].abs_diff(120) < 4, "{format:?}: the gray values are kept");
+
+            // One pixel of color in the last row.
+            let p = (h - 1) * pitch + (w - 1) * size + first;
+            pixels[p + 1] = 200;
+            let color = decoded(encode_pixels(&pixels, w, pitch, h, format, 90));
+            assert_eq!(color.color(), ::image::ColorType::Rgb8, "{format:?}");
+        }
+        assert!(!is_gray(&[9, 9, 9], 1, 2, 1, F::RGB), "a pitch shorter than a row is not read past");
+    }
 
     #[test]
     fn thumbnails_fit_the_box_and_keep_colors_of_padded_pixels() {

@@ -15,6 +15,7 @@ fn pdf_pages_become_rows_and_bad_pdfs_are_refused() {
     std::fs::create_dir_all(&corpus).unwrap();
     let texts = ["First page of the report", "Second page says hello", "Third and last page"];
     std::fs::write(corpus.join("report.pdf"), make_pdf(&texts, (612.0, 792.0), "Quarterly report")).unwrap();
+    std::fs::write(corpus.join("red.pdf"), sluice_common::samples::filled_pdf([0.86, 0.08, 0.08], (612.0, 792.0), "Red")).unwrap();
     // 200 x 200 inches: 30000 x 30000 pixels at 150 DPI, far above the render cap.
     std::fs::write(corpus.join("huge-page.pdf"), make_pdf(&["A very large page"], (14_400.0, 14_400.0), "Huge")).unwrap();
     let plain = dir.path().join("secret-plain.pdf");
@@ -63,6 +64,16 @@ fn pdf_pages_become_rows_and_bad_pdfs_are_refused() {
     for (page, text) in texts.iter().enumerate() {
         assert!(table_rows[page].contains(text), "page {} text: {:?}", page + 1, table_rows[page]);
     }
+
+    // Colors stay where they are, in the render and in the thumbnail.
+    let red = rows.iter().find(|r| r["source_uri"].as_str().unwrap().ends_with("red.pdf")).unwrap();
+    for path in [&red["path"], &red["thumbnail_path"]] {
+        let img = image::open(path.as_str().unwrap()).unwrap().to_rgb8();
+        let [r, g, b] = img.get_pixel(img.width() / 2, img.height() - 4).0;
+        assert!(r > 180 && g < 60 && b < 60, "{path}: a red page reads as ({r}, {g}, {b})");
+    }
+    // A page of black text on white is a grayscale JPEG.
+    assert_eq!(image::open(report[0]["path"].as_str().unwrap()).unwrap().color(), image::ColorType::L8);
 
     let restricted = rows.iter().find(|r| r["source_uri"].as_str().unwrap().ends_with("restricted.pdf")).unwrap();
     assert_eq!(restricted["metadata"]["encrypted"], true);

@@ -20,6 +20,14 @@ pub fn text_pdf(pages: &[Vec<String>], size: (f32, f32), title: &str) -> Vec<u8>
     pdf(&streams, size, title)
 }
 
+/// A PDF of one page of `size` points, filled with the color `rgb` (each
+/// 0 to 1), with a line of text on it.
+pub fn filled_pdf(rgb: [f32; 3], size: (f32, f32), title: &str) -> Vec<u8> {
+    let [r, g, b] = rgb;
+    let stream = format!("{r} {g} {b} rg 0 0 {} {} re f 0 g BT /F1 18 Tf 36 {} Td (A page in color) Tj ET", size.0, size.1, size.1 - 72.0);
+    pdf(&[stream], size, title)
+}
+
 /// A PDF of one page per content stream.
 fn pdf(streams: &[String], size: (f32, f32), title: &str) -> Vec<u8> {
     let n = streams.len();

@@ -211,7 +211,9 @@ fn render(page: &PdfPage, scale: f32, mut buffer: Vec<u8>) -> Result<Render, Str
     buffer.resize(w as usize * h as usize * 4, 0);
     {
         let mut bitmap = PdfBitmap::from_bytes(w, h, PdfBitmapFormat::BGRx, &mut buffer).map_err(|e| e.to_string())?;
-        let config = PdfRenderConfig::new().set_fixed_size(w, h).set_format(PdfBitmapFormat::BGRx);
+        // pdfium's own byte order, as declared (pdfium-render asks for RGB
+        // order by default, which pdfium composites by a slower path).
+        let config = PdfRenderConfig::new().set_fixed_size(w, h).set_format(PdfBitmapFormat::BGRx).set_reverse_byte_order(false);
         page.render_into_bitmap_with_config(&mut bitmap, &config).map_err(|e| e.to_string())?;
     }
     Ok(Render { width: w as u32, height: h as u32, pixels: buffer })

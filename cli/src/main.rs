@@ -100,7 +100,17 @@ fn main() {
         sluice_worker::isolation::serve_stdio();
     }
     sluice_common::tls::install_crypto_provider();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    // The blocking pool serves the files normalized at once: the ingest's
+    // knob, or for a worker (whose jobs bring their own) one per core and
+    // at least the default.
+    let normalizers = match &cli.command {
+        Command::Ingest(a) => a.knobs.normalization_workers,
+        _ => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+            sluice_common::settings::Settings::DEFAULT.normalization_workers.max(cores)
+        }
+    };
+    let runtime = sluice_worker::runtime(normalizers).expect("tokio runtime");
     let code = runtime.block_on(async {
         let result = match cli.command {
             Command::Ingest(a) => ingest::run(a).await,

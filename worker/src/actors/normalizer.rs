@@ -110,6 +110,15 @@ impl NormalizerPool {
 
     async fn serve_with(&self, queue: &mut mpsc::Receiver<FileTask>, procs: &Arc<SharedProcs>) -> Result<(), PipelineError> {
         let workers = self.settings.normalization_workers.max(1) as usize;
+        if let Some(served) = crate::normalizers_served().filter(|&n| (n as usize) < workers) {
+            tracing::warn!(
+                normalization_workers = workers,
+                served,
+                "the job asks for more normalization workers than this process's blocking pool serves at once \
+                 (sized at start: sluice ingest --normalization-workers, or the worker's cores): \
+                 file reads and in-process normalizing wait for a thread"
+            );
+        }
         let mut running: JoinSet<Result<(), String>> = JoinSet::new();
         loop {
             // A file is taken only when a normalizer is free: the queue's

@@ -362,14 +362,15 @@ pub fn serve(input: impl Read + AsFd, mut out: impl Write, handover: Option<Borr
             Ok(()) => write_frame(&mut out, DONE, b"")?,
             Err(e) => write_frame(&mut out, ERROR, e.as_bytes())?,
         }
-        // Between files the process holds its code and, while PDFs keep
-        // coming, its page buffers (for the next PDF to render into without
-        // faulting in fresh pages); not the rest of the last file's memory.
-        // When no request comes within `IDLE_AFTER`, the buffers go too.
+        // While requests keep coming, the process keeps what the last file
+        // freed (its page buffers, for the next PDF to render into, and
+        // the heap): handed back after every file, it was faulted in anew
+        // by the next, as huge pages glibc zeroes 2 MiB at a time. When no
+        // request comes within `IDLE_AFTER`, it all goes back.
         if input.buffer().is_empty() && !readable_within(input.get_ref().as_fd(), IDLE_AFTER) {
             normalize::drop_page_buffers();
+            crate::release_free_memory();
         }
-        crate::release_free_memory();
     }
     Ok(())
 }

@@ -79,7 +79,7 @@ pub fn size_uploads() {
 /// 100,000 small files grew the pool from ~20 threads to over 100, each
 /// holding its stack's pages and a JPEG compressor, and peaked at 85-87 MB
 /// against 67 MB for 1,000 files. Held to this many (16 at default
-/// knobs): 74-77 MB against 66-67 MB, and no slower. Work beyond it waits
+/// knobs): 75-76 MB against 67-68 MB, and no slower. Work beyond it waits
 /// in the pool's queue.
 pub fn blocking_threads(normalization_workers: u32) -> usize {
     2 * normalization_workers.max(1) as usize + 8
@@ -161,7 +161,7 @@ mod runtime_tests {
                     tokio::task::spawn_blocking(move || {
                         let at = now.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(at, Ordering::SeqCst);
-                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        std::thread::sleep(std::time::Duration::from_millis(200));
                         now.fetch_sub(1, Ordering::SeqCst);
                     })
                 })

@@ -167,10 +167,12 @@ def main():
             shutil.rmtree(traces, ignore_errors=True)
             traces.mkdir()
             env = dict(os.environ, LD_PRELOAD=str(tracer), PAGETRACE_OUT=str(traces), PAGETRACE_BIN=str(bins))
-            commands = [[str(bins / "sluice"), "ingest", "--table", str(work / f"table-{i}"), str(corpus)] for i in range(args.runs)]
+            # Fresh tables: an ingest into one that has the files skips them.
+            tables = [work / f"table-{i}" for i in range(args.runs)]
+            for table in tables:
+                shutil.rmtree(table, ignore_errors=True)
+            commands = [[str(bins / "sluice"), "ingest", "--table", str(t), str(corpus)] for t in tables]
             commands += [[str(bins / "sluice")] + shlex.split(extra) for extra in args.run]
-            for i in range(args.runs):
-                shutil.rmtree(work / f"table-{i}", ignore_errors=True)
             for command in commands:
                 done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 # 2: the ingest finished with some files failed (the broken ones).

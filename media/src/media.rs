@@ -501,7 +501,6 @@ impl PlanesJpeg {
 /// AV1 video decodes to) scaled to `tw` x `th`, plane by plane, in full
 /// range: Y, Cb, Cr, each packed. None for other layouts.
 fn scale_420(frame: &VideoFrame, tw: u32, th: u32) -> Option<[Vec<u8>; 3]> {
-    use fast_image_resize as fr;
     let full = match frame.format() {
         ff::format::Pixel::YUVJ420P => true,
         ff::format::Pixel::YUV420P => frame.color_range() == ff::util::color::Range::JPEG,
@@ -512,21 +511,10 @@ fn scale_420(frame: &VideoFrame, tw: u32, th: u32) -> Option<[Vec<u8>; 3]> {
     let stretch = |v: usize, low: f32, span: f32, mid: f32| ((v as f32 - low) * 255.0 / span + mid).round().clamp(0.0, 255.0) as u8;
     let luma: [u8; 256] = std::array::from_fn(|v| stretch(v, 16.0, 219.0, 0.0));
     let chroma: [u8; 256] = std::array::from_fn(|v| stretch(v, 128.0, 224.0, 128.0));
-    let mut resizer = fr::Resizer::new();
-    let options = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
     let mut planes: [Vec<u8>; 3] = Default::default();
     for (i, plane) in planes.iter_mut().enumerate() {
-        let (sw, sh, dw, dh) = if i == 0 { (w, h, tw, th) } else { (w.div_ceil(2), h.div_ceil(2), tw.div_ceil(2), th.div_ceil(2)) };
-        let (stride, data, row) = (frame.stride(i), frame.data(i), sw as usize);
-        let packed: std::borrow::Cow<[u8]> = if stride == row {
-            std::borrow::Cow::Borrowed(data.get(..row * sh as usize)?)
-        } else {
-            std::borrow::Cow::Owned((0..sh as usize).flat_map(|y| data.get(y * stride..y * stride + row).unwrap_or_default()).copied().collect())
-        };
-        let src = fr::images::ImageRef::new(sw, sh, &packed, fr::PixelType::U8).ok()?;
-        let mut dst = fr::images::Image::new(dw, dh, fr::PixelType::U8);
-        resizer.resize(&src, &mut dst, &options).ok()?;
-        *plane = dst.into_vec();
+        let (from, to) = if i == 0 { ((w, h), (tw, th)) } else { ((w.div_ceil(2), h.div_ceil(2)), (tw.div_ceil(2), th.div_ceil(2))) };
+        *plane = sluice_worker::normalize::scale_plane(frame.data(i), frame.stride(i), from, to)?;
         if !full {
             let lut = if i == 0 { &luma } else { &chroma };
             plane.iter_mut().for_each(|v| *v = lut[*v as usize]);

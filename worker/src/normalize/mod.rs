@@ -147,6 +147,28 @@ pub fn thumbnail_jpeg(pixels: &[u8], width: u32, height: u32, format: turbojpeg:
     encode_pixels(dst.buffer(), tw, tw * format.size(), th, format, 80)
 }
 
+/// One plane of 8-bit samples (`stride` bytes a row, `width` x `height`)
+/// scaled to `to_width` x `to_height`, packed: a bilinear convolution
+/// (fast_image_resize, SIMD), for planar pictures such as a video frame's
+/// Y, Cb and Cr. `None` if the plane is shorter than its size says.
+pub fn scale_plane(plane: &[u8], stride: usize, (width, height): (u32, u32), (to_width, to_height): (u32, u32)) -> Option<Vec<u8>> {
+    use fast_image_resize as fr;
+    let row = width as usize;
+    if stride < row || plane.len() < stride * (height as usize).saturating_sub(1) + row {
+        return None;
+    }
+    let packed: std::borrow::Cow<[u8]> = if stride == row {
+        std::borrow::Cow::Borrowed(&plane[..row * height as usize])
+    } else {
+        std::borrow::Cow::Owned(plane.chunks(stride).take(height as usize).flat_map(|r| &r[..row]).copied().collect())
+    };
+    let src = fr::images::ImageRef::new(width, height, &packed, fr::PixelType::U8).ok()?;
+    let mut dst = fr::images::Image::new(to_width, to_height, fr::PixelType::U8);
+    let options = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+    fr::Resizer::new().resize(&src, &mut dst, &options).ok()?;
+    Some(dst.into_vec())
+}
+
 /// Up to `N` values kept for reuse, such as buffers whose pages are mapped
 /// already: taken (or made anew when none is kept) and given back.
 pub(crate) struct Spares<T, const N: usize>(parking_lot::Mutex<Vec<T>>);

@@ -20,11 +20,20 @@ is unless --build-first).
 
 Symbol names carry a hash of the crate's build settings (profile, features,
 dependencies, compiler), not of its code: a layout stays valid across code
-changes and goes stale after dependency or toolchain upgrades (functions it
-no longer names are laid out as the compiler ordered them). Rerun it then.
+changes and goes stale after toolchain upgrades or a change to a crate's
+dependencies, which renames the functions of every crate above it too
+(functions it no longer names are laid out as the compiler ordered them).
+Rerun it then. Code changes rename a few: functions LLVM made local to a
+part of a crate carry a hash of that part (`.llvm.<n>`).
+
+Each round also ingests --small-files small files (text, 96 px images,
+binaries; 10,000 by default, as `sluice bench` makes them): the code only
+long jobs run (commits between flushes, more shards) is then laid out
+with the rest.
 
 Usage: scripts/code-layout.py [--profile dist] [--rounds 2] [--corpus DIR]
-       [--run 'ARGS ...']  (more sluice commands to trace, as in a shell)
+       [--small-files N] [--run 'ARGS ...']  (more sluice commands to
+       trace, as in a shell)
        scripts/code-layout.py --bin-dir DIR --out DIR  (trace those binaries
        once, no build; write the files to --out)
 """
@@ -132,6 +141,7 @@ def main():
     ap.add_argument("--build-first", action="store_true", help="build before the first round's trace too")
     ap.add_argument("--corpus", type=Path, help="files to ingest (default: a generated mixed corpus)")
     ap.add_argument("--runs", type=int, default=2, help="ingests traced a round")
+    ap.add_argument("--small-files", type=int, default=10000, help="small files ingested a round besides (0: none)")
     ap.add_argument("--run", action="append", default=[], help="another sluice command line to trace")
     ap.add_argument("--bin-dir", type=Path, help="trace the binaries there, one round, no build")
     ap.add_argument("--out", type=Path, help="where to write the files (default: cli/layout/<profile>)")
@@ -172,6 +182,13 @@ def main():
             for table in tables:
                 shutil.rmtree(table, ignore_errors=True)
             commands = [[str(bins / "sluice"), "ingest", "--table", str(t), str(corpus)] for t in tables]
+            if args.small_files > 0:
+                small = work / "small-files"
+                if not small.exists():
+                    subprocess.run([str(bins / "sluice"), "sample-corpus", str(small), "--files", str(args.small_files)],
+                                   check=True, stdout=subprocess.DEVNULL)
+                shutil.rmtree(work / "table-small", ignore_errors=True)
+                commands.append([str(bins / "sluice"), "ingest", "--table", str(work / "table-small"), str(small)])
             commands += [[str(bins / "sluice")] + shlex.split(extra) for extra in args.run]
             for command in commands:
                 done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -53,7 +53,7 @@ fn code_layout_orders_the_functions_an_ingest_runs() {
         .arg(&out)
         .arg("--corpus")
         .arg(&corpus)
-        .args(["--runs", "1"]));
+        .args(["--runs", "1", "--small-files", "100"]));
     assert!(done.status.success(), "code-layout.py failed");
 
     let rustc = Command::new("rustc").arg("--version").output().expect("rustc --version");

@@ -497,6 +497,16 @@ impl PlanesJpeg {
     }
 }
 
+impl Drop for PlanesJpeg {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        // SAFETY: the handle came from tjInitCompress and is destroyed once.
+        unsafe {
+            turbojpeg::raw::tjDestroy(self.0);
+        }
+    }
+}
+
 /// A frame of 8-bit 4:2:0 samples (what nearly every H.264, HEVC, VP9 and
 /// AV1 video decodes to) scaled to `tw` x `th`, plane by plane, in full
 /// range: Y, Cb, Cr, each packed. None for other layouts.
@@ -521,16 +531,6 @@ fn scale_420(frame: &VideoFrame, tw: u32, th: u32) -> Option<[Vec<u8>; 3]> {
         }
     }
     Some(planes)
-}
-
-impl Drop for PlanesJpeg {
-    fn drop(&mut self) {
-        #[allow(unsafe_code)]
-        // SAFETY: the handle came from tjInitCompress and is destroyed once.
-        unsafe {
-            turbojpeg::raw::tjDestroy(self.0);
-        }
-    }
 }
 
 fn close(mut seg: Segment, end: f64, held: &mut Held) -> Result<Done, NormalizeError> {

@@ -394,12 +394,9 @@ fn keyframe_thumbnail(decoder: &mut ff::decoder::Video, maker: &mut ThumbnailMak
     // swscale scales other layouts to that; a turned frame goes through
     // RGB to be turned.
     if rotation == 0 {
-        if maker.jpeg.is_none() {
-            maker.jpeg = PlanesJpeg::new();
-        }
         if let Some(planes) = scale_420(&frame, tw, th) {
             let widths = [tw, tw.div_ceil(2), tw.div_ceil(2)].map(|w| w as i32);
-            return maker.jpeg.as_mut()?.compress([&planes[0], &planes[1], &planes[2]], widths, (tw, th), THUMBNAIL_QUALITY);
+            return maker.jpeg()?.compress([&planes[0], &planes[1], &planes[2]], widths, (tw, th), THUMBNAIL_QUALITY);
         }
     }
     let target = if rotation == 0 { ff::format::Pixel::YUVJ420P } else { ff::format::Pixel::RGB24 };
@@ -412,7 +409,7 @@ fn keyframe_thumbnail(decoder: &mut ff::decoder::Video, maker: &mut ThumbnailMak
     scaler.run(&frame, &mut scaled).ok()?;
     if rotation == 0 {
         let strides = [0, 1, 2].map(|i| scaled.stride(i) as i32);
-        return maker.jpeg.as_mut()?.compress([scaled.data(0), scaled.data(1), scaled.data(2)], strides, (tw, th), THUMBNAIL_QUALITY);
+        return maker.jpeg()?.compress([scaled.data(0), scaled.data(1), scaled.data(2)], strides, (tw, th), THUMBNAIL_QUALITY);
     }
     let stride = scaled.stride(0);
     let row = tw as usize * 3;
@@ -439,6 +436,16 @@ const THUMBNAIL_QUALITY: i32 = 80;
 struct ThumbnailMaker {
     scaler: Option<Scaler>,
     jpeg: Option<PlanesJpeg>,
+}
+
+impl ThumbnailMaker {
+    /// The compressor, made at the first thumbnail that needs it.
+    fn jpeg(&mut self) -> Option<&mut PlanesJpeg> {
+        if self.jpeg.is_none() {
+            self.jpeg = PlanesJpeg::new();
+        }
+        self.jpeg.as_mut()
+    }
 }
 
 /// libjpeg-turbo compressing YCbCr 4:2:0 planes as they are: no color

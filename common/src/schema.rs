@@ -464,6 +464,12 @@ mod tests {
         assert_eq!(blobs.column(1).null_count(), 4, "no URIs");
     }
 
+    /// All the rows of one file of `kind`.
+    fn one_file(kind: Kind, rows: Vec<Row>) -> FileRows {
+        let source = SourceInfo { uri: "file:///f".into(), size: 1, modified_ms: None, content_hash: "h".into(), attributes: None };
+        FileRows { source, shard_id: "s".into(), kind, rows, last: true }
+    }
+
     #[test]
     fn big_rows_are_batches_of_their_own_whose_data_is_not_copied() {
         use arrow_array::cast::AsArray;
@@ -478,14 +484,7 @@ mod tests {
             row(4, Some(b4.clone())),
             row(5, Some(b5.clone())),
         ];
-        let file = FileRows {
-            source: SourceInfo { uri: "file:///v.mp4".into(), size: 1, modified_ms: None, content_hash: "h".into(), attributes: None },
-            shard_id: "s".into(),
-            kind: Kind::Video,
-            rows,
-            last: true,
-        };
-        let batches = build_batches_for(&table_schema(), &[file], "job", 0).unwrap();
+        let batches = build_batches_for(&table_schema(), &[one_file(Kind::Video, rows)], "job", 0).unwrap();
         let sizes: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
         assert_eq!(sizes, [2, 1, 1, 1, 1]);
         let chunks: Vec<u32> = batches
@@ -512,14 +511,7 @@ mod tests {
         let rows: Vec<Row> = (0..10u32)
             .map(|i| Row { chunk_index: i, data: (i != 4).then(|| Bytes::from(vec![i as u8; quarter])), ..Default::default() })
             .collect();
-        let file = FileRows {
-            source: SourceInfo { uri: "file:///t.bin".into(), size: 1, modified_ms: None, content_hash: "h".into(), attributes: None },
-            shard_id: "s".into(),
-            kind: Kind::Other,
-            rows,
-            last: true,
-        };
-        let batches = build_batches_for(&table_schema(), &[file], "job", 0).unwrap();
+        let batches = build_batches_for(&table_schema(), &[one_file(Kind::Other, rows)], "job", 0).unwrap();
         // Four quarters end a batch; a row without data adds nothing.
         let sizes: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
         assert_eq!(sizes, [4, 5, 1]);
